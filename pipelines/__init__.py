@@ -1,0 +1,1 @@
+"""The KFP v2 pipeline, its compilation and its schedules."""

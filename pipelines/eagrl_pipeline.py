@@ -1,0 +1,33 @@
+"""The EAG-RL pipeline: it only wires stage components together (the work is in ``eagrl``).
+
+``python -m pipelines.eagrl_pipeline`` (or ``eagrl pipeline compile``) writes the KFP v2 YAML for a cluster;
+``eagrl run`` executes the same function with KFP's local runner.
+"""
+
+from pathlib import Path
+
+from kfp import compiler, dsl
+
+from components.data import prepare_data, validate_data
+
+STAGES = ["validate", "prepare"]  # in order; summary.json reports each
+
+
+@dsl.pipeline(name="eagrl", description="EAG-RL on EHRs: validate -> prepare (-> expert -> MCTS -> SFT -> RL -> evaluate -> deploy)")
+def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", data_path: str = "",
+                   overrides: str = "{}", out_dir: str = "", parent_run_id: str = ""):
+    common = dict(profile=profile, dataset=dataset, task=task, data_path=data_path, overrides=overrides,
+                  out_dir=out_dir, parent_run_id=parent_run_id)
+    validated = validate_data(**common).set_display_name("validate EHR (Great Expectations)")
+    prepare_data(validated=validated.outputs["cohort"], **common).set_display_name("prepare + version cohort (DVC)")
+
+
+def compile_pipeline(path: "str | Path" = "pipelines/eagrl_pipeline.yaml") -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(eagrl_pipeline, str(path))
+    return path
+
+
+if __name__ == "__main__":
+    print(compile_pipeline())

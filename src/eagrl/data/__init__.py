@@ -1,0 +1,1 @@
+"""EHR data: source loaders, the canonical cohort, validation and versioning."""

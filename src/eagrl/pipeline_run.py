@@ -1,0 +1,110 @@
+"""Run the KFP pipeline on this machine (KFP's SubprocessRunner) and assemble ``summary.json``."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from eagrl.config import Config
+from eagrl.stage import StageResult
+from eagrl.tracking.mlflow_run import end_run, start_parent_run
+
+
+def run_local(cfg: Config, out_dir: str | Path) -> dict:
+    """Execute every stage in order through KFP's local runner; never raises on a failed stage.
+
+    Returns the summary (also written to ``OUT/summary.json`` and logged to the parent MLflow run).
+    """
+    from kfp import local
+
+    from pipelines.eagrl_pipeline import STAGES, eagrl_pipeline
+
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for stage in STAGES:  # a summary must only ever describe this run
+        for name in ("status.json", "metrics.json"):
+            (out / stage / name).unlink(missing_ok=True)
+    # Components run as `python -m kfp...` subprocesses: make sure that is this interpreter.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    parent = start_parent_run(cfg)
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(Path(cfg.workspace) / cfg.pipeline.pipeline_root), raise_on_error=True)
+    started = time.time()
+    error = ""
+    log_path = out / "pipeline.log"
+    with _StageProgress(out, STAGES, log_path), open(log_path, "w") as log, \
+            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            eagrl_pipeline(profile=cfg.profile, overrides=json.dumps(cfg.to_flat()), out_dir=str(out),
+                           parent_run_id=parent)
+        except Exception as exc:  # noqa: BLE001 - a failed task: its own status.json says why
+            error = str(exc)
+    stages = []
+    for stage in STAGES:
+        res = StageResult.read(out, stage)
+        stages.append({"stage": stage, "status": "not run", "metrics": {}} if res is None else
+                      {"stage": stage, "status": res.status, "message": res.message, "metrics": res.metrics,
+                       "outputs": res.outputs, "mlflow_run_id": res.mlflow_run_id})
+    failed = [s for s in stages if s["status"] != "succeeded"]
+    first_bad = next((s for s in stages if s["status"] == "failed"), failed[0] if failed else None)
+    message = "all stages succeeded"
+    if first_bad:
+        message = first_bad.get("message") or f"stage {first_bad['stage']} did not run: {error.splitlines()[0] if error else ''}"
+    summary = {"status": "failed" if failed else "succeeded", "message": message, "mlflow_run_id": parent,
+               "profile": cfg.profile, "dataset": cfg.data.dataset, "task": cfg.data.task,
+               "seconds": round(time.time() - started, 1), "stages": stages}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    _close_parent(cfg, parent, summary, out / "summary.json")
+    return summary
+
+
+class _StageProgress:
+    """Show each stage as it finishes (KFP's own verbose task logs go to OUT/pipeline.log)."""
+
+    def __init__(self, out: Path, stages: list[str], log_path: Path):
+        from rich.console import Console
+
+        self.out, self.stages, self.log_path = out, stages, log_path
+        self.console = Console(file=sys.__stderr__)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self.console.print(f"running {len(self.stages)} stages with KFP's local runner (task logs: {self.log_path})")
+        self.status = self.console.status("starting")
+        self.status.start()
+        self.thread.start()
+        return self
+
+    def _watch(self) -> None:
+        seen: set[str] = set()
+        t0 = time.time()
+        while True:
+            for stage in self.stages:
+                res = StageResult.read(self.out, stage) if stage not in seen else None
+                if res is not None:
+                    seen.add(stage)
+                    mark = "[green]ok[/green]" if res.status == "succeeded" else "[red]failed[/red]"
+                    self.console.print(f"  {stage:<10} {mark}  {time.time() - t0:6.1f} s")
+            pending = [s for s in self.stages if s not in seen]
+            self.status.update(f"running {pending[0]}" if pending else "finishing")
+            if self.stop.wait(0.5):
+                return
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.status.stop()
+
+
+def _close_parent(cfg: Config, run_id: str, summary: dict, summary_path: Path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.log_artifact(run_id, str(summary_path))
+    metrics = {f"{s['stage']}.{k}": v for s in summary["stages"] for k, v in s["metrics"].items()}
+    end_run(cfg, run_id, "FINISHED" if summary["status"] == "succeeded" else "FAILED", metrics)

@@ -1,0 +1,1 @@
+"""Versioning (DVC) and experiment tracking (MLflow)."""
