@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -28,8 +29,8 @@ class DataStore:
     def __init__(self, root: str | Path, remote_url: str | None = None):
         self.root = Path(root).resolve()
         self.data_dir = self.root / "data"
-        # A local remote is written relative to .dvc/ so the committed config works in any clone.
-        self.remote_url = remote_url or f"../{LOCAL_REMOTE_DIR}"
+        # DVC stores a local remote path relative to .dvc/, so the committed config works in any clone.
+        self.remote_url = remote_url or str(self.root / LOCAL_REMOTE_DIR)
         _quiet_env(self.root)
 
     def _repo(self):
@@ -38,16 +39,26 @@ class DataStore:
         if not (self.root / ".dvc").is_dir():
             Repo.init(str(self.root), no_scm=not (self.root / ".git").exists())
         repo = Repo(str(self.root))
-        with repo.config.edit() as conf:  # idempotent: keeps the configured remote in step with config
-            if conf["remote"].get("storage", {}).get("url") != self.remote_url:
+        with repo.config.edit() as conf:  # idempotent: only writes when the remote differs from config
+            current = conf["remote"].get("storage", {}).get("url")
+            if not self._same_remote(current) or conf["core"].get("remote") != "storage":
                 conf["remote"]["storage"] = {"url": self.remote_url}
-            conf["core"]["remote"] = "storage"
+                conf["core"]["remote"] = "storage"
         return repo
+
+    def _same_remote(self, url: str | None) -> bool:
+        if url is None:
+            return False
+        if "://" in url or "://" in self.remote_url:
+            return url == self.remote_url
+        here = Path(url) if Path(url).is_absolute() else self.root / ".dvc" / url  # relative to .dvc/
+        return here.resolve() == Path(self.remote_url).resolve()
 
     def commit(self) -> dict[str, str]:
         """Track ``data/`` (writes data.dvc), push to the remote, and return the version hashes."""
         if not self.data_dir.is_dir():
             raise EagrlError(f"nothing to version: {self.data_dir} does not exist")
+        logging.getLogger("dvc").setLevel(logging.WARNING)  # its git hints are not for pipeline users
         try:
             repo = self._repo()
             repo.add(str(self.data_dir))

@@ -1,0 +1,80 @@
+"""The pipeline end to end through KFP's local runner, and its compilation for a cluster."""
+import json
+
+import yaml
+
+from pipelines.eagrl_pipeline import STAGES, compile_pipeline
+
+from conftest import run_cli
+
+
+def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
+    out = workspace / "out"
+    res = run_cli("run", "--profile", "smoke", "--data-path", str(shared_data / "mimic-iv-demo-clif"),
+                  "--workspace", str(workspace), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and [s["stage"] for s in summary["stages"]] == STAGES
+    assert all(s["status"] == "succeeded" for s in summary["stages"])
+    run_id = res.stdout.strip().splitlines()[-1]
+    assert run_id == summary["mlflow_run_id"]
+    prep = json.loads((out / "prepare" / "metrics.json").read_text())
+    assert prep["n_stays"] > 50 and prep["test_positive"] >= 2 and prep["n_features"] == 32
+    assert (out / "validate" / "report.html").read_text().count("<tr>") > 20
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    parent = client.get_run(run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["prepare.n_stays"] == prep["n_stays"]
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert {c.data.tags["eagrl.stage"] for c in children} == set(STAGES)
+    prepare_run = next(c for c in children if c.data.tags["eagrl.stage"] == "prepare")
+    dvc = yaml.safe_load((workspace / "data.dvc").read_text())
+    assert prepare_run.data.tags["eagrl.dvc_data_md5"] == dvc["outs"][0]["md5"]
+    assert (workspace / "data" / "cohorts" / "mimic-iv-demo-readmission_30d" / "stays.parquet").is_file()
+    assert any((workspace / ".dvc-storage").rglob("*")), "the local DVC remote received the data"
+
+
+def test_a_failing_stage_stops_the_run_with_one_clear_line(workspace, tmp_path):
+    bad = tmp_path / "tjh.xlsx"
+    bad.write_bytes(b"PK\x03\x04 not really a workbook")
+    out = workspace / "out"
+    res = run_cli("run", "--profile", "smoke", "--dataset", "tjh", "--task", "mortality", "--data-path", str(bad),
+                  "--workspace", str(workspace), "--out", str(out))
+    assert res.returncode != 0
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("eagrl: error:")]
+    assert len(errors) == 1 and "not a readable xlsx" in errors[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert [s["status"] for s in summary["stages"]] == ["failed", "not run"]
+    assert not (workspace / "data").exists()
+
+
+def test_pipeline_compiles_to_kfp_v2_yaml(tmp_path):
+    path = compile_pipeline(tmp_path / "eagrl.yaml")
+    spec = yaml.safe_load(path.read_text())
+    assert spec["pipelineInfo"]["name"] == "eagrl"
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"profile", "dataset", "task", "data_path", "overrides"} <= set(params)
+    tasks = spec["root"]["dag"]["tasks"]
+    assert {"validate-data", "prepare-data"} <= set(tasks)
+    assert tasks["prepare-data"]["dependentTasks"] == ["validate-data"]
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"ghcr.io/eagrl/eagrl:0.1.0"}
+
+
+def test_cli_help_lists_the_stage_commands():
+    res = run_cli("--help")
+    assert res.returncode == 0
+    for cmd in ("data", "run", "pipeline", "config"):
+        assert cmd in res.stdout
+
+
+def test_committed_pipeline_yaml_is_up_to_date(tmp_path):
+    """The YAML users upload to the KFP UI must be what the code compiles to (`make compile`)."""
+    from pathlib import Path
+
+    fresh = compile_pipeline(tmp_path / "eagrl.yaml").read_text()
+    committed = (Path(__file__).parents[1] / "pipelines" / "eagrl_pipeline.yaml").read_text()
+    assert yaml.safe_load(fresh) == yaml.safe_load(committed), "run `make compile` and commit the YAML"
