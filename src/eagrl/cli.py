@@ -135,6 +135,10 @@ def run(profile: Profile = "default", dataset: DatasetOpt = None, data_path: Dat
     for stage in summary["stages"]:
         color = "green" if stage["status"] == "succeeded" else "red"
         console.print(f"[{color}]{stage['stage']:>10}: {stage['status']}[/{color}] {stage.get('message', '')}")
+    for stage in summary["stages"]:
+        for key, value in (stage.get("outputs") or {}).items():
+            if key == "report" or key.endswith("_report"):
+                console.print(f"{stage['stage']} {key}: {value}")
     console.print(f"summary: {Path(out).resolve() / 'summary.json'}")
     console.print(f"MLflow run id: {summary['mlflow_run_id']}  store: {cfg.tracking.mlflow_tracking_uri}")
     print(summary["mlflow_run_id"])
