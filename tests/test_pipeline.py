@@ -30,10 +30,31 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
     assert {c.data.tags["eagrl.stage"] for c in children} == set(STAGES)
     prepare_run = next(c for c in children if c.data.tags["eagrl.stage"] == "prepare")
+    # data.dvc pins the last version written (the expert's); the prepare stage's version stays recoverable
     dvc = yaml.safe_load((workspace / "data.dvc").read_text())
-    assert prepare_run.data.tags["eagrl.dvc_data_md5"] == dvc["outs"][0]["md5"]
+    expert_stage_run = next(c for c in children if c.data.tags["eagrl.stage"] == "expert")
+    assert expert_stage_run.data.tags["eagrl.dvc_data_md5"] == dvc["outs"][0]["md5"]
+    prepared_md5 = prepare_run.data.tags["eagrl.dvc_data_md5"]
+    assert prepared_md5 != dvc["outs"][0]["md5"]
+    assert (workspace / ".dvc-storage" / "files" / "md5" / prepared_md5[:2] / prepared_md5[2:]).is_file()
     assert (workspace / "data" / "cohorts" / "mimic-iv-demo-readmission_30d" / "stays.parquet").is_file()
     assert any((workspace / ".dvc-storage").rglob("*")), "the local DVC remote received the data"
+
+    # the expert: registered with the cohort version it was trained on; C_exp versioned for MCTS
+    expert = json.loads((out / "expert" / "metrics.json").read_text())
+    assert 0 <= expert["test_auroc_ci"][0] <= expert["test_auroc"] <= expert["test_auroc_ci"][1] <= 1
+    name = "eagrl-expert-mimic-iv-demo-readmission_30d"
+    version = client.get_latest_versions(name)[0]
+    expert_run = client.get_run(version.run_id)
+    assert expert_run.data.tags["eagrl.cohort_md5"] == prepare_run.data.tags["eagrl.cohort_md5"]
+    import pandas as pd
+
+    att = pd.read_parquet(workspace / "data" / "expert" / "mimic-iv-demo-readmission_30d" / "attention.parquet")
+    assert len(att) == prep["n_stays"] and att["c_exp"].map(len).max() == 5
+
+    # the zero-shot baseline of the (tiny) policy model: every response well formed
+    zs = json.loads((out / "zeroshot" / "metrics.json").read_text())
+    assert zs["test_well_formed_rate"] == 1.0 and zs["test_n_stays"] == 16
 
 
 def test_a_failing_stage_stops_the_run_with_one_clear_line(workspace, tmp_path):
@@ -47,7 +68,7 @@ def test_a_failing_stage_stops_the_run_with_one_clear_line(workspace, tmp_path):
     assert len(errors) == 1 and "not a readable xlsx" in errors[0]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed"
-    assert [s["status"] for s in summary["stages"]] == ["failed", "not run"]
+    assert [s["status"] for s in summary["stages"]] == ["failed"] + ["not run"] * (len(STAGES) - 1)
     assert not (workspace / "data").exists()
 
 
@@ -58,8 +79,9 @@ def test_pipeline_compiles_to_kfp_v2_yaml(tmp_path):
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {"profile", "dataset", "task", "data_path", "overrides"} <= set(params)
     tasks = spec["root"]["dag"]["tasks"]
-    assert {"validate-data", "prepare-data"} <= set(tasks)
+    assert {"validate-data", "prepare-data", "train-expert", "zero-shot"} <= set(tasks)
     assert tasks["prepare-data"]["dependentTasks"] == ["validate-data"]
+    assert tasks["train-expert"]["dependentTasks"] == ["prepare-data"]
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"ghcr.io/eagrl/eagrl:0.1.0"}
 

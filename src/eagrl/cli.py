@@ -21,7 +21,9 @@ from eagrl.errors import EagrlError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="EAG-RL: expert-attention-guided RL on EHRs.")
 data_app = typer.Typer(no_args_is_help=True, help="Pull, validate and prepare EHR data.")
 pipeline_app = typer.Typer(no_args_is_help=True, help="Compile the Kubeflow pipeline.")
+expert_app = typer.Typer(no_args_is_help=True, help="The ConCare expert that guides training.")
 app.add_typer(data_app, name="data")
+app.add_typer(expert_app, name="expert")
 app.add_typer(pipeline_app, name="pipeline")
 console = Console(stderr=True)
 
@@ -120,6 +122,33 @@ def data_prepare(profile: Profile = "default", dataset: DatasetOpt = None, data_
     result = stages.prepare(cfg, out)
     console.print(f"[green]{result.message}[/green]")
     console.print(f"data.dvc md5: {result.outputs.get('dvc_data_md5', '-')}  mlflow run: {result.mlflow_run_id}")
+
+
+# ====================================================================== expert and policy model
+@expert_app.command("train")
+@_guard
+def expert_train(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
+                 task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None,
+                 workspace: Workspace = None) -> None:
+    """Train ConCare on the prepared cohort; register it in MLflow; version its attention (C_exp) with DVC."""
+    from eagrl.expert.run import expert_stage
+
+    result = expert_stage(build_config(profile, dataset, data_path, task, set_, workspace), out)
+    console.print(f"[green]{result.message}[/green]")
+    console.print(f"registered: {result.outputs['registered_model']}  mlflow run: {result.mlflow_run_id}")
+
+
+@app.command("zeroshot")
+@_guard
+def zeroshot(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
+             task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None,
+             workspace: Workspace = None) -> None:
+    """Score the base policy model zero-shot (P_QD, vanilla, think-then-answer) on the prepared cohort."""
+    from eagrl.llm.run import zeroshot_stage
+
+    result = zeroshot_stage(build_config(profile, dataset, data_path, task, set_, workspace), out)
+    console.print(f"[green]{result.message}[/green]")
+    console.print(f"mlflow run: {result.mlflow_run_id}")
 
 
 # ====================================================================== pipeline

@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from eagrl.errors import ConfigError
+from eagrl.section import Section
 
 PROFILES = ("smoke", "default", "paper")
 Dataset = Literal["mimic-iv-demo", "tjh", "clif", "meds", "physionet2012"]
 Task = Literal["mortality", "readmission_30d"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+_Section = Section
 
 
 class DataConfig(_Section):
@@ -99,6 +99,10 @@ class Config(_Section):
     validation: ValidationConfig = ValidationConfig()
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    expert: "ExpertConfig" = Field(default_factory=lambda: ExpertConfig())
+    model: "ModelConfig" = Field(default_factory=lambda: ModelConfig())
+    generation: "GenerationConfig" = Field(default_factory=lambda: GenerationConfig())
+    zeroshot: "ZeroShotConfig" = Field(default_factory=lambda: ZeroShotConfig())
 
     def to_flat(self) -> dict[str, Any]:
         """Dotted keys to JSON-able values, for MLflow params."""
@@ -116,6 +120,22 @@ class Config(_Section):
 
     def to_json(self) -> str:
         return self.model_dump_json()
+
+
+class ZeroShotConfig(_Section):
+    styles: list[Literal["pqd", "vanilla", "think"]] = Field(
+        ["pqd"], description="Prompting baselines scored by the zero-shot stage (P_QD, direct answer, think-then-answer)."
+    )
+    split: Literal["train", "val", "test"] = Field("test", description="Which split the base model is scored on.")
+    max_stays: int | None = Field(None, ge=1, description="Score at most this many stays (stratified head); None: all.")
+    n_boot: int = Field(1000, ge=0, description="Bootstrap resamples for the intervals.")
+
+
+# Sections owned by the stage packages; they import only pydantic and eagrl.section, so no cycle.
+from eagrl.expert.config import ExpertConfig  # noqa: E402
+from eagrl.llm.config import GenerationConfig, ModelConfig  # noqa: E402
+
+Config.model_rebuild()
 
 
 def profile_path(name: str) -> Path:

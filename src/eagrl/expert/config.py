@@ -1,0 +1,62 @@
+"""Configuration of the ConCare expert: architecture, training, evaluation and attention export."""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from eagrl.section import Section as _Section
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class ExpertConfig(_Section):
+    # ---- architecture (METHOD.md, "Expert model: ConCare")
+    hidden: int = Field(64, ge=4, description="H: hidden size of each per-feature GRU and of every feature token.")
+    heads: int = Field(4, ge=1, description="Heads of the self-attention across feature tokens (divides hidden).")
+    ff_hidden: int = Field(64, ge=1, description="Inner size of the feed-forward block after the self-attention.")
+    time_hidden: int = Field(8, ge=1, description="Query/key size of each feature's time-aware attention.")
+    decay_init: float = Field(
+        0.8, description="Initial value of each feature's learnable time-decay rate (enters as sigmoid(rate))."
+    )
+    final_values: Literal["feature", "context"] = Field(
+        "feature",
+        description='What the final attention pools: "feature", each feature\'s own embedding (keys and query '
+        'still come from the self-attention contexts), so a feature reaches the prediction only through its '
+        'weight; "context", the mixed contexts as in the reference code (weights then rank features less faithfully).',
+    )
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on feature tokens, sublayers and the patient embedding.")
+    # ---- loss and optimisation
+    decov_weight: float = Field(1e-3, ge=0.0, description="w in BCE + w*DeCov; 0 disables the decorrelation term.")
+    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Adam L2 weight decay.")
+    grad_clip: float | None = Field(5.0, gt=0.0, description="Clip the gradient norm to this value; None: no clipping.")
+    batch_size: int = Field(64, ge=2, description="Stays per batch (DeCov needs at least 2).")
+    max_epochs: int = Field(60, ge=1, description="Upper bound on training epochs.")
+    patience: int = Field(10, ge=1, description="Stop after this many epochs without a better validation AUPRC.")
+    min_epochs: int = Field(5, ge=1, description="Warm-up: earlier epochs are never selected, and early stopping waits for it.")
+    seed: int = Field(42, description="Seeds weights, dropout and batch order; CPU training is bit-for-bit repeatable.")
+    device: str = Field("auto", description='"auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:N" or "mps".')
+    # ---- evaluation and export
+    n_boot: int = Field(1000, ge=0, description="Bootstrap resamples for the test-metric intervals; 0: none.")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Decision threshold for F1.")
+    top_k: int = Field(5, ge=1, description="k: size of C_exp, the top-k features by final attention per stay.")
+    c_exp_observed_only: bool = Field(
+        True,
+        description="Rank only features measured at least once in the stay for C_exp (imputed-only features "
+        "are never in C_exp); the weight columns always cover every feature.",
+    )
+    progress: bool = Field(True, description="Show a per-epoch progress bar.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExpertConfig":
+        if self.hidden % self.heads:
+            raise ValueError(f"expert.hidden must be divisible by expert.heads, got hidden={self.hidden}, heads={self.heads}")
+        if self.min_epochs > self.max_epochs:
+            raise ValueError(
+                f"expert.min_epochs must not exceed expert.max_epochs, got {self.min_epochs} > {self.max_epochs}"
+            )
+        if not _DEVICE.match(self.device):
+            raise ValueError(f'expert.device must be "auto", "cpu", "mps", "cuda" or "cuda:N", got {self.device!r}')
+        return self

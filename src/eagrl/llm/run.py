@@ -1,0 +1,60 @@
+"""The zero-shot baselines as a pipeline stage: the base policy model, prompted, on the cohort's test split.
+
+``zeroshot_stage(cfg, out_dir)`` scores every style in ``cfg.zeroshot.styles`` (P_QD, vanilla,
+think-then-answer) with one loaded model, writes ``DIR/zeroshot/<style>/`` (metrics, predictions,
+responses), logs all of it to one MLflow run, and reports ``<style>_test_auroc`` etc.; the P_QD figures
+are also the stage's headline ``test_auroc``/``test_auprc``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from eagrl.config import Config
+from eagrl.data.cohort import Cohort
+from eagrl.expert.run import cohort_dir
+from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.tracking.mlflow_run import log_metrics, stage_run
+
+
+def model_config(cfg: Config):
+    """The model config with its cache inside the workspace unless one is set."""
+    if cfg.model.cache_dir:
+        return cfg.model
+    return cfg.model.model_copy(update={"cache_dir": str(Path(cfg.workspace).resolve() / ".cache" / "models")})
+
+
+@records_failure("zeroshot")
+def zeroshot_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
+                   cohort_path: str | Path | None = None) -> StageResult:
+    import mlflow
+
+    from eagrl.llm.backends import make_backend
+    from eagrl.llm.zeroshot import evaluate_zero_shot
+
+    out = stage_dir(out_dir, "zeroshot")
+    cohort = Cohort.load(cohort_path or cohort_dir(cfg))
+    mcfg = model_config(cfg)
+    metrics: dict = {}
+    with stage_run(cfg, "zeroshot", parent_run_id) as run:
+        backend = make_backend(mcfg, cfg.generation)
+        for style in cfg.zeroshot.styles:
+            gen = cfg.generation.model_copy(update={"prompt_style": style})
+            with mlflow.start_run(run_name=f"zeroshot-{style}", nested=True):
+                m = evaluate_zero_shot(cohort, out / style, mcfg, gen, split=cfg.zeroshot.split,
+                                       max_stays=cfg.zeroshot.max_stays, n_boot=cfg.zeroshot.n_boot,
+                                       seed=cfg.data.seed, backend=backend)
+                mlflow.log_artifacts(str(out / style), artifact_path=style)
+            metrics.update({f"{style}_{k}": v for k, v in m.items()})
+            if style == "pqd":
+                metrics.update(m)
+        log_metrics(metrics)
+        split = cfg.zeroshot.split
+        head = cfg.zeroshot.styles[0]
+        auroc = metrics.get(f"{head}_{split}_auroc")
+        message = (f"{mcfg.source} zero-shot {head}: {split} AUROC "
+                   + (f"{auroc:.3f} {metrics.get(f'{head}_{split}_auroc_ci')}" if auroc is not None else "undefined")
+                   + f", well-formed {metrics.get(f'{head}_{split}_well_formed_rate', 0):.0%}")
+        result = StageResult("zeroshot", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
+                             outputs={style: str(out / style) for style in cfg.zeroshot.styles})
+    result.write(out_dir)
+    return result

@@ -1,0 +1,310 @@
+"""Structured generation: the framework writes the scaffold, the model fills the fields.
+
+For a P_QD response the framework writes each opening tag; the model writes the field until its closing tag
+(a stop string: any tag ends a field), an end token, or the field's token cap; the framework closes the tag
+where the model did not. After each step the framework decides whether another step follows: always up to
+depth T (``step_policy="fixed"``), or by the model's own choice between ``<subquestion>`` and
+``<important_features>`` read from its next-token distribution (``"model"``, default; at least
+``min_steps``, at most T). Then the model fills ``<important_features>``, the framework writes
+``<final_answer>0.`` and reads the probability from the next-token distribution:
+
+* ``readout="digits"`` (default): the expected value over every token that is a run of digits d, each read
+  as the number 0.d plus half its last decimal place (so "8" means 0.85 and "83" means 0.835), renormalised
+  over those tokens. It lies in [0.05, 0.95] for single-digit vocabularies, is continuous and always defined.
+* ``readout="yesno"``: P(yes) / (P(yes) + P(no)) over the yes/no word tokens right after ``<final_answer>``.
+
+The framework then writes the probability with two decimals and closes the tag. Every response therefore
+parses as well formed, whatever the model. Vanilla (``<final_answer>`` only) and think-then-answer
+(``<think>`` then ``<final_answer>``) are the same routine with fewer fields.
+
+A :class:`Response` carries the token ids of the response, a mask (True where the model wrote the token,
+False where the framework inserted it: SFT and RL losses use only the True ones), the model's log-prob of
+each token, the token span of each field (the RL entropy term reads the important-features span), and the
+parsed result. :meth:`StructuredGenerator.add_step` and :meth:`finish` continue partial trajectories, so
+the MCTS expands and rolls out from shared prefixes; the backend's prefix reuse keeps those cheap.
+
+Where a token the model wrote runs past the end of its field (it carries part of a tag, or text after it),
+that token is dropped and the missing characters are inserted by the framework, so the response text
+is always exactly ``field + closing tag``; the characters of the field in that last token, if any, count
+as inserted.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eagrl.llm.backends.base import GenerationBackend, SamplingParams, sample_seed, seeds_for
+from eagrl.llm.config import GenerationConfig
+from eagrl.llm.parse import (ALL_TAGS, ANSWER, FEATURES, FINAL, SUBQ, THINK, FeatureMatcher, ParsedResponse,
+                             parse_response)
+
+STEPS, FEATURES_STAGE, ANSWER_STAGE, DONE = "steps", "features", "answer", "done"
+
+
+@dataclass
+class Trajectory:
+    """A response being written: its tokens, who wrote each one, and where the writing stands."""
+
+    prompt_ids: list[int]
+    seed: int
+    ids: list[int] = field(default_factory=list)
+    mask: list[bool] = field(default_factory=list)  # True: model-written
+    logprobs: list[float] = field(default_factory=list)  # model log-prob (0.0 where inserted)
+    spans: list[tuple[str, int, int]] = field(default_factory=list)  # (field, start, end) of model text
+    n_steps: int = 0
+    stage: str = STEPS
+    open_tag: str | None = None  # a tag the framework has just written, awaiting its field
+    probability: float | None = None
+    readout_index: int | None = None  # index in ids where the probability was read
+
+    def child(self, seed: int) -> "Trajectory":
+        t = copy.copy(self)
+        t.ids, t.mask, t.logprobs, t.spans = list(self.ids), list(self.mask), list(self.logprobs), list(self.spans)
+        t.seed = seed
+        return t
+
+    @property
+    def context(self) -> list[int]:
+        return self.prompt_ids + self.ids
+
+
+@dataclass
+class Response:
+    text: str  # the response alone (the prompt is prompt_ids)
+    token_ids: list[int]
+    mask: list[bool]
+    logprobs: list[float]
+    spans: list[tuple[str, int, int]]
+    parsed: ParsedResponse
+    probability: float | None
+    readout_index: int | None = None
+    n_steps: int = 0
+    prompt_ids: list[int] = field(default_factory=list)
+
+    @property
+    def well_formed(self) -> bool:
+        return self.parsed.well_formed
+
+    @property
+    def features_span(self) -> tuple[int, int] | None:
+        return next(((s, e) for f, s, e in self.spans if f == FEATURES), None)
+
+
+class StructuredGenerator:
+    """Write responses in the configured style with any :class:`GenerationBackend`."""
+
+    def __init__(self, backend: GenerationBackend, cfg: GenerationConfig | None = None,
+                 features: Sequence | FeatureMatcher = ()):
+        self.backend = backend
+        self.cfg = cfg or GenerationConfig()
+        self.matcher = features if isinstance(features, FeatureMatcher) else FeatureMatcher(features)
+
+    # ================================================================== public API
+    def generate(self, prompts: Sequence[Sequence[int]], n: int = 1,
+                 seed: int | Sequence[int] = 0) -> list[list[Response]]:
+        """``n`` responses to each prompt (free-form when ``cfg.structured`` is False)."""
+        if not self.cfg.structured:
+            return self._free_form(prompts, n, seed)
+        starts = [self.start(p, sample_seed(s, j)) for p, s in zip(prompts, seeds_for(prompts, seed)) for j in range(n)]
+        done = self.finish(starts)
+        return [done[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def start(self, prompt_ids: Sequence[int], seed: int = 0) -> Trajectory:
+        return Trajectory(list(map(int, prompt_ids)), int(seed))
+
+    def expand(self, traj: Trajectory, b: int, seed: int = 0) -> list[Trajectory]:
+        """``b`` children of a partial trajectory, each one (sub-question, answer) step longer (MCTS expansion)."""
+        return self.add_step([traj.child(sample_seed(seed, j)) for j in range(b)])
+
+    def add_step(self, trajs: Sequence[Trajectory]) -> list[Trajectory]:
+        """Copies of the trajectories, each with one more step (those at depth T are returned unchanged)."""
+        out = [t.child(t.seed) for t in trajs]
+        grow = [t for t in out if t.stage == STEPS and t.n_steps < self.cfg.depth]
+        self._step(grow)
+        return out
+
+    def finish(self, trajs: Sequence[Trajectory], more_steps: bool = True) -> list[Response]:
+        """Complete copies of the trajectories: further steps (per the step policy, unless ``more_steps`` is
+        False), then the important features and the probability."""
+        out = [t.child(t.seed) for t in trajs]
+        style = self.cfg.prompt_style
+        if style == "pqd":
+            pending = [t for t in out if t.stage == STEPS]
+            while pending:
+                if more_steps:
+                    cont, stop = self._decide(pending)
+                else:
+                    cont = [t for t in pending if t.n_steps < self.cfg.min_steps]
+                    stop = [t for t in pending if t.n_steps >= self.cfg.min_steps]
+                for t in stop:
+                    t.stage = FEATURES_STAGE
+                self._step(cont)
+                pending = cont
+            todo = [t for t in out if t.stage in (STEPS, FEATURES_STAGE)]
+            self._fill(todo, FEATURES, self.cfg.max_features_tokens, sep="\n")
+            self._answer(todo, sep="\n")
+        elif style == "think":
+            self._fill([t for t in out if t.stage == STEPS], THINK, self.cfg.max_think_tokens, sep="")
+            self._answer([t for t in out if t.stage != DONE], sep="\n")
+        else:  # vanilla: the probability only
+            self._answer([t for t in out if t.stage != DONE], sep="")
+        return [self._response(t) for t in out]
+
+    # ================================================================== steps
+    def _step(self, trajs: list[Trajectory]) -> None:
+        if not trajs:
+            return
+        self._fill(trajs, SUBQ, self.cfg.max_subquestion_tokens, sep="\n")
+        self._fill(trajs, ANSWER, self.cfg.max_answer_tokens, sep="")
+        for t in trajs:
+            t.n_steps += 1
+
+    def _decide(self, trajs: list[Trajectory]) -> tuple[list[Trajectory], list[Trajectory]]:
+        """Split into (another step, stop): depth and min_steps first, then the step policy."""
+        must = [t for t in trajs if t.n_steps < self.cfg.min_steps]
+        free = [t for t in trajs if self.cfg.min_steps <= t.n_steps < self.cfg.depth]
+        stop = [t for t in trajs if t.n_steps >= self.cfg.depth]
+        if self.cfg.step_policy == "fixed" or not free:
+            return must + free, stop
+        a, b = self._encode(f"\n<{SUBQ}>"), self._encode(f"\n<{FEATURES}>")
+        c = _common_prefix(a, b)
+        for t in free:
+            self._insert(t, a[:c])
+        lp = self.backend.next_token_logprobs([t.context for t in free], [a[c], b[c]])  # (B, 2)
+        go = []
+        for t, (la, lb) in zip(free, lp):
+            if self.cfg.temperature <= 0:
+                more = la >= lb
+            else:
+                p_more = 1.0 / (1.0 + math.exp((lb - la) / self.cfg.temperature))
+                more = np.random.default_rng(sample_seed(t.seed, len(t.ids))).random() < p_more
+            chosen = a if more else b
+            self._insert(t, chosen[c:])
+            t.open_tag = SUBQ if more else FEATURES
+            (go if more else stop).append(t)
+        return must + go, stop
+
+    # ================================================================== fields
+    def _fill(self, trajs: list[Trajectory], tag: str, max_tokens: int, sep: str) -> None:
+        """Open ``tag`` (unless already open), let the model write its field, close it."""
+        if not trajs:
+            return
+        for t in trajs:
+            if t.open_tag != tag:
+                self._insert(t, self._encode((sep if t.ids else "") + f"<{tag}>"))
+            t.open_tag = None
+        params = SamplingParams(max_tokens=max_tokens, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                top_k=self.cfg.top_k, stop=ALL_TAGS, stop_on_special=True)
+        seeds = [sample_seed(t.seed, len(t.ids)) for t in trajs]
+        samples = self.backend.generate([t.context for t in trajs], params, n=1, seed=seeds)
+        close = f"</{tag}>"
+        for t, (s,) in zip(trajs, samples):
+            target = s.text + close
+            k = len(s.token_ids)
+            while k > 0 and not target.startswith(self.backend.decode(s.token_ids[:k])):
+                k -= 1
+            start = len(t.ids)
+            t.ids += s.token_ids[:k]
+            t.mask += [True] * k
+            t.logprobs += s.logprobs[:k]
+            t.spans.append((tag, start, len(t.ids)))
+            written = self.backend.decode(s.token_ids[:k])
+            self._insert(t, self._encode(target[len(written):]))
+
+    def _answer(self, trajs: list[Trajectory], sep: str) -> None:
+        """Write ``<final_answer>``, read the probability from the next-token distribution, write it, close."""
+        if not trajs:
+            return
+        digits = self.cfg.readout == "digits"
+        for t in trajs:
+            lead = "" if not t.ids else sep
+            self._insert(t, self._encode(f"{lead}<{FINAL}>" + ("0." if digits else "")))
+            t.readout_index = len(t.ids)
+        if digits:
+            cand, values = digit_tokens(self.backend)
+        else:
+            cand, values = yes_no_tokens(self.backend)
+        lp = self.backend.next_token_logprobs([t.context for t in trajs], cand)  # (B, C)
+        for t, row in zip(trajs, lp):
+            w = np.exp(row - row.max())
+            p = float(np.dot(w, values) / w.sum())
+            t.probability = min(1.0, max(0.0, p))
+            shown = f"{t.probability:.2f}"
+            self._insert(t, self._encode((shown[2:] if digits else shown) + f"</{FINAL}>"))
+            t.stage = DONE
+
+    # ================================================================== helpers
+    def _insert(self, t: Trajectory, ids: list[int]) -> None:
+        t.ids += ids
+        t.mask += [False] * len(ids)
+        t.logprobs += [0.0] * len(ids)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.backend.encode(text) if text else []
+
+    def _response(self, t: Trajectory) -> Response:
+        text = self.backend.decode(t.ids)
+        parsed = parse_response(text, self.matcher, self.cfg.prompt_style)
+        if t.probability is not None:
+            parsed.probability = t.probability  # the exact readout, not its two-decimal rendering
+        return Response(text, t.ids, t.mask, t.logprobs, t.spans, parsed, t.probability, t.readout_index,
+                        t.n_steps, t.prompt_ids)
+
+    def _free_form(self, prompts, n: int, seed) -> list[list[Response]]:
+        params = SamplingParams(max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                                top_p=self.cfg.top_p, top_k=self.cfg.top_k)
+        out = []
+        for prompt, group in zip(prompts, self.backend.generate(prompts, params, n=n, seed=seed)):
+            row = []
+            for s in group:
+                parsed = parse_response(s.text, self.matcher, self.cfg.prompt_style)
+                row.append(Response(s.text, s.token_ids, [True] * len(s.token_ids), s.logprobs, [], parsed,
+                                    parsed.probability, None, len(parsed.steps), list(prompt)))
+            out.append(row)
+        return out
+
+
+# ====================================================================== readout vocabularies
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    c = 0
+    while c < min(len(a), len(b)) - 1 and a[c] == b[c]:
+        c += 1
+    return c
+
+
+def _vocab_strings(backend: GenerationBackend) -> list[str]:
+    tok = backend.tokenizer
+    return [tok.decode([i]) for i in range(len(tok))]
+
+
+def digit_tokens(backend: GenerationBackend) -> tuple[list[int], np.ndarray]:
+    """Token ids that are runs of digits, and the probability each stands for after "0." (computed once)."""
+    cache = backend.__dict__.setdefault("_readout_cache", {})
+    if "digits" not in cache:
+        ids, values = [], []
+        for i, s in enumerate(_vocab_strings(backend)):
+            if s and s.isascii() and s.isdigit() and len(s) <= 4:
+                ids.append(i)
+                values.append(float("0." + s) + 0.5 * 10.0 ** -len(s))
+        if not ids:
+            raise ValueError("the tokenizer has no digit tokens; use generation.readout=yesno")
+        cache["digits"] = (ids, np.asarray(values))
+    return cache["digits"]
+
+
+def yes_no_tokens(backend: GenerationBackend) -> tuple[list[int], np.ndarray]:
+    """First tokens of yes/no spellings (value 1 for yes, 0 for no), deduplicated."""
+    cache = backend.__dict__.setdefault("_readout_cache", {})
+    if "yesno" not in cache:
+        ids, values = [], []
+        for word, v in (("yes", 1.0), ("Yes", 1.0), (" yes", 1.0), ("no", 0.0), ("No", 0.0), (" no", 0.0)):
+            enc = backend.encode(word)
+            if enc and enc[0] not in ids:
+                ids.append(enc[0])
+                values.append(v)
+        cache["yesno"] = (ids, np.asarray(values))
+    return cache["yesno"]

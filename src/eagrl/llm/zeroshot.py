@@ -1,0 +1,124 @@
+"""Zero-shot evaluation of the base LLM: vanilla, think-then-answer and P_QD prompting on one split.
+
+``evaluate_zero_shot(cohort, out_dir, model_cfg, gen_cfg)`` prompts the model once per stay of the split in
+``gen_cfg.prompt_style``, structured or free-form, and writes into ``out_dir``:
+
+* ``metrics.json``: flat numbers and ``[low, high]`` intervals, e.g. ``test_auroc``, ``test_auroc_ci``,
+  ``test_auprc``, ``test_well_formed_rate``, ``test_parsed_rate`` (a probability was read), timings;
+* ``predictions.csv``: stay_id, label, probability, well_formed, n_steps, features;
+* ``responses.jsonl``: the full response text of every stay.
+
+A stay whose response yields no probability (free-form only) is scored 0.5, and counted in the rates.
+The same function backs the CLI command, the pipeline component and the tests.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eagrl.data.cohort import Cohort
+from eagrl.evaluate.metrics import evaluate_binary
+from eagrl.llm.backends import GenerationBackend, make_backend
+from eagrl.llm.config import GenerationConfig, ModelConfig
+from eagrl.llm.prompt import build_prompt, encode
+from eagrl.llm.structured import StructuredGenerator
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_zero_shot(
+    cohort: Cohort,
+    out_dir: str | Path,
+    model_cfg: ModelConfig | None = None,
+    gen_cfg: GenerationConfig | None = None,
+    *,
+    split: str = "test",
+    max_stays: int | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    backend: GenerationBackend | None = None,
+) -> dict:
+    """Score every stay of ``split`` with the base model; write and return the metrics."""
+    model_cfg, gen_cfg = model_cfg or ModelConfig(), gen_cfg or GenerationConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stay_ids = cohort.split_ids(split)[:max_stays] if max_stays else cohort.split_ids(split)
+    if not stay_ids:
+        raise ValueError(f"the {cohort.dataset}/{cohort.task} cohort has no stays in split {split!r}")
+    backend = backend or make_backend(model_cfg, gen_cfg)
+    tok = backend.tokenizer
+    generator = StructuredGenerator(backend, gen_cfg, cohort.features)
+
+    t0 = time.perf_counter()
+    records = [cohort.patient(s) for s in stay_ids]
+    prompts = [build_prompt(r, cohort.features, dataset=cohort.dataset, task=cohort.task, cfg=gen_cfg,
+                            tokenizer=tok) for r in records]
+    ids = [encode(p, tok) for p in prompts]
+    responses = []
+    for start in range(0, len(ids), gen_cfg.batch_size):
+        chunk = ids[start:start + gen_cfg.batch_size]
+        seeds = [gen_cfg.seed + start + i for i in range(len(chunk))]
+        responses += [group[0] for group in generator.generate(chunk, n=1, seed=seeds)]
+        log.info("zero-shot %s: %d/%d stays", gen_cfg.prompt_style, len(responses), len(ids))
+    seconds = time.perf_counter() - t0
+
+    labels = np.array([r.label for r in records], dtype=int)
+    probs = np.array([r.probability if r.probability is not None else 0.5 for r in responses], dtype=float)
+    well = np.array([r.well_formed for r in responses], dtype=bool)
+    parsed = np.array([r.parsed.probability is not None for r in responses], dtype=bool)
+    written = sum(int(np.sum(r.mask)) for r in responses)
+
+    metrics: dict = {}
+    if len(set(labels.tolist())) == 2:
+        metrics.update(evaluate_binary(labels, probs, prefix=f"{split}_", metrics=("auroc", "auprc", "brier"),
+                                       n_boot=n_boot, seed=seed))
+    else:
+        log.warning("split %s has a single class; AUROC/AUPRC are undefined", split)
+    metrics.update({
+        f"{split}_well_formed_rate": float(well.mean()),
+        f"{split}_parsed_rate": float(parsed.mean()),
+        f"{split}_n_stays": len(stay_ids),
+        "prompt_tokens_mean": float(np.mean([len(i) for i in ids])),
+        "steps_mean": float(np.mean([r.n_steps for r in responses])),
+        "model_tokens_per_response": written / len(responses),
+        "seconds": seconds,
+        "model_tokens_per_second": written / seconds if seconds > 0 else 0.0,
+    })
+    _write(out, metrics, stay_ids, labels, probs, well, responses)
+    _log_mlflow(metrics)
+    return metrics
+
+
+def _write(out: Path, metrics: dict, stay_ids, labels, probs, well, responses) -> None:
+    from eagrl.stage import metrics_json
+
+    (out / "metrics.json").write_text(json.dumps(metrics_json(metrics), indent=1, sort_keys=True))
+    pd.DataFrame({
+        "stay_id": stay_ids, "label": labels, "probability": probs, "well_formed": well,
+        "n_steps": [r.n_steps for r in responses], "features": ["; ".join(r.parsed.features) for r in responses],
+    }).to_csv(out / "predictions.csv", index=False)
+    with open(out / "responses.jsonl", "w", encoding="utf-8") as fh:
+        for sid, r in zip(stay_ids, responses):
+            fh.write(json.dumps({"stay_id": sid, "text": r.text, "probability": r.probability}) + "\n")
+
+
+def _log_mlflow(metrics: dict) -> None:
+    """Log into the active MLflow run, if the caller opened one (the stage wrapper does)."""
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover
+        return
+    if mlflow.active_run() is None:
+        return
+    flat = {}
+    for k, v in metrics.items():
+        if isinstance(v, (list, tuple)) and len(v) == 2:
+            flat[f"{k}_low"], flat[f"{k}_high"] = float(v[0]), float(v[1])
+        elif isinstance(v, (int, float)) and np.isfinite(v):
+            flat[k] = float(v)
+    mlflow.log_metrics(flat)

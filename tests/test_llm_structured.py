@@ -1,0 +1,152 @@
+"""Structured generation: any model yields a well-formed response; the mask tells writer from scaffold."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from eagrl.llm.backends.transformers_backend import TransformersBackend
+from eagrl.llm.config import GenerationConfig
+from eagrl.llm.loading import build_tiny
+from eagrl.llm.parse import ALL_TAGS
+from eagrl.llm.prompt import build_prompt, encode
+from eagrl.llm.structured import StructuredGenerator, digit_tokens
+from llm_helpers import FEATURES, patient
+
+CAPS = dict(max_subquestion_tokens=6, max_answer_tokens=6, max_features_tokens=6, max_think_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny()
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tiny):
+    _, tok = tiny
+    p = build_prompt(patient(), FEATURES, dataset="tjh", task="mortality", cfg=GenerationConfig(), tokenizer=tok)
+    return encode(p, tok)
+
+
+def _gen(tiny, prefix_cache_tokens=100_000, **cfg):
+    model, tok = tiny
+    backend = TransformersBackend(model, tok, prefix_cache_tokens=prefix_cache_tokens, threads=1)
+    return StructuredGenerator(backend, GenerationConfig(**{**CAPS, **cfg}), FEATURES)
+
+
+@pytest.mark.parametrize("style", ["pqd", "think", "vanilla"])
+@pytest.mark.parametrize("temperature", [0.0, 1.5])
+def test_always_well_formed(tiny, prompt_ids, style, temperature):
+    gen = _gen(tiny, prompt_style=style, temperature=temperature, depth=3)
+    responses = gen.generate([prompt_ids, prompt_ids[:-7]], n=3, seed=1)
+    for r in sum(responses, []):
+        assert r.well_formed, (r.parsed.problems, r.text)
+        assert 0.0 <= r.probability <= 1.0
+        assert r.parsed.probability == r.probability
+        if style == "pqd":
+            assert 1 <= r.n_steps <= 3 and len(r.parsed.steps) == r.n_steps
+
+
+def test_mask_separates_written_from_inserted(tiny, prompt_ids):
+    model, _ = tiny
+    gen = _gen(tiny, temperature=1.0, depth=2, step_policy="fixed")
+    for r in gen.generate([prompt_ids], n=4, seed=7)[0]:
+        assert len(r.token_ids) == len(r.mask) == len(r.logprobs)
+        dec = gen.backend.decode
+        runs, cur, kind = [], [], None
+        for t, m in zip(r.token_ids, r.mask):
+            if kind is not None and m != kind:
+                runs.append((kind, dec(cur)))
+                cur = []
+            cur.append(t)
+            kind = m
+        runs.append((kind, dec(cur)))
+        inserted = "".join(text for written, text in runs if not written)
+        # What the framework wrote is the scaffold: tags, newlines and the probability digits, nothing else.
+        leftover = inserted
+        for tag in sorted(ALL_TAGS, key=len, reverse=True):
+            leftover = leftover.replace(tag, "")
+        assert re.fullmatch(r"[\s0-9.]*", leftover), leftover
+        assert inserted.count("<subquestion>") == 2 and inserted.count("<final_answer>0.") == 1
+        # What the model wrote never contains a whole tag.
+        for written, text in runs:
+            if written:
+                assert not any(tag in text for tag in ALL_TAGS), text
+        # Every written token's log-prob is the model's, in the full context the response ends up in.
+        full = torch.tensor([prompt_ids + r.token_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(full).logits[0].float(), -1)
+        for i, (t, m, lp) in enumerate(zip(r.token_ids, r.mask, r.logprobs)):
+            if m:
+                assert lp == pytest.approx(float(logp[len(prompt_ids) + i - 1, t]), abs=1e-4)
+            else:
+                assert lp == 0.0
+        # Field spans cover model-written tokens only; the features span exists.
+        assert r.features_span is not None
+        for _, s, e in r.spans:
+            assert all(r.mask[s:e])
+
+
+def test_probability_is_the_expected_digit_value(tiny, prompt_ids):
+    model, _ = tiny
+    gen = _gen(tiny, temperature=0.0, depth=1)
+    (r,), = gen.generate([prompt_ids], seed=0)
+    assert gen.backend.decode(r.token_ids[:r.readout_index]).endswith("<final_answer>0.")
+    ids, values = digit_tokens(gen.backend)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + r.token_ids[:r.readout_index]])).logits[0, -1].float()
+    p = torch.softmax(logits[ids], -1).numpy()
+    assert r.probability == pytest.approx(float(np.dot(p, values)), abs=1e-5)
+    assert f"<final_answer>{r.probability:.2f}</final_answer>" in r.text
+
+
+def test_yes_no_readout(tiny, prompt_ids):
+    gen = _gen(tiny, prompt_style="vanilla", readout="yesno")
+    (r,), = gen.generate([prompt_ids], seed=0)
+    assert r.well_formed and 0.0 < r.probability < 1.0
+
+
+def test_prefix_reuse_and_seeds(tiny, prompt_ids):
+    reuse = _gen(tiny, temperature=1.0, depth=3)
+    fresh = _gen(tiny, prefix_cache_tokens=0, temperature=1.0, depth=3)
+    a = reuse.generate([prompt_ids], n=3, seed=5)[0]
+    b = fresh.generate([prompt_ids], n=3, seed=5)[0]
+    again = reuse.generate([prompt_ids], n=3, seed=5)[0]
+    for x, y, z in zip(a, b, again):
+        assert x.token_ids == y.token_ids == z.token_ids and x.mask == y.mask
+        np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-4)
+        assert x.probability == pytest.approx(y.probability, abs=1e-5)
+    other = reuse.generate([prompt_ids], n=3, seed=6)[0]
+    assert [x.token_ids for x in a] != [x.token_ids for x in other]
+
+
+def test_expand_and_finish_from_a_shared_prefix(tiny, prompt_ids):
+    gen = _gen(tiny, temperature=1.0, depth=3)
+    root = gen.start(prompt_ids, seed=0)
+    children = gen.expand(root, b=3, seed=1)
+    assert [c.n_steps for c in children] == [1, 1, 1] and root.ids == []
+    assert len({tuple(c.ids) for c in children}) == 3
+    grand = gen.expand(children[0], b=2, seed=2)
+    assert all(g.ids[:len(children[0].ids)] == children[0].ids and g.n_steps == 2 for g in grand)
+    done = gen.finish(grand)
+    assert all(r.well_formed and r.token_ids[:len(g.ids)] == g.ids for r, g in zip(done, grand))
+    assert grand[0].stage == "steps"  # finish works on copies
+    forced = gen.finish(children, more_steps=False)  # the MCTS at depth T: answer now
+    assert [r.n_steps for r in forced] == [1, 1, 1] and all(r.well_formed for r in forced)
+
+
+def test_depth_and_step_policy(tiny, prompt_ids):
+    fixed = _gen(tiny, depth=3, step_policy="fixed", temperature=1.0)
+    assert [r.n_steps for r in fixed.generate([prompt_ids], n=3, seed=0)[0]] == [3, 3, 3]
+    chosen = _gen(tiny, depth=4, min_steps=2, temperature=1.0)
+    steps = [r.n_steps for r in chosen.generate([prompt_ids], n=6, seed=0)[0]]
+    assert all(2 <= s <= 4 for s in steps)
+
+
+def test_free_form_marks_everything_as_written(tiny, prompt_ids):
+    gen = _gen(tiny, structured=False, max_new_tokens=12, temperature=1.0)
+    (r,), = gen.generate([prompt_ids], seed=0)
+    assert all(r.mask) and len(r.token_ids) <= 12
+    assert r.probability == r.parsed.probability  # most likely None for a random model: that is the point
