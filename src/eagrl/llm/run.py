@@ -50,9 +50,9 @@ def zeroshot_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None =
         log_metrics(metrics)
         split = cfg.zeroshot.split
         head = cfg.zeroshot.styles[0]
-        auroc = metrics.get(f"{head}_{split}_auroc")
+        auroc, ci = metrics.get(f"{head}_{split}_auroc"), metrics.get(f"{head}_{split}_auroc_ci")
         message = (f"{mcfg.source} zero-shot {head}: {split} AUROC "
-                   + (f"{auroc:.3f} {metrics.get(f'{head}_{split}_auroc_ci')}" if auroc is not None else "undefined")
+                   + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None and ci else "undefined")
                    + f", well-formed {metrics.get(f'{head}_{split}_well_formed_rate', 0):.0%}")
         result = StageResult("zeroshot", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
                              outputs={style: str(out / style) for style in cfg.zeroshot.styles})
