@@ -96,18 +96,24 @@ def data_pull(
     print(path)
 
 
+def _run_stage(stage_fn, profile, dataset, data_path, task, out, sets, workspace, *shown: str) -> None:
+    """The body every stage command shares: resolve the config, run the stage, say what it produced."""
+    result = stage_fn(build_config(profile, dataset, data_path, task, sets, workspace), out)
+    console.print(f"[green]{result.message}[/green]")
+    details = [f"{key}: {result.outputs[key]}" for key in shown if key in result.outputs]
+    console.print("  ".join([*details, f"metrics: {Path(out) / result.stage / 'metrics.json'}",
+                             f"mlflow run: {result.mlflow_run_id}"]))
+
+
 @data_app.command("validate")
 @_guard
 def data_validate(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
                   task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None,
                   workspace: Workspace = None) -> None:
     """Run the Great Expectations gates on a source; write OUT/validate/report.html."""
-    from eagrl.data import stages
+    from eagrl.data.stages import validate
 
-    cfg = build_config(profile, dataset, data_path, task, set_, workspace)
-    result = stages.validate(cfg, out)
-    console.print(f"[green]{result.message}[/green]")
-    console.print(f"report: {result.outputs['report']}  mlflow run: {result.mlflow_run_id}")
+    _run_stage(validate, profile, dataset, data_path, task, out, set_, workspace, "report")
 
 
 @data_app.command("prepare")
@@ -116,12 +122,9 @@ def data_prepare(profile: Profile = "default", dataset: DatasetOpt = None, data_
                  task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None,
                  workspace: Workspace = None) -> None:
     """Validate, build the cohort, store and DVC-version it under <workspace>/data."""
-    from eagrl.data import stages
+    from eagrl.data.stages import prepare
 
-    cfg = build_config(profile, dataset, data_path, task, set_, workspace)
-    result = stages.prepare(cfg, out)
-    console.print(f"[green]{result.message}[/green]")
-    console.print(f"data.dvc md5: {result.outputs.get('dvc_data_md5', '-')}  mlflow run: {result.mlflow_run_id}")
+    _run_stage(prepare, profile, dataset, data_path, task, out, set_, workspace, "dvc_data_md5")
 
 
 # ====================================================================== expert and policy model
@@ -133,9 +136,35 @@ def expert_train(profile: Profile = "default", dataset: DatasetOpt = None, data_
     """Train ConCare on the prepared cohort; register it in MLflow; version its attention (C_exp) with DVC."""
     from eagrl.expert.run import expert_stage
 
-    result = expert_stage(build_config(profile, dataset, data_path, task, set_, workspace), out)
-    console.print(f"[green]{result.message}[/green]")
-    console.print(f"registered: {result.outputs['registered_model']}  mlflow run: {result.mlflow_run_id}")
+    _run_stage(expert_stage, profile, dataset, data_path, task, out, set_, workspace, "registered_model", "attention")
+
+
+ModelPath = Annotated[Optional[Path], typer.Option("--model", help="A model.pt; default the workspace's expert.")]
+
+
+@expert_app.command("evaluate")
+@_guard
+def expert_evaluate(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
+                    task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None,
+                    workspace: Workspace = None, model: ModelPath = None,
+                    split: Annotated[str, typer.Option(help="train | val | test")] = "test") -> None:
+    """Score a trained expert on a split of the prepared cohort (AUROC, AUPRC, F1, Brier, ECE with CIs)."""
+    from eagrl.expert.run import evaluate_expert_stage
+
+    stage = lambda cfg, o: evaluate_expert_stage(cfg, o, model, split)  # noqa: E731
+    _run_stage(stage, profile, dataset, data_path, task, out, set_, workspace, "predictions")
+
+
+@expert_app.command("export-attention")
+@_guard
+def expert_export_attention(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
+                            task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None,
+                            workspace: Workspace = None, model: ModelPath = None) -> None:
+    """Write each stay's attention over features and C_exp (top expert.top_k) from a trained expert."""
+    from eagrl.expert.run import export_attention_stage
+
+    stage = lambda cfg, o: export_attention_stage(cfg, o, model)  # noqa: E731
+    _run_stage(stage, profile, dataset, data_path, task, out, set_, workspace, "attention")
 
 
 @app.command("zeroshot")
@@ -146,9 +175,7 @@ def zeroshot(profile: Profile = "default", dataset: DatasetOpt = None, data_path
     """Score the base policy model zero-shot (P_QD, vanilla, think-then-answer) on the prepared cohort."""
     from eagrl.llm.run import zeroshot_stage
 
-    result = zeroshot_stage(build_config(profile, dataset, data_path, task, set_, workspace), out)
-    console.print(f"[green]{result.message}[/green]")
-    console.print(f"mlflow run: {result.mlflow_run_id}")
+    _run_stage(zeroshot_stage, profile, dataset, data_path, task, out, set_, workspace)
 
 
 # ====================================================================== pipeline

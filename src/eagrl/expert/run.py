@@ -85,3 +85,73 @@ def _log_and_register(cfg: Config, model_path: Path) -> None:
 
 def _ci(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def _trained(cfg: Config, model_path: str | Path | None):
+    from eagrl.expert.stage import load_expert
+
+    model, ecfg, features = load_expert(model_path or expert_dir(cfg) / "model.pt")
+    return model, ecfg, features
+
+
+def _check_features(cohort: Cohort, features: list[str], where: Path) -> None:
+    from eagrl.errors import DataError
+
+    if features != cohort.feature_names:
+        missing = sorted(set(features) ^ set(cohort.feature_names))[:5]
+        raise DataError(f"the expert at {where} was trained on other features than the {cohort.dataset} cohort "
+                        f"(e.g. {missing}); train it on this cohort first")
+
+
+@records_failure("expert-evaluate")
+def evaluate_expert_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None,
+                          split: str = "test") -> StageResult:
+    """Score a trained expert on one split of the prepared cohort, with bootstrap intervals."""
+    from eagrl.evaluate.metrics import evaluate_binary
+    from eagrl.expert.train import predict
+
+    out = stage_dir(out_dir, "expert-evaluate")
+    cohort = Cohort.load(cohort_dir(cfg))
+    model, ecfg, features = _trained(cfg, model_path)
+    _check_features(cohort, features, Path(model_path or expert_dir(cfg)))
+    arrays = cohort.tensors(split)
+    probs, _ = predict(model, arrays)
+    metrics = evaluate_binary(arrays["y"], probs, prefix=f"{split}_", n_boot=ecfg.n_boot, seed=ecfg.seed,
+                              threshold=ecfg.threshold)
+    a, ci = metrics[f"{split}_auroc"], metrics[f"{split}_auroc_ci"]
+    import mlflow
+    import pandas as pd
+
+    pd.DataFrame({"stay_id": arrays["stay_ids"], "label": arrays["y"], "prob": probs}).to_csv(
+        out / "predictions.csv", index=False)
+    with stage_run(cfg, "expert-evaluate") as run:
+        log_metrics(metrics)
+        mlflow.log_artifact(str(out / "predictions.csv"))
+    result = StageResult("expert-evaluate", metrics=metrics, outputs={"predictions": str(out / "predictions.csv")},
+                         mlflow_run_id=run.info.run_id,
+                         message=f"expert on {cohort.dataset} {split}: AUROC {a:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+    result.write(out_dir)
+    return result
+
+
+@records_failure("expert-attention")
+def export_attention_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None) -> StageResult:
+    """Write every stay's attention weights and C_exp (top-k) from a trained expert."""
+    from eagrl.expert.attention import export_attention
+
+    out = stage_dir(out_dir, "expert-attention")
+    cohort = Cohort.load(cohort_dir(cfg))
+    model, ecfg, features = _trained(cfg, model_path)
+    _check_features(cohort, features, Path(model_path or expert_dir(cfg)))
+    ecfg = ecfg.model_copy(update={"top_k": cfg.expert.top_k})
+    table = export_attention(model, cohort, ecfg, out / "attention.parquet")
+    import mlflow
+
+    with stage_run(cfg, "expert-attention") as run:
+        mlflow.log_artifact(str(out / "attention.parquet"))
+    result = StageResult("expert-attention", metrics={"n_stays": len(table), "top_k": ecfg.top_k},
+                         mlflow_run_id=run.info.run_id,
+                         outputs={"attention": str(out / "attention.parquet")},
+                         message=f"C_exp (top-{ecfg.top_k}) of {len(table)} stays -> {out / 'attention.parquet'}")
+    result.write(out_dir)
+    return result
