@@ -97,3 +97,16 @@ def test_attention_recovers_the_features_the_outcome_depends_on(seed):
     # and a shuffled truth is not recovered: the test can fail
     decoys = [n for n in cohort.feature_names if n not in truth][:3]
     assert mean_jaccard(top_k(attention, cohort.feature_names, 3), decoys) < 0.3
+
+
+@pytest.mark.slow
+def test_tjh_mortality_meets_the_published_range(tmp_path):
+    """Issue 3: TJH mortality, stratified 70/10/20 seed 42: test AUROC >= 0.97, AUPRC >= 0.95 (defaults)."""
+    from eagrl.expert.stage import train_expert
+
+    from expert_helpers import tjh_cohort
+
+    result = train_expert(tjh_cohort(), ExpertConfig(progress=False), tmp_path)
+    m = result.metrics
+    assert m["test_auroc"] >= 0.97 and m["test_auprc"] >= 0.95, m
+    assert m["test_auroc_ci"][0] < m["test_auroc"] < m["test_auroc_ci"][1] or m["test_auroc"] == 1.0
