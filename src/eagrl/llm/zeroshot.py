@@ -109,16 +109,9 @@ def _write(out: Path, metrics: dict, stay_ids, labels, probs, well, responses) -
 
 def _log_mlflow(metrics: dict) -> None:
     """Log into the active MLflow run, if the caller opened one (the stage wrapper does)."""
-    try:
-        import mlflow
-    except ImportError:  # pragma: no cover
-        return
-    if mlflow.active_run() is None:
-        return
-    flat = {}
-    for k, v in metrics.items():
-        if isinstance(v, (list, tuple)) and len(v) == 2:
-            flat[f"{k}_low"], flat[f"{k}_high"] = float(v[0]), float(v[1])
-        elif isinstance(v, (int, float)) and np.isfinite(v):
-            flat[k] = float(v)
-    mlflow.log_metrics(flat)
+    import mlflow
+
+    from eagrl.tracking.mlflow_run import flat_numbers
+
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics(flat_numbers(metrics))
