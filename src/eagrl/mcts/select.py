@@ -1,0 +1,67 @@
+"""From the searched trees to the SFT set: the best correct-side trajectories of each patient, classes balanced.
+
+Per patient, the completed trajectories are ranked by the search reward R (highest first, then by rollout
+order); only well-formed ones on the correct side of 0.5 (``(p >= 0.5) == label``) qualify; identical
+response texts count once (``dedupe``); the first ``top_k_per_patient`` are kept. Then, with ``balance``,
+the larger class (by label) is cut to the size of the smaller, keeping its highest-R trajectories. When one
+class has none at all, balancing would leave nothing, so the set is kept as it is and a warning says so.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from eagrl.mcts.config import MCTSConfig
+
+log = logging.getLogger(__name__)
+
+RECORD_FIELDS = ("stay_id", "label", "c_exp", "prompt_text", "prompt_ids", "response", "token_ids", "mask", "r",
+                 "r_cls", "r_att", "r_att_expert", "probability", "n_steps", "rollout")
+
+
+def correct_side(probability: float | None, label: int) -> bool:
+    return probability is not None and (float(probability) >= 0.5) == bool(int(label))
+
+
+def select_patient(patient: dict, cfg: MCTSConfig) -> list[dict]:
+    """The top-k qualifying trajectories of one stored patient, as SFT records."""
+    label = int(patient["label"])
+    ranked = sorted(patient["trajectories"], key=lambda t: (-t["r"], t["rollout"]))
+    out, seen = [], set()
+    for t in ranked:
+        if not t["well_formed"] or not correct_side(t["probability"], label):
+            continue
+        if cfg.dedupe and t["text"] in seen:
+            continue
+        seen.add(t["text"])
+        out.append({
+            "stay_id": str(patient["stay_id"]), "label": label, "c_exp": list(patient["c_exp"]),
+            "prompt_text": patient.get("prompt_text", ""), "prompt_ids": list(patient["prompt_ids"]),
+            "response": t["text"], "token_ids": list(t["token_ids"]), "mask": list(t["mask"]), "r": t["r"],
+            "r_cls": t["r_cls"], "r_att": t["r_att"], "r_att_expert": t["r_att_expert"],
+            "probability": t["probability"], "n_steps": t["n_steps"], "rollout": t["rollout"],
+        })
+        if len(out) == cfg.top_k_per_patient:
+            break
+    return out
+
+
+def balance_classes(records: list[dict]) -> list[dict]:
+    """Cut the larger class to the smaller one's size (highest R kept); input order is kept otherwise."""
+    pos = [i for i, r in enumerate(records) if r["label"] == 1]
+    neg = [i for i, r in enumerate(records) if r["label"] == 0]
+    if not pos or not neg:
+        if records:
+            log.warning("trajectory selection: only %s-label trajectories qualified (%d); the set is not balanced",
+                        "positive" if pos else "negative", len(records))
+        return list(records)
+    m = min(len(pos), len(neg))
+    big = pos if len(pos) > len(neg) else neg
+    drop = set(sorted(big, key=lambda i: (-records[i]["r"], i))[m:])
+    return [r for i, r in enumerate(records) if i not in drop]
+
+
+def select_trajectories(patients: Iterable[dict], cfg: MCTSConfig) -> list[dict]:
+    """The SFT set: per-patient top-k on the correct side of 0.5, then (``cfg.balance``) classes balanced."""
+    records = [rec for p in patients for rec in select_patient(p, cfg)]
+    return balance_classes(records) if cfg.balance else records
