@@ -1,0 +1,185 @@
+"""LoRA SFT of the policy on the selected trajectories: ``run_sft(model_cfg, sft_cfg, path, out_dir)``.
+
+TRL's ``SFTTrainer`` (pinned trl 1.16) is used: given a dataset that already has ``input_ids`` and
+``labels`` it keeps the labels as they are, and its loss is the summed NLL of the labelled tokens over their
+count in the (accumulated) batch, which is exactly "mean NLL of the model-written response tokens". We cut
+the prompt ourselves (``max_length=None`` there: TRL only cuts whole sequences from one end) and pass our
+own collator. The adapter is attached with :func:`eagrl.llm.loading.attach_lora` before the trainer sees
+the model, so the same code path builds adapters for SFT and RL.
+
+Nothing is logged to MLflow here; the caller logs :class:`SFTResult` (metrics, loss history, adapter dir).
+``out_dir`` receives ``adapter/`` (adapter_model.safetensors, adapter_config.json, sft_config.json),
+``train_history.json`` (one row per logging step) and ``train_metrics.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback, TrainerCallback
+
+from eagrl.llm.config import ModelConfig
+from eagrl.llm.loading import LoadedModel, attach_lora, load_model
+from eagrl.sft.config import SFTConfig
+from eagrl.sft.data import ExampleSet, SFTCollator, load_examples
+
+log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class SFTResult:
+    adapter_dir: Path
+    metrics: dict[str, float]  # flat numbers, ready for mlflow.log_metrics / metrics.json
+    history: list[dict[str, float]]  # per logging step: step, epoch, loss, learning_rate, grad_norm
+    model: torch.nn.Module | None = field(default=None, repr=False)  # the trained PeftModel (unmerged, eval mode)
+
+
+# ====================================================================== entry point
+def run_sft(model_cfg: ModelConfig, sft_cfg: SFTConfig, trajectories_path: str | Path, out_dir: str | Path,
+            *, loaded: LoadedModel | None = None) -> SFTResult:
+    """Train a LoRA adapter on the trajectories; save it and its loss curve under ``out_dir``.
+
+    ``loaded`` (optional) reuses a model already in memory; its weights gain LoRA layers in place.
+    """
+    from transformers import set_seed
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_examples(trajectories_path, sft_cfg.max_seq_len, sft_cfg.max_examples)
+    log.info("SFT on %d examples (%d target tokens) from %s", len(data.examples), data.n_target_tokens,
+             trajectories_path)
+
+    set_seed(sft_cfg.seed)  # before attach_lora: the LoRA A matrices are drawn here
+    loaded = loaded or load_model(model_cfg.model_copy(update={"adapter": None}))
+    model = attach_lora(loaded.model, sft_cfg.lora_model_config(model_cfg))
+    cuda = loaded.device.type == "cuda"
+    trainer = build_trainer(model, loaded.tokenizer, sft_cfg, data, out / "checkpoints", cuda=cuda)
+
+    t0 = time.perf_counter()
+    train_out = trainer.train()
+    seconds = time.perf_counter() - t0
+
+    adapter_dir = out / ADAPTER_DIR
+    trainer.model.save_pretrained(adapter_dir)
+    (adapter_dir / "sft_config.json").write_text(json.dumps(
+        {"sft": sft_cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")}, indent=1))
+
+    history = loss_history(trainer.state.log_history)
+    metrics = {**data.stats(), **summary_metrics(history, train_out, seconds, data)}
+    (out / "train_history.json").write_text(json.dumps(history, indent=1))
+    (out / "train_metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    log.info("SFT done in %.1f s: loss %.4f -> %.4f, adapter in %s", seconds, metrics.get("first_loss", math.nan),
+             metrics.get("last_loss", math.nan), adapter_dir)
+    trainer.model.eval()
+    if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
+        (out / "checkpoints").rmdir()  # save_strategy="no" leaves it empty
+    return SFTResult(adapter_dir, metrics, history, trainer.model)
+
+
+def load_sft_model(model_cfg: ModelConfig, adapter_dir: str | Path, merge: bool = True) -> LoadedModel:
+    """The base model with a trained adapter attached (merged by default), for evaluation or RL."""
+    return load_model(model_cfg.model_copy(update={"adapter": str(adapter_dir), "merge_adapter": merge}))
+
+
+# ====================================================================== the trainer
+def training_args(sft_cfg: SFTConfig, out_dir: Path, cuda: bool):
+    """TRL's SFTConfig for our settings; every default TRL changes from transformers is set explicitly."""
+    from trl import SFTConfig as TRLConfig
+
+    bf16 = cuda and torch.cuda.is_bf16_supported() if sft_cfg.bf16 is None else (sft_cfg.bf16 and cuda)
+    if sft_cfg.bf16 and not cuda:
+        log.info("sft.bf16 is set but no CUDA device is used: training in float32")
+    deepspeed = None
+    if sft_cfg.deepspeed is not None:
+        if cuda:
+            deepspeed = str(sft_cfg.deepspeed_path())
+        else:
+            log.info("sft.deepspeed=%r ignored: DeepSpeed is used on the CUDA path only", sft_cfg.deepspeed)
+    return TRLConfig(
+        output_dir=str(out_dir),
+        learning_rate=sft_cfg.learning_rate,
+        lr_scheduler_type=sft_cfg.lr_scheduler,
+        warmup_steps=sft_cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        weight_decay=sft_cfg.weight_decay,
+        max_grad_norm=sft_cfg.max_grad_norm,
+        num_train_epochs=sft_cfg.epochs,
+        max_steps=sft_cfg.max_steps or -1,
+        per_device_train_batch_size=sft_cfg.batch_size,
+        gradient_accumulation_steps=sft_cfg.grad_accumulation,
+        seed=sft_cfg.seed,
+        data_seed=sft_cfg.seed,
+        bf16=bf16,
+        fp16=False,
+        gradient_checkpointing=sft_cfg.gradient_checkpointing,
+        deepspeed=deepspeed,
+        use_cpu=not cuda,
+        logging_steps=sft_cfg.logging_steps,
+        save_strategy="no",
+        report_to="none",  # the caller logs to MLflow
+        disable_tqdm=True,  # progress goes through logging (ProgressLog)
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        max_length=None,  # the prompt is already cut from its left in data.build_example
+        packing=False,
+        completion_only_loss=None,
+        assistant_only_loss=False,
+        shuffle_dataset=False,  # the Trainer's sampler shuffles with data_seed
+    )
+
+
+def build_trainer(model: torch.nn.Module, tokenizer, sft_cfg: SFTConfig, data: ExampleSet, out_dir: Path,
+                  cuda: bool | None = None):
+    """An SFTTrainer over ``data`` for a model that already carries its trainable adapter."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    cuda = next(model.parameters()).device.type == "cuda" if cuda is None else cuda
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    dataset = Dataset.from_list(data.examples)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args(sft_cfg, out_dir, cuda),
+        data_collator=SFTCollator(pad_id, pad_to_multiple_of=8 if cuda else None),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[ProgressLog()],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; ProgressLog logs them instead
+    return trainer
+
+
+class ProgressLog(TrainerCallback):
+    """One log line per logging step: step/total, epoch, loss, learning rate."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            log.info("sft step %d/%d epoch %.2f loss %.4f lr %.2e", state.global_step, state.max_steps,
+                     logs.get("epoch", 0.0), logs["loss"], logs.get("learning_rate", 0.0))
+
+
+# ====================================================================== metrics
+def loss_history(log_history: list[dict]) -> list[dict[str, float]]:
+    keys = ("step", "epoch", "loss", "learning_rate", "grad_norm", "mean_token_accuracy", "entropy")
+    rows = []
+    for entry in log_history:
+        if "loss" in entry and "train_loss" not in entry:
+            rows.append({k: float(entry[k]) for k in keys if isinstance(entry.get(k), (int, float))})
+    return rows
+
+
+def summary_metrics(history: list[dict], train_out, seconds: float, data: ExampleSet) -> dict[str, float]:
+    steps = int(train_out.global_step)
+    epochs = float(history[-1]["epoch"]) if history and "epoch" in history[-1] else 0.0
+    tokens = sum(len(ex["input_ids"]) for ex in data.examples) * epochs
+    out = {"train_loss": float(train_out.training_loss), "train_steps": steps, "train_seconds": seconds,
+           "train_epochs": epochs, "train_tokens_per_s": tokens / seconds if seconds > 0 else 0.0}
+    if history:
+        out["first_loss"], out["last_loss"] = history[0]["loss"], history[-1]["loss"]
+    return out

@@ -1,0 +1,166 @@
+"""SFT on the tiny model: labels, the loss, a short training run, the saved adapter, bad input files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from eagrl.errors import DataError
+from eagrl.llm.config import ModelConfig
+from eagrl.llm.loading import attach_lora, build_tiny, load_model
+from eagrl.sft.config import ZERO2_CONFIG, SFTConfig
+from eagrl.sft.data import IGNORE, SFTCollator, build_example, load_examples, read_trajectories
+from eagrl.sft.train import build_trainer, load_sft_model, run_sft
+
+TINY = ModelConfig(source="tiny", device="cpu")
+RESPONSES = [
+    ("what is the albumin trend", "albumin is low and decreased", "albumin, lactate", 0.83),
+    ("how does the kidney look", "creatinine is elevated high risk", "creatinine, urea", 0.75),
+    ("is the patient in shock", "lactate is high severe sepsis", "lactate, sodium", 0.9),
+    ("what is the glucose", "glucose is normal mild", "glucose", 0.1),
+]
+
+
+def trajectory(tok, i: int) -> dict:
+    """A P_QD-shaped response: tags and probability inserted (mask False), fields model-written (True)."""
+    sub, ans, feats, p = RESPONSES[i % len(RESPONSES)]
+    prompt = tok.apply_chat_template([{"role": "user", "content": f"patient age {60 + i} years hemoglobin low"}],
+                                     add_generation_prompt=True, tokenize=False)
+    ids, mask = [], []
+    for text, written in [("<subquestion>", False), (sub, True), ("</subquestion><answer>", False), (ans, True),
+                          ("</answer><important_features>", False), (feats, True),
+                          (f"</important_features><final_answer>{p:.2f}</final_answer>", False)]:
+        piece = tok.encode(text, add_special_tokens=False)
+        ids += piece
+        mask += [written] * len(piece)
+    return {"stay_id": f"s{i}", "label": int(p > 0.5), "prompt_ids": tok.encode(prompt, add_special_tokens=False),
+            "token_ids": ids, "mask": mask, "r": 1.0, "r_cls": 0.5, "r_att": 0.5, "probability": p,
+            "response": tok.decode(ids)}
+
+
+def write_jsonl(path, records) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tiny()[1]
+
+
+def hand_nll(model, batch) -> torch.Tensor:
+    """Mean over labelled positions of -log p(token | prefix), computed from the logits."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # (B, T, V)
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V): predicts position t+1
+    target = batch["labels"][:, 1:]  # (B, T-1)
+    keep = target != IGNORE
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    return -(picked * keep).sum() / keep.sum()
+
+
+# ====================================================================== data
+def test_labels_ignore_prompt_and_inserted_tokens(tok, tmp_path):
+    rec = trajectory(tok, 0)
+    ex = build_example(rec["prompt_ids"], rec["token_ids"], rec["mask"], max_seq_len=4096)
+    n_prompt = len(rec["prompt_ids"])
+    assert ex["input_ids"] == rec["prompt_ids"] + rec["token_ids"]
+    assert ex["labels"][:n_prompt] == [IGNORE] * n_prompt
+    for tid, m, label in zip(rec["token_ids"], rec["mask"], ex["labels"][n_prompt:]):
+        assert label == (tid if m else IGNORE)
+    assert 0 < sum(rec["mask"]) < len(rec["mask"])  # both kinds present
+
+    # over max_seq_len: the prompt loses its left end, the response is intact
+    short = build_example(rec["prompt_ids"], rec["token_ids"], rec["mask"], max_seq_len=len(rec["token_ids"]) + 5)
+    assert short["input_ids"] == rec["prompt_ids"][-5:] + rec["token_ids"]
+    assert short["labels"][5:] == ex["labels"][n_prompt:]
+    with pytest.raises(DataError, match="max_seq_len"):
+        build_example(rec["prompt_ids"], rec["token_ids"], rec["mask"], max_seq_len=len(rec["token_ids"]))
+
+    # the collator pads labels with -100 and masks the padding out of attention
+    batch = SFTCollator(pad_id=tok.pad_token_id)([ex, short])
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, len(ex["input_ids"]))
+    assert (batch["labels"][1, len(short["input_ids"]):] == IGNORE).all()
+    assert batch["attention_mask"][1].sum() == len(short["input_ids"])
+
+    data = load_examples(write_jsonl(tmp_path / "t.jsonl", [rec, {**rec, "mask": [False] * len(rec["mask"])}]), 4096)
+    assert len(data.examples) == 1 and data.n_no_target == 1
+    assert data.n_target_tokens == sum(rec["mask"])
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda r: "{not json", "not valid JSON"),
+    (lambda r: json.dumps({k: v for k, v in r.items() if k != "mask"}), "missing field(s) ['mask']"),
+    (lambda r: json.dumps({**r, "mask": r["mask"][:-1]}), "'mask' has"),
+    (lambda r: json.dumps({**r, "token_ids": ["a", *r["token_ids"][1:]]}), "non-token values"),
+    (lambda r: json.dumps({**r, "stay_id": 3}), "'stay_id' should be str"),
+])
+def test_malformed_line_names_file_and_line(tok, tmp_path, mutate, needle):
+    good = trajectory(tok, 0)
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(good) + "\n" + mutate(good) + "\n")
+    with pytest.raises(DataError) as err:
+        read_trajectories(path)
+    assert f"{path}:2:" in str(err.value) and needle in str(err.value)
+
+
+# ====================================================================== loss and training
+def test_trainer_loss_is_mean_nll_of_model_written_tokens(tok, tmp_path):
+    model_cfg, sft_cfg = TINY, SFTConfig(batch_size=2, grad_accumulation=1)
+    data = load_examples(write_jsonl(tmp_path / "t.jsonl", [trajectory(tok, i) for i in range(3)]), 4096)
+    torch.manual_seed(0)
+    model = attach_lora(load_model(model_cfg).model, sft_cfg.lora_model_config(model_cfg))
+    trainer = build_trainer(model, tok, sft_cfg, data, tmp_path / "ckpt", cuda=False)
+    batch = SFTCollator(tok.pad_token_id)(data.examples)
+    model.eval()  # no LoRA dropout: both sides see the same function
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        expected = hand_nll(model, batch)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # and it differs from the loss over the whole sequence (the masking matters)
+    with torch.no_grad():
+        full = hand_nll(model, {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)})
+    assert abs(full.item() - expected.item()) > 1e-3
+
+
+def test_run_sft_lowers_loss_and_adapter_reloads(tok, tmp_path):
+    path = write_jsonl(tmp_path / "traj.jsonl", [trajectory(tok, i) for i in range(8)])
+    sft_cfg = SFTConfig(learning_rate=5e-3, epochs=6, batch_size=4, grad_accumulation=1, lora_dropout=0.0,
+                        warmup_ratio=0.0, lr_scheduler="constant", deepspeed="zero2", seed=1)
+    batch = SFTCollator(tok.pad_token_id)(load_examples(path, 4096).examples)
+    base = load_model(TINY).model
+    with torch.no_grad():
+        before = hand_nll(base, batch).item()
+
+    result = run_sft(TINY, sft_cfg, path, tmp_path / "sft")
+
+    with torch.no_grad():
+        after = hand_nll(result.model, batch).item()
+    assert after < before - 0.1, (before, after)
+    assert result.metrics["n_examples"] == 8 and result.metrics["train_steps"] == 12
+    assert len(result.history) == 12 and result.history[-1]["loss"] < result.history[0]["loss"]
+    assert {"train_loss", "first_loss", "last_loss", "train_seconds", "n_target_tokens"} <= set(result.metrics)
+    adapter = result.adapter_dir
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 16
+    assert json.loads((tmp_path / "sft" / "train_history.json").read_text()) == result.history
+
+    merged = load_sft_model(TINY, adapter).model
+    assert not hasattr(merged, "peft_config")  # merged into plain weights
+    with torch.no_grad():
+        want = result.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        plain = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    assert not torch.allclose(got, plain, atol=1e-3)  # the adapter did change the model
+
+
+def test_config_checks():
+    cfg = SFTConfig()
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.learning_rate) == (16, 32, 0.05, 2e-4)
+    assert SFTConfig(deepspeed="zero2").deepspeed_path() == ZERO2_CONFIG
+    assert json.loads(ZERO2_CONFIG.read_text())["zero_optimization"]["stage"] == 2
+    with pytest.raises(ValueError, match="nowhere.json"):
+        SFTConfig(deepspeed="nowhere.json")
+    mc = cfg.model_copy(update={"lora_r": 4}).lora_model_config(TINY)
+    assert mc.lora_r == 4 and mc.source == "tiny"
