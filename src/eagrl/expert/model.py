@@ -16,7 +16,8 @@ S = F + 1 tokens (the F feature tokens, then the demographic token).
 
 The public reference computes the whole network once per visit prefix, which is quadratic in visits.
 Here one pass gives the prediction at the last valid visit; ``every_visit=True`` gives the predictions at
-all T prefixes in the same single pass (queries at every visit, causal masks), equal to the prefix loop.
+all T prefixes in the same single pass (queries at every visit, causal masks), equal to the prefix loop
+(``benchmarks/bench_expert.py`` checks it and times both).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from eagrl.expert.config import ExpertConfig
 class ConCareOutput:
     logit: Tensor  # (B,) at the last valid visit, or (B, T) at every visit with every_visit=True
     attention: Tensor  # (B, F) final attention over the feature tokens, or (B, T, F); rows sum to 1
-    decov: Tensor  # () DeCov of the self-attention context, averaged over tokens
+    decov: Tensor  # () DeCov of the self-attention context across the batch's queries, averaged over tokens
 
     @property
     def prob(self) -> Tensor:
@@ -74,17 +75,18 @@ class FeatureGRU(nn.Module):
         self.b_hh = nn.Parameter(torch.empty(n_features, 3 * hidden).uniform_(-bound, bound))  # (F, 3H)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, t, f = x.shape
+        b, _, f = x.shape
         gi = x.permute(1, 2, 0).unsqueeze(-1) * self.w_ih[:, None] + self.b_ih[:, None]  # (T, F, B, 3H)
-        gi_r, gi_z, gi_n = gi.chunk(3, dim=-1)  # each (T, F, B, H)
         h = x.new_zeros(f, b, self.hidden)  # (F, B, H)
         states = []
-        for step in range(t):  # recurrence: sequential in visits, parallel in stays and features
+        # unbind once: indexing gi[step] inside the loop would make backward allocate T full-size zero grads
+        for gi_t in gi.unbind(0):  # recurrence: sequential in visits, parallel in stays and features
+            gi_r, gi_z, gi_n = gi_t.chunk(3, dim=-1)  # each (F, B, H)
             gh = torch.baddbmm(self.b_hh[:, None], h, self.w_hh)  # (F, B, 3H)
             gh_r, gh_z, gh_n = gh.chunk(3, dim=-1)  # each (F, B, H)
-            r = torch.sigmoid(gi_r[step] + gh_r)
-            z = torch.sigmoid(gi_z[step] + gh_z)
-            n = torch.tanh(gi_n[step] + r * gh_n)
+            r = torch.sigmoid(gi_r + gh_r)
+            z = torch.sigmoid(gi_z + gh_z)
+            n = torch.tanh(gi_n + r * gh_n)
             h = (1 - z) * n + z * h  # (F, B, H)
             states.append(h)
         return torch.stack(states).permute(2, 0, 1, 3)  # (B, T, F, H)
@@ -137,11 +139,11 @@ class FeatureMixer(nn.Module):
         output projection, the per-token representation DeCov decorrelates."""
         n, s, hid = x.shape
         q, k, v = self.qkv(x).view(n, s, 3, self.heads, hid // self.heads).permute(2, 0, 3, 1, 4)  # (N, heads, S, Dh)
-        mix = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (N, heads, S, S)
-        context = (mix @ v).transpose(1, 2).reshape(n, s, hid)  # (N, S, H)
+        context = F.scaled_dot_product_attention(q, k, v)  # (N, heads, S, Dh)
+        context = context.transpose(1, 2).reshape(n, s, hid)  # (N, S, H)
         x = self.norm1(x + self.drop(self.proj(context)))  # (N, S, H)
         x = self.norm2(x + self.drop(self.ff(x)))  # (N, S, H)
-        return x, context, mix.mean(1)
+        return x, context
 
 
 class FinalAttention(nn.Module):
@@ -154,11 +156,11 @@ class FinalAttention(nn.Module):
         self.w_v = nn.Linear(hidden, hidden)
         self.scale = 1.0 / math.sqrt(hidden)
 
-    def forward(self, keys: Tensor, query: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """keys (N, F, H), query (N, H), values (N, F, H) -> (pooled (N, H), weights (N, F))."""
-        e = torch.einsum("nfh,nh->nf", self.w_k(keys), self.w_q(query)) * self.scale  # (N, F)
+    def forward(self, features: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+        """features (N, F, H), query (N, H) -> (pooled (N, H), weights (N, F))."""
+        e = torch.einsum("nfh,nh->nf", self.w_k(features), self.w_q(query)) * self.scale  # (N, F)
         a = torch.softmax(e, dim=-1)  # (N, F)
-        return torch.einsum("nf,nfh->nh", a, self.w_v(values)), a
+        return torch.einsum("nf,nfh->nh", a, self.w_v(features)), a
 
 
 class ConCare(nn.Module):
@@ -173,7 +175,6 @@ class ConCare(nn.Module):
         self.demo_proj = nn.Linear(demo_dim, cfg.hidden)
         self.mixer = FeatureMixer(cfg.hidden, cfg.heads, cfg.ff_hidden, cfg.dropout)
         self.final_attention = FinalAttention(cfg.hidden)
-        self.own_values = cfg.final_values == "feature"
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.hidden, 1)
 
@@ -185,24 +186,25 @@ class ConCare(nn.Module):
         """
         b, t, f = x.shape
         mask = mask.bool()
-        if every_visit:
-            query_pos = torch.arange(t, device=x.device).expand(b, t)  # (B, T)
+        last = last_valid_index(mask)[:, None]  # (B, 1)
+        if every_visit:  # the prediction with the visits up to t; after a stay ends, its last one
+            query_pos = torch.minimum(torch.arange(t, device=x.device)[None, :], last)  # (B, T)
         else:
-            query_pos = last_valid_index(mask)[:, None]  # (B, 1)
-        nq = query_pos.shape[1]
+            query_pos = last  # (B, 1)
         states = self.gru(x)  # (B, T, F, H)
         feats = self.time_attention(states, mask, query_pos)  # (B, Q, F, H)
-        demo_tok = torch.tanh(self.demo_proj(demo))[:, None, None].expand(b, nq, 1, self.hidden)  # (B, Q, 1, H)
-        tokens = self.drop(torch.cat([feats, demo_tok], dim=2))  # (B, Q, S, H)
-        mixed, context, mix = self.mixer(tokens.reshape(b * nq, f + 1, self.hidden))  # (B*Q, S, H) x2, (B*Q, S, S)
-        values = feats.reshape(b * nq, f, self.hidden) if self.own_values else mixed[:, :f]  # (B*Q, F, H)
-        pooled, attn = self.final_attention(mixed[:, :f], mixed[:, f], values)  # (B*Q, H), (B*Q, F)
-        logit = self.head(self.drop(pooled)).squeeze(-1)  # (B*Q,)
-        roll = 0.5 * (torch.eye(f + 1, device=x.device) + mix)  # (B*Q, S, S) residual + self-attention
-        flow = torch.einsum("nf,nfs->ns", attn, roll[:, :f])[:, :f]  # (B*Q, F)
-        self._rollout = (flow / flow.sum(-1, keepdim=True)).detach()
-        # DeCov across the stays, separately for each query visit (as the per-prefix reference does).
-        decov = decov_loss(context.view(b, nq, f + 1, self.hidden).transpose(0, 1))  # ()
-        if every_visit:
-            return ConCareOutput(logit.view(b, t), attn.view(b, t, f), decov)
-        return ConCareOutput(logit, attn, decov)
+        # Only distinct queries go on: visits up to each stay's last (padding repeats the last one).
+        distinct = torch.arange(query_pos.shape[1], device=x.device)[None, :] <= last  # (B, Q)
+        demo_tok = torch.tanh(self.demo_proj(demo))[:, None, None].expand(-1, query_pos.shape[1], 1, -1)  # (B, Q, 1, H)
+        tokens = self.drop(torch.cat([feats, demo_tok], dim=2)[distinct])  # (N, S, H), N distinct queries
+        mixed, context = self.mixer(tokens)  # (N, S, H) each
+        pooled, attn = self.final_attention(mixed[:, :f], mixed[:, f])  # (N, H), (N, F)
+        logit = self.head(self.drop(pooled)).squeeze(-1)  # (N,)
+        decov = decov_loss(context)  # () across the N representations of the batch
+        if not every_visit:
+            return ConCareOutput(logit, attn, decov)
+        logit_bt = logit.new_zeros(b, t).masked_scatter(distinct, logit)  # (B, T)
+        attn_bt = attn.new_zeros(b, t, f).masked_scatter(distinct[..., None], attn)  # (B, T, F)
+        logit_bt = logit_bt.gather(1, query_pos)  # (B, T) padding repeats the last visit
+        attn_bt = attn_bt.gather(1, query_pos[..., None].expand(-1, -1, f))  # (B, T, F)
+        return ConCareOutput(logit_bt, attn_bt, decov)
