@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import json
 import math
 import shutil
@@ -10,16 +11,20 @@ import subprocess
 import time
 
 import httpx
+import numpy as np
 import openai
 import pytest
+import torch
 from pydantic import ValidationError
 
 from eagrl.errors import DataError
-from eagrl.llm.config import GenerationConfig
-from eagrl.llm.loading import build_tiny
+from eagrl.llm.config import GenerationConfig, ModelConfig
+from eagrl.llm.loading import attach_lora, build_tiny
 from eagrl.llm.prompt import build_prompt
 from eagrl.serve.batching import Batcher
+from eagrl.serve.config import ServeConfig
 from eagrl.serve.schema import PatientIn, record_to_json, to_record
+from eagrl.serve.server import build_model, resolve_policy
 from llm_helpers import tjh_cohort
 from serve_helpers import running_server
 
@@ -60,6 +65,34 @@ def test_patient_json_takes_aliases_and_rejects_what_it_cannot_read():
         PatientIn.model_validate({"age": 50})
     with pytest.raises(ValidationError, match="finite"):
         PatientIn.model_validate({"visits": [{"time": "2020-01-01", "values": {"Hb": float("inf")}}]})
+
+
+# ====================================================================== what is served
+def test_a_registered_policy_folder_serves_its_base_with_its_adapter(tmp_path):
+    base, _ = build_tiny()
+    lora_cfg = ModelConfig(source="tiny", lora_r=4, lora_target_modules=["q_proj", "v_proj"])
+    tuned = attach_lora(copy.deepcopy(base), lora_cfg)
+    with torch.no_grad():
+        for n, p in tuned.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    art = tmp_path / "policy" / "artifacts"  # the layout of an eagrl pyfunc policy in MLflow
+    tuned.save_pretrained(art / "adapter")
+    (art / "policy.json").write_text(json.dumps({"model": lora_cfg.model_dump(mode="json", exclude={"adapter"}),
+                                                 "generation": {}}))
+    resolved = resolve_policy(ModelConfig(source=str(tmp_path / "policy")))
+    assert resolved.source == "tiny" and resolved.adapter == str(art / "adapter") and resolved.lora_r == 4
+    gen = GenerationConfig(depth=1, max_subquestion_tokens=3, max_answer_tokens=3, max_features_tokens=3,
+                           temperature=0, compact=True, max_prompt_tokens=1024, cpu_threads=1)
+    served = build_model(ServeConfig(), ModelConfig(source=str(tmp_path / "policy")), gen)
+    plain = build_model(ServeConfig(), ModelConfig(source="tiny"), gen)
+    assert served.backend_name == "transformers"
+    ids = served.backend.encode("The patient has")
+    cands = list(range(10))
+    assert not np.allclose(served.backend.next_token_logprobs([ids], cands),
+                           plain.backend.next_token_logprobs([ids], cands), atol=1e-3)
+    pred = asyncio.run(served.clinical(PatientIn.model_validate(_patient(0))))
+    assert pred.well_formed and 0 <= pred.probability <= 1 and len(pred.steps) == 1
 
 
 # ====================================================================== batching

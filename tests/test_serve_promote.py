@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from eagrl.errors import DataError
 from eagrl.llm.loading import mlflow_model_dir
 from eagrl.serve.server import resolve_model_uri
-from eagrl.serve.promote import PREDICTIONS, register_and_promote
+from eagrl.serve.promote import PREDICTIONS, promote, register_and_promote
 
 NAME = "eagrl-policy"
 
@@ -114,3 +114,16 @@ def test_bad_predictions_are_refused_before_anything_is_registered(store):
     with pytest.raises(DataError, match="within \\[0, 1\\]"):
         _promote(store, run_id, bad)
     assert client.search_registered_models() == []
+
+
+def test_promote_takes_a_version_the_training_stage_registered(store):
+    uri, client, _, _ = store
+    _promote(store, _run(store, "sft"), _preds(0.4, seed=1))
+    run_id = _run(store, "rl")
+    run = client.get_run(run_id)
+    version = client.create_model_version(NAME, f"{run.info.artifact_uri}/policy", run_id=run_id).version
+    d = promote(NAME, version, _preds(1.5, seed=2), tracking_uri=uri, n_boot=300)
+    assert d.promoted and d.champion_version == "1"
+    again = promote(NAME, version, _preds(1.5, seed=2), tracking_uri=uri, n_boot=300)
+    assert not again.promoted and "already holds" in again.reason
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == str(version)

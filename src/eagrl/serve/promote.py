@@ -1,10 +1,11 @@
 """Register the trained policy and move the ``champion`` alias only when it beats the current champion.
 
-``register_and_promote(run_id, artifact_path, name, predictions)`` is the pipeline's last step:
+``promote(name, version, predictions)`` is the pipeline's last step, for a version the RL stage registered
+(``register_and_promote(run_id, artifact_path, ...)`` registers a run's model folder first):
 
-1. the candidate's test predictions (``stay_id, label, probability``) are logged to its run as
+1. the candidate's test predictions (``stay_id, label, probability``) are logged to its version's run as
    ``eagrl_eval/test_predictions.csv``, so any later candidate can be compared with it;
-2. the run's model folder is registered as a new version of ``name``;
+2. the registered model ``name`` gets the version (already there, or registered from the run);
 3. the version holding the alias (``champion``) is looked up; with none, the candidate becomes champion;
 4. otherwise both prediction files are aligned on ``stay_id`` and compared with a paired bootstrap of the
    test AUROC (:func:`eagrl.evaluate.metrics.paired_bootstrap`); the alias moves only when the lower bound
@@ -76,6 +77,30 @@ def register_and_promote(
     name: str,
     predictions: pd.DataFrame,
     *,
+    tracking_uri: str | None = None,
+    **kwargs,
+) -> PromotionDecision:
+    """Register ``<run artifacts>/<artifact_path>`` as a new version of ``name``, then :func:`promote` it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    check_predictions(predictions, "candidate predictions")  # refuse before registering anything
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="EAG-RL policy models; the champion alias is served.")
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    version = str(client.create_model_version(name, source, run_id=run_id).version)
+    return promote(name, version, predictions, tracking_uri=tracking_uri, **kwargs)
+
+
+def promote(
+    name: str,
+    version: str | int,
+    predictions: pd.DataFrame,
+    *,
     alias: str = "champion",
     tracking_uri: str | None = None,
     n_boot: int = 1000,
@@ -84,23 +109,21 @@ def register_and_promote(
     min_improvement: float = 0.0,
     min_overlap: float = 0.9,
 ) -> PromotionDecision:
-    """Register ``runs:/<run_id>/<artifact_path>`` as a version of ``name``; promote it if it beats the champion."""
+    """Move ``alias`` to an already registered ``version`` (e.g. logged with ``registered_model_name``) only if
+    its test predictions beat the current holder's; the predictions are stored on the version's run."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri)
     preds = check_predictions(predictions, "candidate predictions")
-    run = client.get_run(run_id)
+    version = str(version)
+    run_id = client.get_model_version(name, version).run_id
+    if not run_id:
+        raise DataError(f"{name} v{version} has no run to store its test predictions in")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(PREDICTIONS).name
         preds.to_csv(path, index=False)
         client.log_artifact(run_id, str(path), artifact_path=str(Path(PREDICTIONS).parent))
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="EAG-RL policy models; the champion alias is served.")
-    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-    version = str(client.create_model_version(name, source, run_id=run_id).version)
     score = auroc(preds["label"].to_numpy(), preds["probability"].to_numpy())
 
     try:
@@ -109,6 +132,8 @@ def register_and_promote(
         champion = None
     if champion is None:
         decision = PromotionDecision(True, name, version, None, f"no version held the {alias!r} alias", score)
+    elif str(champion.version) == version:
+        decision = PromotionDecision(False, name, version, version, f"v{version} already holds {alias!r}", score)
     else:
         decision = _compare(client, name, version, champion, preds, score, alias=alias, n_boot=n_boot, ci=ci,
                             seed=seed, min_improvement=min_improvement, min_overlap=min_overlap)

@@ -73,12 +73,39 @@ def resolve_model_uri(source: str) -> str:
     return f"models:/{name}/{version}"
 
 
+def resolve_policy(model_cfg: ModelConfig) -> ModelConfig:
+    """A registered eagrl policy (MLflow pyfunc: ``artifacts/policy.json`` naming the base model, and
+    ``artifacts/adapter``), by ``models:/`` URI or as a local folder (KServe's /mnt/models), becomes its base
+    model config with the adapter attached; any other source is returned unchanged."""
+    from eagrl.llm.loading import mlflow_model_dir
+
+    source = model_cfg.source
+    if source.startswith("models:/"):
+        folder = mlflow_model_dir(source, model_cfg.resolved_cache_dir())
+    elif Path(source).is_dir():
+        folder = Path(source)
+    else:
+        return model_cfg
+    candidates = [folder / "policy.json", folder.parent / "policy.json", *sorted(folder.rglob("policy.json"))]
+    spec_file = next((c for c in candidates if c.is_file() and (c.parent / "adapter").is_dir()), None)
+    if spec_file is None:
+        return model_cfg  # a plain checkpoint (or adapter) folder
+    try:
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))["model"]
+        resolved = ModelConfig(**{**spec, "adapter": str(spec_file.parent / "adapter"), "merge_adapter": True,
+                                  "cache_dir": model_cfg.cache_dir})
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"{spec_file} is not an eagrl policy spec: {exc}") from None
+    log.info("policy %s: base %s with its LoRA adapter", source, resolved.source)
+    return resolved
+
+
 def build_model(serve_cfg: ServeConfig, model_cfg: ModelConfig, gen_cfg: GenerationConfig,
                 features: Sequence[FeatureSpec] | None = None):
     """The loaded :class:`~eagrl.serve.model.EagrlModel` for these settings."""
     from eagrl.serve.model import make_model
 
-    model_cfg = model_cfg.model_copy(update={"source": resolve_model_uri(model_cfg.source)})
+    model_cfg = resolve_policy(model_cfg.model_copy(update={"source": resolve_model_uri(model_cfg.source)}))
     if model_cfg.adapter:
         model_cfg = model_cfg.model_copy(update={"adapter": resolve_model_uri(model_cfg.adapter)})
     gen_cfg = gen_cfg.model_copy(update={"batch_size": max(gen_cfg.batch_size, serve_cfg.max_batch_size)})
