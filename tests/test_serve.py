@@ -23,10 +23,10 @@ from eagrl.llm.loading import attach_lora, build_tiny
 from eagrl.llm.prompt import build_prompt
 from eagrl.serve.batching import Batcher
 from eagrl.serve.config import ServeConfig
+from eagrl.serve.process import running_server
 from eagrl.serve.schema import PatientIn, record_to_json, to_record
 from eagrl.serve.server import build_model, resolve_policy
 from llm_helpers import tjh_cohort
-from serve_helpers import running_server
 
 KEY = "test-key-7f3a"
 SECRET_ID = "PATIENT-SECRET-93127"
@@ -286,3 +286,49 @@ def test_no_patient_data_in_the_logs(server):
     assert "clinical batch of" in text  # the log is being written
     for secret in (SECRET_ID, "87.654321", "SECRET-VALUE-55"):
         assert secret not in text
+
+
+def test_slow_requests_get_504_and_no_key_means_open_routes(tmp_path):
+    with running_server("--model", "tiny", "--profile", "smoke", "--timeout", "0.01", "--max-wait-ms", "0",
+                        log_path=tmp_path / "server.log", env={"EAGRL_API_KEY": ""}) as url:
+        r = httpx.post(f"{url}/clinical/v1/predict", json=_patient(0), timeout=60)  # no key configured: open
+        assert r.status_code == 504 and "no answer within 0.01 s" in r.text
+        r = httpx.post(f"{url}/openai/v1/completions", json={"model": NAME, "prompt": "a", "max_tokens": 64})
+        assert r.status_code == 504
+        r = httpx.post(f"{url}/v1/models/{NAME}:predict", json={"instances": [_patient(1)]}, timeout=60)
+        assert r.status_code == 504
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+
+
+# ====================================================================== must-show with a real model (slow)
+@pytest.mark.slow
+def test_smollm2_answers_openai_clients_curl_and_a_tjh_patient(tmp_path):
+    log = tmp_path / "server.log"
+    gen = ["--set", "generation.depth=2", "--set", "generation.max_subquestion_tokens=16",
+           "--set", "generation.max_answer_tokens=16", "--set", "generation.max_features_tokens=16",
+           "--set", "generation.compact=true", "--set", "generation.max_prompt_tokens=1024",
+           "--set", "generation.temperature=0", "--set", "model.dtype=bfloat16"]
+    with running_server("--model", "smollm2-135m", "--profile", "default", *gen, log_path=log,
+                        env={"EAGRL_API_KEY": KEY}) as url:
+        client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=KEY)
+        chat = client.chat.completions.create(
+            model=NAME, max_tokens=24, temperature=0,
+            messages=[{"role": "user", "content": "What does a high lactate level suggest in a sick patient?"}])
+        assert len(chat.choices[0].message.content.split()) >= 3
+        comp = client.completions.create(model=NAME, prompt="The normal range of serum sodium is", max_tokens=12)
+        assert comp.choices[0].text.strip() and comp.usage.completion_tokens > 0
+        out = subprocess.run(["curl", "-s", "-H", "Content-Type: application/json", "-H", f"X-API-Key: {KEY}", "-d",
+                              json.dumps({"model": NAME, "messages": [{"role": "user", "content": "Hello"}],
+                                          "max_tokens": 8}), f"{url}/openai/v1/chat/completions"],
+                             capture_output=True, text=True, timeout=120)
+        assert json.loads(out.stdout)["choices"][0]["message"]["content"]
+        r = httpx.post(f"{url}/clinical/v1/predict", json=_patient(0), headers=_auth(), timeout=300)
+        assert r.status_code == 200, r.text
+        p = r.json()
+        assert p["well_formed"] and 0 <= p["probability"] <= 1 and 1 <= len(p["steps"]) <= 2
+        assert all(s["subquestion"].strip() for s in p["steps"])
+        bad = httpx.post(f"{url}/clinical/v1/predict", content=b"{", headers={**_auth(), "Content-Type":
+                                                                                "application/json"})
+        assert bad.status_code == 422
+        assert httpx.post(f"{url}/clinical/v1/predict", json=_patient(1), headers=_auth(),
+                          timeout=300).status_code == 200

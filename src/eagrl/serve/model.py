@@ -11,6 +11,7 @@ Nothing here logs request content: log lines carry counts and timings only.
 """
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import json
@@ -150,8 +151,6 @@ class EagrlModel(kserve.Model):
         ])
 
     async def _predict_many(self, items: list, where: str) -> list[ClinicalPrediction]:
-        import asyncio
-
         if not items:
             raise InvalidInput(f"{where}: at least one patient record is needed")
         patients = []
@@ -164,6 +163,10 @@ class EagrlModel(kserve.Model):
             return list(await asyncio.gather(*(self.clinical(p) for p in patients)))
         except DataError as exc:
             raise InvalidInput(f"{where}: {exc}") from None
+        except asyncio.TimeoutError:
+            from fastapi import HTTPException
+
+            raise HTTPException(504, f"no answer within {self.serve_cfg.request_timeout_s:g} s") from None
 
 
 def _flat(data) -> list:

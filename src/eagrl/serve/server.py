@@ -103,15 +103,35 @@ def resolve_policy(model_cfg: ModelConfig) -> ModelConfig:
 def build_model(serve_cfg: ServeConfig, model_cfg: ModelConfig, gen_cfg: GenerationConfig,
                 features: Sequence[FeatureSpec] | None = None):
     """The loaded :class:`~eagrl.serve.model.EagrlModel` for these settings."""
+    _import_kserve()
     from eagrl.serve.model import make_model
 
     model_cfg = resolve_policy(model_cfg.model_copy(update={"source": resolve_model_uri(model_cfg.source)}))
     if model_cfg.adapter:
         model_cfg = model_cfg.model_copy(update={"adapter": resolve_model_uri(model_cfg.adapter)})
-    gen_cfg = gen_cfg.model_copy(update={"batch_size": max(gen_cfg.batch_size, serve_cfg.max_batch_size)})
+    # a batch's rows keep their keys/values between the structured generator's fields: room for all of them
+    # (twice the prompt budget each), or the prefix store evicts rows mid-response and recomputes their prompts
+    room = 2 * serve_cfg.max_batch_size * (gen_cfg.max_prompt_tokens or serve_cfg.max_prompt_tokens)
+    gen_cfg = gen_cfg.model_copy(update={"batch_size": max(gen_cfg.batch_size, serve_cfg.max_batch_size),
+                                         "prefix_cache_tokens": max(gen_cfg.prefix_cache_tokens, room)
+                                         if gen_cfg.prefix_cache_tokens else 0})
     model = make_model(serve_cfg, model_cfg, gen_cfg, features if features is not None else load_features(serve_cfg))
     model.load()
     return model
+
+
+def _import_kserve() -> None:
+    """Import KServe with an empty command line: kserve.model_server parses sys.argv when imported, and
+    argparse would read eagrl's own options as abbreviations of KServe's (--timeout as --timeout-keep-alive)."""
+    import sys
+
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        import kserve.model_server  # noqa: F401
+
+        import eagrl.serve.model  # noqa: F401
+    finally:
+        sys.argv = argv
 
 
 # ====================================================================== middleware
@@ -256,6 +276,7 @@ def _log_to_stderr() -> None:
 
 def serve(serve_cfg: ServeConfig, model_cfg: ModelConfig, gen_cfg: GenerationConfig) -> None:
     """Load the model and serve until SIGINT/SIGTERM."""
+    _import_kserve()
     import kserve.model_server
 
     _log_to_stderr()

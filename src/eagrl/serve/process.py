@@ -1,4 +1,4 @@
-"""A real `eagrl serve` process for the tests: bound to 127.0.0.1 on a free port, always stopped."""
+"""`eagrl serve` as a child process bound to 127.0.0.1 on a free port, always stopped (tests, benchmarks)."""
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +24,8 @@ def running_server(*args: str, log_path: Path, env: dict | None = None, startup_
     """Start ``eagrl serve ARGS`` and yield its base URL once ready; stop it (SIGINT, then SIGKILL) on exit."""
     port = free_port()
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None) if "MLFLOW_TRACKING_URI" not in (env or {}) else None
+    if "MLFLOW_TRACKING_URI" not in (env or {}):
+        full_env.pop("MLFLOW_TRACKING_URI", None)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "eagrl.cli", "serve", "--host", "127.0.0.1",
                                  "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT, env=full_env)
