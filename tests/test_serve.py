@@ -307,7 +307,7 @@ def test_smollm2_answers_openai_clients_curl_and_a_tjh_patient(tmp_path):
     gen = ["--set", "generation.depth=2", "--set", "generation.max_subquestion_tokens=16",
            "--set", "generation.max_answer_tokens=16", "--set", "generation.max_features_tokens=16",
            "--set", "generation.compact=true", "--set", "generation.max_prompt_tokens=1024",
-           "--set", "generation.temperature=0", "--set", "model.dtype=bfloat16"]
+           "--set", "generation.temperature=0", "--set", "model.dtype=bfloat16", "--set", "generation.cpu_threads=1"]
     with running_server("--model", "smollm2-135m", "--profile", "default", *gen, log_path=log,
                         env={"EAGRL_API_KEY": KEY}) as url:
         client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=KEY)
