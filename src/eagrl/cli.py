@@ -239,6 +239,11 @@ def pipeline_compile(output: Annotated[Path, typer.Option("--output", "-o")] = P
     print(compile_pipeline(output))
 
 
+from eagrl.serve.cli import serve_command  # noqa: E402
+
+app.command("serve")(_guard(serve_command))
+
+
 @app.command("config")
 @_guard
 def show_config(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
