@@ -103,6 +103,7 @@ class Config(_Section):
     model: "ModelConfig" = Field(default_factory=lambda: ModelConfig())
     generation: "GenerationConfig" = Field(default_factory=lambda: GenerationConfig())
     zeroshot: "ZeroShotConfig" = Field(default_factory=lambda: ZeroShotConfig())
+    evaluate: "EvaluateConfig" = Field(default_factory=lambda: EvaluateConfig())
 
     def to_flat(self) -> dict[str, Any]:
         """Dotted keys to JSON-able values, for MLflow params."""
@@ -132,6 +133,7 @@ class ZeroShotConfig(_Section):
 
 
 # Sections owned by the stage packages; they import only pydantic and eagrl.section, so no cycle.
+from eagrl.evaluate.config import EvaluateConfig  # noqa: E402
 from eagrl.expert.config import ExpertConfig  # noqa: E402
 from eagrl.llm.config import GenerationConfig, ModelConfig  # noqa: E402
 

@@ -15,6 +15,8 @@ the same code, and 1,000 resamples cost a few array operations instead of 1,000 
 ``evaluate_binary`` returns flat ``{"auroc": 0.91, "auroc_ci": [0.87, 0.94], ...}`` (optionally prefixed,
 ``test_auroc``); ``scalar_metrics`` turns the intervals into ``*_ci_low``/``*_ci_high`` numbers for MLflow.
 ``paired_bootstrap`` compares two models scored on the same labels with shared resamples.
+``evaluate_means`` gives per-sample quantities (the well-formed flag, R_att) their mean and interval over the
+same resamples (same ``n`` and ``seed`` give the same index matrix as ``evaluate_binary``).
 """
 from __future__ import annotations
 
@@ -242,8 +244,10 @@ def paired_bootstrap(
 ) -> dict[str, float | list[float]]:
     """Difference ``metric(a) - metric(b)`` on shared resamples of the same labels.
 
-    Returns ``{"a", "b", "diff", "diff_ci": [lo, hi], "p_value"}``; the p-value is the two-sided bootstrap
-    share of resamples on the other side of zero (at least 1 / n_boot when all fall on one side).
+    Returns ``{"a", "b", "diff", "diff_ci": [lo, hi], "rel_diff", "rel_diff_ci", "p_value"}``: ``rel_diff``
+    is ``a / b - 1`` (the relative gain of a over b) with its interval from the same resamples; the p-value
+    is the two-sided bootstrap share of resamples on the other side of zero (at least 1 / n_boot when all
+    fall on one side).
     """
     y, sa = _as_arrays(y_true, score_a)
     _, sb = _as_arrays(y, score_b)
@@ -252,13 +256,58 @@ def paired_bootstrap(
     a, b = float(fn(ones, y, sa)[0]), float(fn(ones, y, sb)[0])
     dist = bootstrap_distribution(y, np.stack([sa, sb]), [metric], n_boot, seed, threshold, n_bins)[metric]
     d = dist[0] - dist[1]  # (n_boot,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = dist[0] / dist[1] - 1.0  # (n_boot,)
     d = d[np.isfinite(d)]
     if d.size == 0:
         p = float("nan")
     else:
         p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
         p = max(p, 1.0 / d.size)
-    return {"a": a, "b": b, "diff": a - b, "diff_ci": _interval(d, ci), "p_value": p}
+    rel_point = a / b - 1.0 if b else float("nan")
+    return {"a": a, "b": b, "diff": a - b, "diff_ci": _interval(d, ci), "rel_diff": rel_point,
+            "rel_diff_ci": _interval(rel, ci), "p_value": p}
+
+
+def evaluate_means(
+    values: dict[str, Sequence[float] | np.ndarray],
+    *,
+    prefix: str = "",
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float | list[float]]:
+    """Mean and percentile bootstrap interval of per-sample values, e.g. ``{"well_formed_rate": flags}``.
+
+    Every array has one value per test sample (NaN is not allowed); all of them share the resamples of
+    ``bootstrap_indices(n, n_boot, seed)``, the ones ``evaluate_binary`` uses for the same n and seed.
+    """
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    arrays = {k: np.asarray(v, dtype=np.float64).ravel() for k, v in values.items()}
+    sizes = {k: a.size for k, a in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"every quantity needs one value per sample, got sizes {sizes}")
+    for k, a in arrays.items():
+        if a.size == 0:
+            raise ValueError(f"cannot average an empty {k!r}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{k!r} has {int((~np.isfinite(a)).sum())} non-finite values")
+    out: dict[str, float | list[float]] = {}
+    if not arrays:
+        return out
+    n = next(iter(sizes.values()))
+    stacked = np.stack(list(arrays.values()), axis=1)  # (n, K)
+    if n_boot > 0:
+        idx = bootstrap_indices(n, n_boot, seed)  # (n_boot, n)
+        chunk = max(1, _MAX_CELLS // n)
+        means = np.concatenate([_counts(idx[lo:lo + chunk], n) @ stacked / n  # (chunk, K)
+                                for lo in range(0, n_boot, chunk)])  # (n_boot, K)
+    for j, k in enumerate(arrays):
+        out[f"{prefix}{k}"] = float(stacked[:, j].mean())
+        if n_boot > 0:
+            out[f"{prefix}{k}_ci"] = _interval(means[:, j], ci)
+    return out
 
 
 def scalar_metrics(metrics: dict[str, float | list[float]]) -> dict[str, float]:
