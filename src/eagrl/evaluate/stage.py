@@ -60,7 +60,7 @@ class Evaluation:
             if row["status"] == SCORED:
                 out.update({f"{row['name']}_{split}_{k}": v for k, v in row["metrics"].items()})
         for p in self.paired:
-            key = f"{p['entry']}_vs_{p['reference']}_{p['metric']}"
+            key = f"{p['entry']}_vs_{p['reference']}_{p['metric'].replace('@', '_at_')}"  # MLflow: no @
             out.update({f"{key}_{k}": p[k] for k in ("diff", "diff_ci", "rel_diff", "rel_diff_ci", "p_value")})
         for r in self.robustness:
             if r["perturbation"] != "none":
@@ -296,7 +296,7 @@ def _generalise(cfg, ecfg: EvaluateConfig, res: Resolved, targets, out: Path, ba
         tcfg = ecfg.model_copy(update={"max_stays": ecfg.generalisation.max_stays})
         pred = _score(cfg, tcfg, res, cohort, where, c_exp, backend, run_name=f"evaluate-{res.name}-on-{key}")
         ev.transfer[(key, res.name)] = pred
-        row.update(status=SCORED, n=len(pred), **summarise(pred, ecfg, metrics=("auroc", "auprc")))
+        row.update(status=SCORED, **summarise(pred, ecfg, metrics=("auroc", "auprc")))  # with n, n_positive
 
 
 def _generalisation_gains(ecfg: EvaluateConfig, ev: Evaluation, target_keys: list[str], source: str) -> None:
