@@ -1,0 +1,56 @@
+"""The evaluate section: profiles load it, bad entries fail at load time naming the bad value."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eagrl.config import PROFILES, config_from_params, load_config
+from eagrl.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profiles_carry_the_whole_table_and_round_trip(name):
+    cfg = load_config(name)
+    names = [m.name for m in cfg.evaluate.models]
+    assert names[:3] == ["vanilla", "think", "pqd"] and names[-1] == "expert"
+    assert {"sft", "grpo", "dapo", "eag-rl", "eag-rl-no-stage1", "eag-rl-no-stage2", "eag-rl-no-ratt",
+            "eag-rl-no-adaptive-clip"} <= set(names)
+    assert cfg.evaluate.references == ["pqd", "sft"]
+    assert config_from_params(name, overrides=json.dumps(cfg.to_flat())) == cfg  # how components get it
+    rl = cfg.evaluate.entry("eag-rl")
+    assert rl.registered_name("tjh", "mortality") == "eagrl-policy-eag-rl-tjh-mortality"
+    assert cfg.evaluate.entry("expert").registered_name("tjh", "mortality") == "eagrl-expert-tjh-mortality"
+
+
+def test_default_profile_runs_the_paper_robustness_levels():
+    rob = load_config("default").evaluate.robustness
+    assert rob.shuffle_levels == [0.2, 0.4, 0.6, 1.0] and {"sft", "eag-rl"} <= set(rob.models)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ({"evaluate.references": ["pqd", "nope"]}, "['nope']"),
+    ({"evaluate.robustness.models": ["expert"]}, "evaluate.robustness.models names ['expert']"),
+    ({"evaluate.generalisation.models": ["zzz"]}, "evaluate.generalisation.models names ['zzz']"),
+    ({"evaluate.robustness.shuffle_levels": [0.2, 1.5]}, "[1.5]"),
+    ({"evaluate.robustness.noise_levels": [0.0]}, "[0.0]"),
+    ({"evaluate.models": [{"name": "a", "kind": "prompt"}, {"name": "a", "kind": "prompt"}]}, "['a']"),
+    ({"evaluate.models": [{"name": "x", "kind": "registered"}]}, "needs a registered name"),
+    ({"evaluate.models": [{"name": "x", "kind": "registered", "registered": "m-{model}"}]}, "'m-{model}'"),
+    ({"evaluate.models": [{"name": "x", "kind": "registered", "registered": "m", "version": "newest"}]},
+     "'newest'"),
+    ({"evaluate.generalisation.targets": [{"dataset": "nowhere"}]}, "nowhere"),
+])
+def test_bad_evaluate_values_are_named(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config("smoke", override)
+    assert fragment in str(err.value)
+
+
+def test_versions_and_aliases_are_accepted():
+    cfg = load_config("smoke", {"evaluate.models": [
+        {"name": "pqd", "kind": "prompt"},
+        {"name": "sft", "kind": "registered", "registered": "s-{dataset}", "version": "3"},
+        {"name": "eag-rl", "kind": "registered", "registered": "r-{task}", "version": "@champion"}],
+        "evaluate.robustness.models": ["eag-rl"], "evaluate.generalisation.models": []})
+    assert [m.version for m in cfg.evaluate.models] == ["latest", "3", "@champion"]
