@@ -54,3 +54,19 @@ def test_versions_and_aliases_are_accepted():
         {"name": "eag-rl", "kind": "registered", "registered": "r-{task}", "version": "@champion"}],
         "evaluate.robustness.models": ["eag-rl"], "evaluate.generalisation.models": []})
     assert [m.version for m in cfg.evaluate.models] == ["latest", "3", "@champion"]
+
+
+def test_kfp_component_compiles_with_its_report_output(tmp_path):
+    import yaml
+    from kfp import compiler
+
+    from components.evaluate import evaluate
+
+    path = tmp_path / "evaluate.yaml"
+    compiler.Compiler().compile(evaluate, str(path))
+    spec = yaml.safe_load(path.read_text())
+    outputs = spec["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
+    assert outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    inputs = spec["components"]["comp-evaluate"]["inputDefinitions"]
+    assert "cohort" in inputs["artifacts"] and {"profile", "overrides", "parent_run_id"} <= set(inputs["parameters"])

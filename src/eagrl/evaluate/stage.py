@@ -138,6 +138,7 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
         if res.status != READY:
             ev.notes.append(f"{res.entry.title}: {res.status}, {res.note}")
             continue
+        backend, step = None, "scoring"
         try:
             if not res.is_llm:
                 pred = score_expert(res.expert, res.expert_features, cohort, ids, out / "models" / res.name)
@@ -148,26 +149,39 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
                 else:
                     backend = _backend(res, cfg)
                 pred = _score(cfg, ecfg, res, cohort, out / "models" / res.name, c_exp, backend)
+            row["metrics"] = summarise(pred, ecfg)
+            ev.predictions[res.name] = pred
+            if backend is not None:
+                step = "robustness"
                 _robustness(cfg, ecfg, res, cohort, out, c_exp, backend, pred, ev)
+                step = "generalisation"
                 _generalise(cfg, ecfg, res, targets, out, backend, ev)
-                if backend is not base_backend:
-                    del backend
-                    gc.collect()
         except Exception as exc:
             if res.entry.kind == "prompt":
                 raise  # the base model failing is a bug to see, not a row
-            log.exception("scoring %s failed", res.name)
-            row.update(status=FAILED, note=f"{res.note}; scoring failed: {type(exc).__name__}: {exc}")
-            ev.notes.append(f"{res.entry.title}: failed, {row['note']}")
-            continue
-        ev.predictions[res.name] = pred
-        row["metrics"] = summarise(pred, ecfg)
+            log.exception("%s of %s failed", step, res.name)
+            why = f"{step} failed: {type(exc).__name__}: {exc}"
+            if step == "scoring":
+                row.update(status=FAILED, note=f"{res.note}; {why}")
+            ev.notes.append(f"{res.entry.title}: {why}")
+        finally:
+            if backend is not None and backend is not base_backend:
+                del backend  # one policy in memory at a time (the base model stays for the prompt rows)
+                _release_memory()
     _paired(ecfg, ev)
     _generalisation_gains(ecfg, ev, [t[0] for t in targets], f"{cfg.data.dataset}/{cfg.data.task}")
     missing = [n for n in ecfg.robustness.models if n not in ev.predictions]
     if missing:
         ev.notes.append(f"robustness curves left out for {', '.join(missing)}: not scored")
     return ev
+
+
+def _release_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _backend(res: Resolved, cfg: Config):
