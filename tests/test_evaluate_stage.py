@@ -1,8 +1,8 @@
 """The evaluation stage end to end on real cohorts, with models registered in a throw-away MLflow store.
 
 One workspace (module scope): a MIMIC-IV demo 30-day readmission cohort (60 stays, the first 10 test stays
-scored) and the TJH mortality cohort (40 stays) as a generalisation target; a ConCare expert trained for one epoch, registered and its C_exp exported; the
-tiny policy registered twice, as a full checkpoint (``sft``) and as a LoRA adapter with non-zero weights
+scored) and the TJH mortality cohort (40 stays) as a generalisation target; a ConCare expert trained for one
+epoch, registered and its C_exp exported; the tiny policy registered twice, as a full checkpoint (``sft``) and as a LoRA adapter with non-zero weights
 (``eag-rl``); a registered ``grpo`` whose artifacts hold no model. Everything else of the default table is
 not registered.
 """
@@ -21,6 +21,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from eagrl.config import DataConfig, load_config
 from eagrl.evaluate.models import registry_version
+from eagrl.evaluate.score import restricted, stay_ids
 from eagrl.evaluate.stage import evaluate_stage
 from eagrl.expert.attention import read_attention
 from eagrl.expert.run import _log_and_register, cohort_dir, expert_dir
@@ -122,7 +123,9 @@ def test_registered_models_are_scored_and_the_rest_visibly_skipped(evaluated):
 
 
 def test_every_model_is_scored_on_the_same_test_stays(evaluated):
-    ids = [str(s) for s in evaluated["cohort"].split_ids("test")][:10]
+    ids = stay_ids(evaluated["cohort"], "test", 10, seed=0)
+    labels = evaluated["cohort"].stays.set_index("stay_id").loc[ids, "label"]
+    assert len(ids) == 10 and labels.nunique() == 2
     for name in ("vanilla", "think", "pqd", "sft", "eag-rl", "expert"):
         assert _pred(evaluated, name)["stay_id"].tolist() == ids
 
@@ -155,7 +158,8 @@ def test_well_formed_rate_and_mean_r_att_against_the_expert_c_exp(evaluated):
         assert p["r_att"].tolist() == pytest.approx(manual)
         assert table.loc[name, "r_att_mean"] == pytest.approx(np.mean(manual), abs=1e-12)
         assert table.loc[name, "well_formed_rate"] == pytest.approx(p["well_formed"].mean())
-        assert table.loc[name, "r_att_mean_ci_low"] <= table.loc[name, "r_att_mean"] <= table.loc[name, "r_att_mean_ci_high"]
+        lo, hi = table.loc[name, "r_att_mean_ci_low"], table.loc[name, "r_att_mean_ci_high"]
+        assert lo <= table.loc[name, "r_att_mean"] <= hi
     assert np.isnan(table.loc["vanilla", "r_att_mean"])  # no important features in a direct answer
     assert np.isnan(table.loc["expert", "well_formed_rate"])
 
@@ -260,7 +264,8 @@ def test_cli_scores_the_chosen_models(evaluated):
     cfg, root = evaluated["cfg"], evaluated["root"]
     common = ["evaluate", "--profile", "smoke", "--dataset", "mimic-iv-demo", "--task", "readmission_30d",
               "--workspace", cfg.workspace, "--out", str(root / "cli"), "--set", "evaluate.max_stays=4",
-              "--set", "tracking.dvc=false", "--set", f"tracking.mlflow_tracking_uri={cfg.tracking.mlflow_tracking_uri}",
+              "--set", "tracking.dvc=false",
+              "--set", f"tracking.mlflow_tracking_uri={cfg.tracking.mlflow_tracking_uri}",
               "--set", "generation.cpu_threads=1"]
     res = CliRunner().invoke(app, [*common, "--models", "vanilla,dapo"])
     assert res.exit_code == 0, res.output
@@ -270,3 +275,18 @@ def test_cli_scores_the_chosen_models(evaluated):
     assert table["name"].tolist() == ["vanilla", "dapo"] and table["n"].tolist()[0] == 4
     bad = CliRunner().invoke(app, [*common, "--models", "nope"])
     assert bad.exit_code == 1 and "--models names ['nope']" in bad.output
+
+
+def test_a_capped_split_is_a_seeded_stratified_sample_in_cohort_order():
+    cohort = tjh_cohort()
+    test = [str(s) for s in cohort.split_ids("test")]
+    label = cohort.stays.assign(stay_id=cohort.stays["stay_id"].astype(str)).set_index("stay_id")["label"]
+    ids = stay_ids(cohort, "test", 4, seed=0)
+    assert len(ids) == 4 and label[ids].nunique() == 2
+    assert ids == [s for s in test if s in set(ids)]  # cohort order kept
+    assert ids == stay_ids(cohort, "test", 4, seed=0)
+    assert {tuple(stay_ids(cohort, "test", 4, seed=k)) for k in range(6)} != {tuple(ids)}
+    assert stay_ids(cohort, "test", None) == test == stay_ids(cohort, "test", 100)
+    cut = restricted(cohort, "test", ids)
+    assert [str(s) for s in cut.split_ids("test")] == ids
+    assert cut.split_ids("train") == cohort.split_ids("train")

@@ -42,7 +42,8 @@ class ModelEntry(Section):
             raise ValueError(f"evaluate.models entry {self.name!r} of kind {self.kind!r} needs a registered name")
         if self.registered:
             self.registered_name("dataset", "task")  # a bad placeholder fails here, quoting the template
-        if not (self.version == "latest" or self.version.isdigit() or (self.version.startswith("@") and len(self.version) > 1)):
+        v = self.version
+        if not (v == "latest" or v.isdigit() or (v.startswith("@") and len(v) > 1)):
             raise ValueError(f'evaluate.models entry {self.name!r}: version must be a number, "latest" or "@alias", '
                              f"got {self.version!r}")
         return self

@@ -27,11 +27,12 @@ import pandas as pd
 
 from eagrl.config import Config
 from eagrl.data.cohort import Cohort
-from eagrl.evaluate.config import EvaluateConfig, ModelEntry
+from eagrl.evaluate.config import EvaluateConfig
 from eagrl.evaluate.metrics import paired_bootstrap
 from eagrl.evaluate.models import READY, Resolved, resolve
 from eagrl.evaluate.perturb import shuffled, with_value_noise
-from eagrl.evaluate.score import aligned, read_c_exp, score_expert, score_llm, stay_ids, summarise
+from eagrl.evaluate.score import (aligned, read_c_exp, restricted, score_expert, score_llm, stay_ids,
+                                  summarise)
 from eagrl.expert.run import cohort_dir
 from eagrl.stage import StageResult, records_failure, stage_dir
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
@@ -86,7 +87,8 @@ def evaluate_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None =
     ecfg = _restricted(cfg.evaluate, only)
     out = stage_dir(out_dir, "evaluate")
     cohort = Cohort.load(cohort_path or cohort_dir(cfg))
-    ids = stay_ids(cohort, ecfg.split, ecfg.max_stays)
+    ids = stay_ids(cohort, ecfg.split, ecfg.max_stays, ecfg.seed)
+    cohort = restricted(cohort, ecfg.split, ids)  # every model, perturbation and the expert: these stays
     with stage_run(cfg, "evaluate", parent_run_id) as run:
         ev = run_evaluation(cfg, ecfg, cohort, ids, out)
         metrics = ev.metrics(ecfg.split)
@@ -201,8 +203,8 @@ def _score(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, out
 
     with mlflow.start_run(run_name=run_name or f"evaluate-{res.name}", nested=True):
         mlflow.set_tag("eagrl.model_uri", res.uri or res.model_cfg.source)
-        return score_llm(cohort, out, res.model_cfg, gen or _gen(cfg, res), split=ecfg.split,
-                         max_stays=ecfg.max_stays, c_exp=c_exp, backend=backend, seed=ecfg.seed)
+        return score_llm(cohort, out, res.model_cfg, gen or _gen(cfg, res), split=ecfg.split, max_stays=None,
+                         c_exp=c_exp, backend=backend, seed=ecfg.seed)
 
 
 def _c_exp(cfg: Config, cohort: Cohort, resolved: list[Resolved], out: Path, ev: Evaluation):
@@ -292,7 +294,9 @@ def _targets(cfg: Config, ecfg: EvaluateConfig, ev: Evaluation) -> list[tuple[st
             found.append((key, None, None, f"no prepared cohort at {path} "
                                             f"(eagrl data prepare --dataset {t.dataset} --task {t.task})"))
             continue
-        found.append((key, Cohort.load(path), read_c_exp(expert_dir(tcfg) / "attention.parquet"), ""))
+        target = Cohort.load(path)
+        target = restricted(target, ecfg.split, stay_ids(target, ecfg.split, ecfg.generalisation.max_stays, ecfg.seed))
+        found.append((key, target, read_c_exp(expert_dir(tcfg) / "attention.parquet"), ""))
     return found
 
 
@@ -307,8 +311,7 @@ def _generalise(cfg, ecfg: EvaluateConfig, res: Resolved, targets, out: Path, ba
             row["status"] = SKIPPED
             continue
         where = out / "generalisation" / key.replace("/", "-") / res.name
-        tcfg = ecfg.model_copy(update={"max_stays": ecfg.generalisation.max_stays})
-        pred = _score(cfg, tcfg, res, cohort, where, c_exp, backend, run_name=f"evaluate-{res.name}-on-{key}")
+        pred = _score(cfg, ecfg, res, cohort, where, c_exp, backend, run_name=f"evaluate-{res.name}-on-{key}")
         ev.transfer[(key, res.name)] = pred
         row.update(status=SCORED, **summarise(pred, ecfg, metrics=("auroc", "auprc")))  # with n, n_positive
 
@@ -357,8 +360,10 @@ def report_context(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
     labels = {r["name"]: r["label"] for r in ev.table}
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "metrics"}
                           | r["metrics"] for r in ev.table])
-    relabel = lambda rows: pd.DataFrame([{**r, **{k: labels.get(r[k], r[k]) for k in ("entry", "reference")  # noqa: E731
-                                                  if k in r}} for r in rows])
+    def relabel(rows: list[dict]) -> pd.DataFrame:
+        return pd.DataFrame([{**r, **{k: labels.get(r[k], r[k]) for k in ("entry", "reference") if k in r}}
+                             for r in rows])
+
     n_pos = int(cohort.stays.set_index("stay_id").loc[ids, "label"].sum()) if ids else 0
     return ReportContext(
         title=f"eagrl evaluation: {cohort.dataset} / {cohort.task}", dataset=cohort.dataset, task=cohort.task,
