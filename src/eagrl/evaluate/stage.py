@@ -283,6 +283,8 @@ def _targets(cfg: Config, ecfg: EvaluateConfig, ev: Evaluation) -> list[tuple[st
     from eagrl.expert.run import expert_dir
 
     found = []
+    if not ecfg.generalisation.models:
+        return found
     for t in ecfg.generalisation.targets:
         key = f"{t.dataset}/{t.task}"
         if (t.dataset, t.task) == (cfg.data.dataset, cfg.data.task):
