@@ -19,7 +19,7 @@ def test_profiles_carry_the_whole_table_and_round_trip(name):
     assert cfg.evaluate.references == ["pqd", "sft"]
     assert config_from_params(name, overrides=json.dumps(cfg.to_flat())) == cfg  # how components get it
     rl = cfg.evaluate.entry("eag-rl")
-    assert rl.registered_name("tjh", "mortality") == "eagrl-policy-eag-rl-tjh-mortality"
+    assert rl.registered_name("tjh", "mortality") == "eagrl-eag-rl-tjh-mortality"
     assert cfg.evaluate.entry("expert").registered_name("tjh", "mortality") == "eagrl-expert-tjh-mortality"
 
 

@@ -80,7 +80,7 @@ def evaluated(tmp_path_factory):
         with mlflow.start_run(experiment_id=_experiment_id(cfg)):
             _log_and_register(cfg, trained.model_path)
 
-        _register(cfg, "eagrl-policy-sft-mimic-iv-demo-readmission_30d", save_tiny(root / "full"))
+        _register(cfg, "eagrl-sft-mimic-iv-demo-readmission_30d", save_tiny(root / "full"))
         model, _ = build_tiny()
         torch.manual_seed(1)
         lora = attach_lora(__import__("copy").deepcopy(model), ModelConfig(lora_r=4, lora_alpha=8))
@@ -88,10 +88,10 @@ def evaluated(tmp_path_factory):
             if "lora_B" in name:  # a fresh adapter is the identity; this one changes the model
                 p.data.normal_(0, 0.5)
         lora.save_pretrained(root / "adapter")
-        _register(cfg, "eagrl-policy-eag-rl-mimic-iv-demo-readmission_30d", root / "adapter")
+        _register(cfg, "eagrl-eag-rl-mimic-iv-demo-readmission_30d", root / "adapter")
         (root / "empty").mkdir()
         (root / "empty" / "README.txt").write_text("not a model")
-        _register(cfg, "eagrl-policy-grpo-mimic-iv-demo-readmission_30d", root / "empty")
+        _register(cfg, "eagrl-grpo-mimic-iv-demo-readmission_30d", root / "empty")
 
         result = evaluate_stage(cfg, root / "out")
         yield {"cfg": cfg, "result": result, "out": root / "out" / "evaluate", "root": root, "cohort": cohort}
@@ -112,7 +112,7 @@ def test_registered_models_are_scored_and_the_rest_visibly_skipped(evaluated):
     assert status["grpo"] == "failed" and "no config.json or adapter_config.json" in table.loc["grpo", "note"]
     for name in ("dapo", "eag-rl-no-stage1", "eag-rl-no-stage2", "eag-rl-no-ratt", "eag-rl-no-adaptive-clip"):
         assert status[name] == "skipped"
-        assert f"eagrl-policy-{name}-mimic-iv-demo-readmission_30d is not registered" in table.loc[name, "note"]
+        assert f"eagrl-{name}-mimic-iv-demo-readmission_30d is not registered" in table.loc[name, "note"]
     assert "full checkpoint" in table.loc["sft", "note"] and "LoRA adapter on tiny" in table.loc["eag-rl", "note"]
     result = evaluated["result"]
     assert result.status == "succeeded"
@@ -243,7 +243,7 @@ def test_mlflow_has_the_report_and_the_metrics(evaluated):
 
 def test_registry_versions_latest_alias_and_missing(evaluated):
     cfg, root = evaluated["cfg"], evaluated["root"]
-    name = "eagrl-policy-sft-mimic-iv-demo-readmission_30d"
+    name = "eagrl-sft-mimic-iv-demo-readmission_30d"
     second = _register(cfg, name, root / "full")
     assert registry_version(name, "latest") == (str(second), "")
     assert registry_version(name, "1") == ("1", "")
@@ -253,7 +253,7 @@ def test_registry_versions_latest_alias_and_missing(evaluated):
     assert number is None and name in why
     number, why = registry_version(name, "99")
     assert number is None and "not registered" in why
-    assert registry_version("eagrl-policy-nothing", "latest")[0] is None
+    assert registry_version("eagrl-nothing", "latest")[0] is None
 
 
 def test_cli_scores_the_chosen_models(evaluated):

@@ -4,7 +4,8 @@
 
 * ``prompt``: the base model (``model.source``) prompted zero-shot in ``style`` (vanilla / think / pqd);
 * ``registered``: a policy in the MLflow registry, ``registered`` being a name template filled with the
-  dataset and task the model was trained on (``eagrl-policy-eag-rl-{dataset}-{task}``) and ``version`` a
+  dataset and task the model was trained on (``eagrl-eag-rl-{dataset}-{task}``; the SFT stage registers
+  ``eagrl-sft-{dataset}-{task}``) and ``version`` a
   number, ``latest`` or ``@alias``; a full checkpoint or a LoRA adapter of ``model.source``;
 * ``expert``: the registered ConCare expert (``eagrl-expert-{dataset}-{task}``).
 
@@ -63,7 +64,7 @@ class ModelEntry(Section):
 
 def _policy(name: str, label: str, group: Group = "training") -> ModelEntry:
     return ModelEntry(name=name, kind="registered", label=label, group=group,
-                      registered=f"eagrl-policy-{name}-{{dataset}}-{{task}}")
+                      registered=f"eagrl-{name}-{{dataset}}-{{task}}")
 
 
 DEFAULT_MODELS = [

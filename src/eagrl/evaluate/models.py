@@ -4,8 +4,9 @@
 
 * ``prompt``: the base model config (``model.source``) with the entry's prompt style;
 * ``registered``: ``models:/<name>/<version>`` downloaded once into the model cache; a folder holding
-  ``adapter_config.json`` is a LoRA adapter attached to ``model.source``, one holding ``config.json`` a full
-  checkpoint;
+  ``adapter_config.json`` is a LoRA adapter, one holding ``config.json`` a full checkpoint. An adapter is
+  attached to the base named in the version's ``policy.json`` (what :func:`eagrl.llm.registry.log_policy`
+  writes: the base it was trained on), else to ``model.source``;
 * ``expert``: the registered ConCare (an MLflow PyTorch model) with the feature names it was trained on.
 
 A model that is not registered (or lacks the asked version or alias) comes back ``skipped`` with a note
@@ -100,12 +101,26 @@ def _policy(entry: ModelEntry, uri: str, base: ModelConfig) -> Resolved:
 
     path = mlflow_model_dir(uri, base.resolved_cache_dir())
     if (Path(path) / "adapter_config.json").is_file():
+        base = _trained_base(uri, base)
         mcfg = base.model_copy(update={"adapter": str(path), "merge_adapter": True})
         note = f"{uri}: LoRA adapter on {base.source}"
     else:
         mcfg = base.model_copy(update={"source": str(path), "adapter": None, "gguf_file": None})
         note = f"{uri}: full checkpoint"
     return Resolved(entry, READY, note, uri=uri, model_cfg=mcfg)
+
+
+def _trained_base(uri: str, base: ModelConfig) -> ModelConfig:
+    """The base model named in the registered version's ``policy.json``, with this run's dtype and device."""
+    import json
+
+    root = base.resolved_cache_dir() / "mlflow" / "_".join(uri[len("models:/"):].strip("/").split("/"))
+    spec = next(iter(sorted(root.rglob("policy.json"), key=lambda p: len(p.parts))), None)
+    if spec is None:
+        return base
+    trained = json.loads(spec.read_text()).get("model", {})
+    keep = {k: trained[k] for k in ("source", "gguf_file", "trust_remote_code", "smollm2_wheel") if k in trained}
+    return base.model_copy(update=keep)
 
 
 def _expert(entry: ModelEntry, uri: str) -> Resolved:
