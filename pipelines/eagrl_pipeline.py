@@ -11,11 +11,13 @@ from kfp import compiler, dsl
 from components.data import prepare_data, validate_data
 from components.expert import train_expert
 from components.llm import zero_shot
+from components.mcts import mcts_trajectories
+from components.sft import sft_policy
 
-STAGES = ["validate", "prepare", "expert", "zeroshot"]  # in order; summary.json reports each
+STAGES = ["validate", "prepare", "expert", "zeroshot", "mcts", "sft"]  # in order; summary.json reports each
 
 
-@dsl.pipeline(name="eagrl", description="EAG-RL on EHRs: validate -> prepare (-> expert -> MCTS -> SFT -> RL -> evaluate -> deploy)")
+@dsl.pipeline(name="eagrl", description="EAG-RL on EHRs: validate -> prepare -> expert -> zero-shot -> MCTS -> SFT (-> RL -> evaluate -> deploy)")
 def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", data_path: str = "",
                    overrides: str = "{}", out_dir: str = "", parent_run_id: str = ""):
     common = dict(profile=profile, dataset=dataset, task=task, data_path=data_path, overrides=overrides,
@@ -26,7 +28,11 @@ def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", 
     expert = train_expert(cohort=prepared.outputs["cohort"], **common).set_display_name("expert: ConCare")
     zeroshot = zero_shot(cohort=prepared.outputs["cohort"], **common).set_display_name("zero-shot baselines")
     zeroshot.after(expert)  # one stage at a time on a single machine; the GPU stages share one device
-    for task in (expert, zeroshot):
+    mcts = mcts_trajectories(cohort=prepared.outputs["cohort"], attention=expert.outputs["attention"], **common)
+    mcts.set_display_name("stage 1: expert-guided MCTS").after(zeroshot)
+    sft = sft_policy(cohort=prepared.outputs["cohort"], trajectories=mcts.outputs["trajectories"], **common)
+    sft.set_display_name("stage 1: SFT (LoRA)")
+    for task in (expert, zeroshot, mcts, sft):
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
 
 

@@ -70,3 +70,16 @@ def test_kfp_component_compiles_with_its_report_output(tmp_path):
     assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
     inputs = spec["components"]["comp-evaluate"]["inputDefinitions"]
     assert "cohort" in inputs["artifacts"] and {"profile", "overrides", "parent_run_id"} <= set(inputs["parameters"])
+
+
+def test_an_adapter_is_attached_to_the_base_its_policy_json_names(tmp_path):
+    from eagrl.evaluate.models import _trained_base
+    from eagrl.llm.config import ModelConfig
+
+    here = ModelConfig(source="tiny", dtype="bfloat16", cache_dir=str(tmp_path))
+    folder = tmp_path / "mlflow" / "eagrl-sft-tjh-mortality_3" / "policy" / "artifacts"
+    folder.mkdir(parents=True)
+    assert _trained_base("models:/eagrl-sft-tjh-mortality/3", here) == here  # no policy.json: this run's base
+    (folder / "policy.json").write_text(json.dumps({"model": {"source": "smollm2-135m", "dtype": "float32"}}))
+    base = _trained_base("models:/eagrl-sft-tjh-mortality/3", here)
+    assert base.source == "smollm2-135m" and base.dtype == "bfloat16"  # trained base, this run's dtype

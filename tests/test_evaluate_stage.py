@@ -2,8 +2,8 @@
 
 One workspace (module scope): a MIMIC-IV demo 30-day readmission cohort (60 stays, the first 10 test stays
 scored) and the TJH mortality cohort (40 stays) as a generalisation target; a ConCare expert trained for one
-epoch, registered and its C_exp exported; the tiny policy registered twice, as a full checkpoint (``sft``) and as a LoRA adapter with non-zero weights
-(``eag-rl``); a registered ``grpo`` whose artifacts hold no model. Everything else of the default table is
+epoch, registered and its C_exp exported; the tiny policy registered twice, as a full checkpoint (``sft``) and, as the training stages register policies
+(a pyfunc with the adapter and policy.json), as a LoRA adapter with non-zero weights (``eag-rl``); a registered ``grpo`` whose artifacts hold no model. Everything else of the default table is
 not registered.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from eagrl.expert.attention import read_attention
 from eagrl.expert.run import _log_and_register, cohort_dir, expert_dir
 from eagrl.llm.config import ModelConfig
 from eagrl.llm.loading import attach_lora, build_tiny, save_tiny
+from eagrl.llm.registry import log_policy
 from eagrl.llm.rewards import r_att
 from eagrl.stage import StageResult
 from eagrl.tracking.mlflow_run import _experiment_id, tracking_uri
@@ -88,7 +89,9 @@ def evaluated(tmp_path_factory):
             if "lora_B" in name:  # a fresh adapter is the identity; this one changes the model
                 p.data.normal_(0, 0.5)
         lora.save_pretrained(root / "adapter")
-        _register(cfg, "eagrl-eag-rl-mimic-iv-demo-readmission_30d", root / "adapter")
+        with mlflow.start_run(experiment_id=_experiment_id(cfg)):  # as the training stages register policies
+            log_policy(root / "adapter", ModelConfig(source="tiny"), cfg.generation, name="policy",
+                       registered_name="eagrl-eag-rl-mimic-iv-demo-readmission_30d")
         (root / "empty").mkdir()
         (root / "empty" / "README.txt").write_text("not a model")
         _register(cfg, "eagrl-grpo-mimic-iv-demo-readmission_30d", root / "empty")

@@ -103,6 +103,8 @@ class Config(_Section):
     model: "ModelConfig" = Field(default_factory=lambda: ModelConfig())
     generation: "GenerationConfig" = Field(default_factory=lambda: GenerationConfig())
     zeroshot: "ZeroShotConfig" = Field(default_factory=lambda: ZeroShotConfig())
+    mcts: "MCTSConfig" = Field(default_factory=lambda: MCTSConfig())
+    sft: "SFTConfig" = Field(default_factory=lambda: SFTConfig())
     evaluate: "EvaluateConfig" = Field(default_factory=lambda: EvaluateConfig())
 
     def to_flat(self) -> dict[str, Any]:
@@ -136,6 +138,8 @@ class ZeroShotConfig(_Section):
 from eagrl.evaluate.config import EvaluateConfig  # noqa: E402
 from eagrl.expert.config import ExpertConfig  # noqa: E402
 from eagrl.llm.config import GenerationConfig, ModelConfig  # noqa: E402
+from eagrl.mcts.config import MCTSConfig  # noqa: E402
+from eagrl.sft.config import SFTConfig  # noqa: E402
 
 Config.model_rebuild()
 

@@ -4,11 +4,22 @@
 :func:`select_trajectories` picks the SFT set and :class:`TrajectoryStore` keeps the per-patient output
 so an interrupted run resumes.
 """
+from importlib import import_module
+
 from eagrl.mcts.config import MCTSConfig
 from eagrl.mcts.search import Completed, Node, SearchResult, search, uct
 from eagrl.mcts.select import select_trajectories
-from eagrl.mcts.stage import MCTSResult, run_mcts
 from eagrl.mcts.store import TrajectoryStore
 
-__all__ = ["Completed", "MCTSConfig", "MCTSResult", "Node", "SearchResult", "TrajectoryStore", "run_mcts",
-           "search", "select_trajectories", "uct"]
+# The stage (model backends, torch) loads on first use, so eagrl.config, which imports MCTSConfig, stays light.
+_LAZY = {"MCTSResult": "stage", "run_mcts": "stage"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f"eagrl.mcts.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'eagrl.mcts' has no attribute {name!r}")
+
+
+__all__ = ["Completed", "MCTSConfig", "Node", "SearchResult", "TrajectoryStore", "search", "select_trajectories",
+           "uct", *_LAZY]
