@@ -97,7 +97,10 @@ def evaluated(tmp_path_factory):
         _register(cfg, "eagrl-grpo-mimic-iv-demo-readmission_30d", root / "empty")
 
         result = evaluate_stage(cfg, root / "out")
-        yield {"cfg": cfg, "result": result, "out": root / "out" / "evaluate", "root": root, "cohort": cohort}
+        try:
+            yield {"cfg": cfg, "result": result, "out": root / "out" / "evaluate", "root": root, "cohort": cohort}
+        finally:  # set_tracking_uri is process-global and also exports MLFLOW_TRACKING_URI: undo both
+            mlflow.set_tracking_uri(None)
 
 
 def _table(evaluated) -> pd.DataFrame:
