@@ -253,5 +253,9 @@ def show_config(profile: Profile = "default", dataset: DatasetOpt = None, data_p
     print(json.dumps(cfg.model_dump(mode="json"), indent=1))
 
 
+from eagrl.evaluate.cli import register as _register_evaluate  # noqa: E402
+
+_register_evaluate(app)
+
 if __name__ == "__main__":
     app()

@@ -105,6 +105,7 @@ class Config(_Section):
     zeroshot: "ZeroShotConfig" = Field(default_factory=lambda: ZeroShotConfig())
     mcts: "MCTSConfig" = Field(default_factory=lambda: MCTSConfig())
     sft: "SFTConfig" = Field(default_factory=lambda: SFTConfig())
+    evaluate: "EvaluateConfig" = Field(default_factory=lambda: EvaluateConfig())
 
     def to_flat(self) -> dict[str, Any]:
         """Dotted keys to JSON-able values, for MLflow params."""
@@ -134,6 +135,7 @@ class ZeroShotConfig(_Section):
 
 
 # Sections owned by the stage packages; they import only pydantic and eagrl.section, so no cycle.
+from eagrl.evaluate.config import EvaluateConfig  # noqa: E402
 from eagrl.expert.config import ExpertConfig  # noqa: E402
 from eagrl.llm.config import GenerationConfig, ModelConfig  # noqa: E402
 from eagrl.mcts.config import MCTSConfig  # noqa: E402

@@ -1,13 +1,16 @@
 """Binary-classification metrics with vectorised bootstrap intervals, shared by every stage.
 
-Every metric is computed from a *weight matrix* ``W`` of shape (R, n): row r says how many times each of
-the n test samples is drawn in resample r. The point estimate is the single row of ones; a bootstrap is
-R rows of counts taken from one (R, n) index matrix. So the point estimate and the intervals run through
-the same code, and 1,000 resamples cost a few array operations instead of 1,000 sklearn calls.
+Every metric is computed from an *index matrix* ``idx`` of shape (R, n): row r lists the test samples drawn
+in resample r. The point estimate is the single row ``0..n-1``; a bootstrap is R rows drawn with
+replacement. So the point estimate and the intervals run through the same code, and 1,000 resamples cost a
+few array passes instead of 1,000 sklearn calls. No (R, n) weight matrix is formed: each statistic is a
+``bincount`` of the drawn samples' keys.
 
 * AUROC: Mann-Whitney statistic from tie-grouped ranks (ties count one half), as ``roc_auc_score``.
 * AUPRC: average precision, sum over thresholds of (recall step) x precision, as
   ``average_precision_score`` (no interpolation).
+  Both read one (R, G, 2) table: how many negatives and positives of each tie group of the scores (G
+  distinct scores) each resample drew.
 * F1 at a threshold (default 0.5, predicted positive when ``score >= threshold``), zero when undefined.
 * Brier: mean squared error of the probability.
 * ECE: expected calibration error over equal-width probability bins.
@@ -15,10 +18,12 @@ the same code, and 1,000 resamples cost a few array operations instead of 1,000 
 ``evaluate_binary`` returns flat ``{"auroc": 0.91, "auroc_ci": [0.87, 0.94], ...}`` (optionally prefixed,
 ``test_auroc``); ``scalar_metrics`` turns the intervals into ``*_ci_low``/``*_ci_high`` numbers for MLflow.
 ``paired_bootstrap`` compares two models scored on the same labels with shared resamples.
+``evaluate_means`` gives per-sample quantities (the well-formed flag, R_att) their mean and interval over the
+same resamples (same ``n`` and ``seed`` give the same index matrix as ``evaluate_binary``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -42,20 +47,62 @@ def _as_arrays(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
     return y, s
 
 
-def _tie_groups(s: np.ndarray, descending: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Sort order of the scores and the start of each run of equal scores in that order."""
-    order = np.argsort(-s if descending else s, kind="stable")
-    sorted_s = s[order]
-    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
-    return order, starts
+def _row_keys(idx: np.ndarray, key: np.ndarray, n_keys: int) -> np.ndarray:
+    """(R, n) drawn samples -> (R, n_keys) how many draws of each key value (0..n_keys-1) every row made."""
+    r = idx.shape[0]
+    flat = (key[idx] + (np.arange(r) * n_keys)[:, None]).ravel()  # (R * n,)
+    return np.bincount(flat, minlength=r * n_keys).reshape(r, n_keys)
 
 
-# ====================================================================== weighted metrics, (R, n) -> (R,)
-def _auroc_w(w: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    order, starts = _tie_groups(s, descending=False)
-    w, y = w[:, order], y[order]
-    pos = np.add.reduceat(w * y, starts, axis=1)  # (R, G) positives per tie group
-    neg = np.add.reduceat(w * (1 - y), starts, axis=1)  # (R, G) negatives per tie group
+class _Scorer:
+    """The metrics of one score vector on fixed labels, for any (R, n) index matrix of resamples."""
+
+    def __init__(self, y: np.ndarray, s: np.ndarray, threshold: float = 0.5, n_bins: int = 10):
+        self.y, self.s, self.threshold, self.n_bins = y, s, threshold, n_bins
+        self._groups: tuple[np.ndarray, int] | None = None
+
+    def groups(self) -> tuple[np.ndarray, int]:
+        """Key of each sample: 2 x (its tie group, ascending score) + its label; and the group count G."""
+        if self._groups is None:
+            uniq, inv = np.unique(self.s, return_inverse=True)
+            self._groups = (inv.astype(np.intp) * 2 + self.y.astype(np.intp), uniq.size)
+        return self._groups
+
+    def __call__(self, idx: np.ndarray, metrics: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        if "auroc" in metrics or "auprc" in metrics:
+            key, g = self.groups()
+            c = _row_keys(idx, key, 2 * g).reshape(-1, g, 2).astype(np.float64)  # (R, G, 2)
+            neg, pos = c[..., 0], c[..., 1]  # (R, G) draws per tie group, ascending score
+            if "auroc" in metrics:
+                out["auroc"] = _auroc(neg, pos)
+            if "auprc" in metrics:
+                out["auprc"] = _auprc(neg[:, ::-1], pos[:, ::-1])
+        if "f1" in metrics:
+            out["f1"] = self._f1(idx)
+        if "brier" in metrics:
+            out["brier"] = ((self.s - self.y) ** 2)[idx].mean(axis=1)
+        if "ece" in metrics:
+            out["ece"] = self._ece(idx)
+        return out
+
+    def _f1(self, idx: np.ndarray) -> np.ndarray:
+        pred = (self.s >= self.threshold).astype(np.intp)
+        c = _row_keys(idx, 2 * self.y.astype(np.intp) + pred, 4).astype(np.float64)  # (R, 4) [y, pred]
+        fp, fn, tp = c[:, 1], c[:, 2], c[:, 3]
+        denom = 2 * tp + fp + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denom > 0, 2 * tp / denom, 0.0)  # sklearn's zero_division=0
+
+    def _ece(self, idx: np.ndarray) -> np.ndarray:
+        bins = np.clip((self.s * self.n_bins).astype(np.intp), 0, self.n_bins - 1)  # [0, 1/n), ..., [(n-1)/n, 1]
+        r = idx.shape[0]
+        flat = (bins[idx] + (np.arange(r) * self.n_bins)[:, None]).ravel()
+        gap = np.bincount(flat, weights=(self.s - self.y)[idx].ravel(), minlength=r * self.n_bins)
+        return np.abs(gap.reshape(r, self.n_bins)).sum(1) / idx.shape[1]  # (R,)
+
+
+def _auroc(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
     neg_below = np.cumsum(neg, axis=1) - neg  # (R, G) negatives with a strictly lower score
     n_pos, n_neg = pos.sum(1), neg.sum(1)  # (R,)
     u = (pos * (neg_below + 0.5 * neg)).sum(1)  # (R,) Mann-Whitney U of the positives
@@ -63,59 +110,32 @@ def _auroc_w(w: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
         return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 
 
-def _auprc_w(w: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    order, starts = _tie_groups(s, descending=True)
-    w, y = w[:, order], y[order]
-    pos = np.add.reduceat(w * y, starts, axis=1)  # (R, G) positives at each threshold
-    tot = np.add.reduceat(w, starts, axis=1)  # (R, G) samples at each threshold
-    tp, called = np.cumsum(pos, axis=1), np.cumsum(tot, axis=1)  # (R, G)
+def _auprc(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Tie groups in descending score order: each is one threshold."""
+    tp, called = np.cumsum(pos, axis=1), np.cumsum(pos + neg, axis=1)  # (R, G)
     n_pos = pos.sum(1)  # (R,)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(called > 0, tp / called, 0.0)  # (R, G)
         return np.where(n_pos > 0, (pos * precision).sum(1) / n_pos, np.nan)
 
 
-def _f1_w(w: np.ndarray, y: np.ndarray, s: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    pred = (s >= threshold).astype(np.float64)
-    tp = w @ (y * pred)  # (R,)
-    fp = w @ ((1 - y) * pred)
-    fn = w @ (y * (1 - pred))
-    denom = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, 2 * tp / denom, 0.0)  # sklearn's zero_division=0
+def _check_metrics(metrics: Sequence[str]) -> None:
+    bad = [m for m in metrics if m not in METRICS]
+    if bad:
+        raise ValueError(f"unknown metric {bad[0]!r}: choose from {', '.join(METRICS)}")
 
 
-def _brier_w(w: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    return (w @ (s - y) ** 2) / w.sum(1)
-
-
-def _ece_w(w: np.ndarray, y: np.ndarray, s: np.ndarray, n_bins: int = 10) -> np.ndarray:
-    bins = np.clip((s * n_bins).astype(int), 0, n_bins - 1)  # [0, 1/n), ..., [(n-1)/n, 1]
-    onehot = np.eye(n_bins)[bins]  # (n, n_bins)
-    count = w @ onehot  # (R, n_bins)
-    gap = w @ (onehot * (s - y)[:, None])  # (R, n_bins) sum of (score - label) per bin
-    return np.abs(gap).sum(1) / count.sum(1)
-
-
-_WEIGHTED: dict[str, Callable[..., np.ndarray]] = {
-    "auroc": _auroc_w, "auprc": _auprc_w, "f1": _f1_w, "brier": _brier_w, "ece": _ece_w,
-}
-
-
-def _metric_fn(name: str, threshold: float, n_bins: int) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    if name not in _WEIGHTED:
-        raise ValueError(f"unknown metric {name!r}: choose from {', '.join(METRICS)}")
-    if name == "f1":
-        return lambda w, y, s: _f1_w(w, y, s, threshold)
-    if name == "ece":
-        return lambda w, y, s: _ece_w(w, y, s, n_bins)
-    return _WEIGHTED[name]
+def _points(y: np.ndarray, s: np.ndarray, metrics: Sequence[str], threshold: float = 0.5,
+            n_bins: int = 10) -> dict[str, float]:
+    _check_metrics(metrics)
+    res = _Scorer(y, s, threshold, n_bins)(np.arange(y.size)[None, :], metrics)
+    return {m: float(res[m][0]) for m in metrics}
 
 
 # ====================================================================== point estimates
 def _point(name: str, y_true, y_score, **kw) -> float:
     y, s = _as_arrays(y_true, y_score)
-    return float(_metric_fn(name, kw.get("threshold", 0.5), kw.get("n_bins", 10))(np.ones((1, y.size)), y, s)[0])
+    return _points(y, s, [name], **kw)[name]
 
 
 def auroc(y_true, y_score) -> float:
@@ -149,11 +169,13 @@ def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def _counts(idx: np.ndarray, n: int) -> np.ndarray:
-    """(R, n) index matrix -> (R, n) draw counts, without a Python loop over rows."""
-    r = idx.shape[0]
-    flat = (np.arange(r)[:, None] * n + idx).ravel()
-    return np.bincount(flat, minlength=r * n).reshape(r, n).astype(np.float64)
+def _index_chunks(n: int, n_boot: int, seed: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows) of ``bootstrap_indices(n, n_boot, seed)``, drawn chunk by chunk (same numbers:
+    the generator's stream does not depend on how the rows are split), so (n_boot, n) never sits in memory."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _MAX_CELLS // n)
+    for lo in range(0, n_boot, chunk):
+        yield lo, rng.integers(0, n, size=(min(chunk, n_boot - lo), n))
 
 
 def bootstrap_distribution(
@@ -175,16 +197,13 @@ def bootstrap_distribution(
     y, _ = _as_arrays(y_true, s_all[0])
     for s in s_all:
         _as_arrays(y, s)
-    n = y.size
-    idx = bootstrap_indices(n, n_boot, seed)  # (n_boot, n)
-    fns = {m: _metric_fn(m, threshold, n_bins) for m in metrics}
+    _check_metrics(metrics)
+    scorers = [_Scorer(y, s, threshold, n_bins) for s in s_all]
     out = {m: np.empty((len(s_all), n_boot)) for m in metrics}
-    chunk = max(1, _MAX_CELLS // n)
-    for lo in range(0, n_boot, chunk):
-        w = _counts(idx[lo:lo + chunk], n)  # (chunk, n)
-        for m, fn in fns.items():
-            for i, s in enumerate(s_all):
-                out[m][i, lo:lo + chunk] = fn(w, y, s)
+    for lo, idx in _index_chunks(y.size, n_boot, seed):  # idx: (chunk, n)
+        for i, scorer in enumerate(scorers):
+            for m, v in scorer(idx, metrics).items():
+                out[m][i, lo:lo + len(idx)] = v
     return {m: v[0] for m, v in out.items()} if np.ndim(scores) == 1 else out
 
 
@@ -216,11 +235,11 @@ def evaluate_binary(
     if not 0 < ci < 1:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
     y, s = _as_arrays(y_true, y_score)
-    ones = np.ones((1, y.size))
     out: dict[str, float | list[float]] = {}
+    point = _points(y, s, metrics, threshold, n_bins)
     dist = bootstrap_distribution(y, s, metrics, n_boot, seed, threshold, n_bins) if n_boot > 0 else {}
     for m in metrics:
-        out[f"{prefix}{m}"] = float(_metric_fn(m, threshold, n_bins)(ones, y, s)[0])
+        out[f"{prefix}{m}"] = point[m]
         if n_boot > 0:
             out[f"{prefix}{m}_ci"] = _interval(dist[m], ci)
     out[f"{prefix}n"] = int(y.size)
@@ -242,23 +261,67 @@ def paired_bootstrap(
 ) -> dict[str, float | list[float]]:
     """Difference ``metric(a) - metric(b)`` on shared resamples of the same labels.
 
-    Returns ``{"a", "b", "diff", "diff_ci": [lo, hi], "p_value"}``; the p-value is the two-sided bootstrap
-    share of resamples on the other side of zero (at least 1 / n_boot when all fall on one side).
+    Returns ``{"a", "b", "diff", "diff_ci": [lo, hi], "rel_diff", "rel_diff_ci", "p_value"}``: ``rel_diff``
+    is ``a / b - 1`` (the relative gain of a over b) with its interval from the same resamples; the p-value
+    is the two-sided bootstrap share of resamples on the other side of zero (at least 1 / n_boot when all
+    fall on one side).
     """
     y, sa = _as_arrays(y_true, score_a)
     _, sb = _as_arrays(y, score_b)
-    fn = _metric_fn(metric, threshold, n_bins)
-    ones = np.ones((1, y.size))
-    a, b = float(fn(ones, y, sa)[0]), float(fn(ones, y, sb)[0])
+    a = _points(y, sa, [metric], threshold, n_bins)[metric]
+    b = _points(y, sb, [metric], threshold, n_bins)[metric]
     dist = bootstrap_distribution(y, np.stack([sa, sb]), [metric], n_boot, seed, threshold, n_bins)[metric]
     d = dist[0] - dist[1]  # (n_boot,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = dist[0] / dist[1] - 1.0  # (n_boot,)
     d = d[np.isfinite(d)]
     if d.size == 0:
         p = float("nan")
     else:
         p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
         p = max(p, 1.0 / d.size)
-    return {"a": a, "b": b, "diff": a - b, "diff_ci": _interval(d, ci), "p_value": p}
+    rel_point = a / b - 1.0 if b else float("nan")
+    return {"a": a, "b": b, "diff": a - b, "diff_ci": _interval(d, ci), "rel_diff": rel_point,
+            "rel_diff_ci": _interval(rel, ci), "p_value": p}
+
+
+def evaluate_means(
+    values: dict[str, Sequence[float] | np.ndarray],
+    *,
+    prefix: str = "",
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float | list[float]]:
+    """Mean and percentile bootstrap interval of per-sample values, e.g. ``{"well_formed_rate": flags}``.
+
+    Every array has one value per test sample (NaN is not allowed); all of them share the resamples of
+    ``bootstrap_indices(n, n_boot, seed)``, the ones ``evaluate_binary`` uses for the same n and seed.
+    """
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    arrays = {k: np.asarray(v, dtype=np.float64).ravel() for k, v in values.items()}
+    sizes = {k: a.size for k, a in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"every quantity needs one value per sample, got sizes {sizes}")
+    for k, a in arrays.items():
+        if a.size == 0:
+            raise ValueError(f"cannot average an empty {k!r}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{k!r} has {int((~np.isfinite(a)).sum())} non-finite values")
+    out: dict[str, float | list[float]] = {}
+    if not arrays:
+        return out
+    n = next(iter(sizes.values()))
+    stacked = np.stack(list(arrays.values()), axis=1)  # (n, K)
+    if n_boot > 0:
+        means = np.concatenate([np.stack([col[idx].mean(axis=1) for col in stacked.T], axis=1)  # (chunk, K)
+                                for _, idx in _index_chunks(n, n_boot, seed)])  # (n_boot, K)
+    for j, k in enumerate(arrays):
+        out[f"{prefix}{k}"] = float(stacked[:, j].mean())
+        if n_boot > 0:
+            out[f"{prefix}{k}_ci"] = _interval(means[:, j], ci)
+    return out
 
 
 def scalar_metrics(metrics: dict[str, float | list[float]]) -> dict[str, float]:

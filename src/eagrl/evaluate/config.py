@@ -1,0 +1,171 @@
+"""Configuration of the evaluation stage: which models form the comparison table, and the experiments run on them.
+
+``EvaluateConfig.models`` lists the rows of the table in order. Each :class:`ModelEntry` is one of
+
+* ``prompt``: the base model (``model.source``) prompted zero-shot in ``style`` (vanilla / think / pqd);
+* ``registered``: a policy in the MLflow registry, ``registered`` being a name template filled with the
+  dataset and task the model was trained on (``eagrl-eag-rl-{dataset}-{task}``; the SFT stage registers
+  ``eagrl-sft-{dataset}-{task}``) and ``version`` a
+  number, ``latest`` or ``@alias``; a full checkpoint or a LoRA adapter of ``model.source``;
+* ``expert``: the registered ConCare expert (``eagrl-expert-{dataset}-{task}``).
+
+Entries that are not registered are skipped with a visible note in the table and the report, never silently.
+Robustness and generalisation name entries of this list. Mounted in the main config as ``evaluate``.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from eagrl.section import Section
+
+Style = Literal["pqd", "vanilla", "think"]
+Group = Literal["prompting", "training", "ablation", "expert"]
+
+
+class ModelEntry(Section):
+    name: str = Field(..., min_length=1, description="Row name in the table, e.g. pqd, sft, eag-rl.")
+    kind: Literal["prompt", "registered", "expert"] = Field(
+        ..., description="prompt: base model prompted; registered: a policy in MLflow; expert: ConCare from MLflow."
+    )
+    label: str = Field("", description="Human-readable row label; empty: the name.")
+    group: Group = Field("training", description="Section of the table the row belongs to.")
+    style: Style = Field("pqd", description="Prompt style the model is asked in (trained policies: pqd).")
+    registered: str | None = Field(
+        None, description="Registered model name template ({dataset}, {task} filled in); registered/expert only."
+    )
+    version: str = Field("latest", description='Registry version: a number, "latest" or "@alias".')
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelEntry":
+        if self.kind != "prompt" and not self.registered:
+            raise ValueError(f"evaluate.models entry {self.name!r} of kind {self.kind!r} needs a registered name")
+        if self.registered:
+            self.registered_name("dataset", "task")  # a bad placeholder fails here, quoting the template
+        v = self.version
+        if not (v == "latest" or v.isdigit() or (v.startswith("@") and len(v) > 1)):
+            raise ValueError(f'evaluate.models entry {self.name!r}: version must be a number, "latest" or "@alias", '
+                             f"got {self.version!r}")
+        return self
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+    def registered_name(self, dataset: str, task: str) -> str:
+        assert self.registered is not None
+        try:
+            return self.registered.format(dataset=dataset, task=task)
+        except (KeyError, IndexError) as exc:
+            raise ValueError(f"evaluate.models entry {self.name!r}: registered template {self.registered!r} "
+                             f"uses an unknown placeholder {exc}; only {{dataset}} and {{task}} exist") from None
+
+
+def _policy(name: str, label: str, group: Group = "training") -> ModelEntry:
+    return ModelEntry(name=name, kind="registered", label=label, group=group,
+                      registered=f"eagrl-{name}-{{dataset}}-{{task}}")
+
+
+DEFAULT_MODELS = [
+    ModelEntry(name="vanilla", kind="prompt", style="vanilla", label="Vanilla (direct answer)", group="prompting"),
+    ModelEntry(name="think", kind="prompt", style="think", label="Think-then-answer", group="prompting"),
+    ModelEntry(name="pqd", kind="prompt", style="pqd", label="P_QD (zero-shot)", group="prompting"),
+    _policy("sft", "SFT only (Stage 1)"),
+    _policy("grpo", "GRPO"),
+    _policy("dapo", "DAPO"),
+    _policy("eag-rl", "EAG-RL"),
+    _policy("eag-rl-no-stage1", "w/o Stage 1", "ablation"),
+    _policy("eag-rl-no-stage2", "w/o Stage 2", "ablation"),
+    _policy("eag-rl-no-ratt", "w/o R_att", "ablation"),
+    _policy("eag-rl-no-adaptive-clip", "w/o eps(tau)", "ablation"),
+    ModelEntry(name="expert", kind="expert", label="ConCare expert", group="expert",
+               registered="eagrl-expert-{dataset}-{task}"),
+]
+
+
+class RobustnessConfig(Section):
+    models: list[str] = Field(
+        ["pqd", "sft", "eag-rl"], description="Entries (of evaluate.models, LLMs only) run under perturbation."
+    )
+    shuffle_levels: list[float] = Field(
+        [0.2, 0.4, 0.6, 1.0], description="Shares of feature lines whose order is shuffled (0 is the table itself)."
+    )
+    noise_levels: list[float] = Field(
+        [0.1, 0.3], description="Gaussian value noise, in train standard deviations of each feature."
+    )
+    seed: int = Field(0, description="Seed of the shuffles and of the noise.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RobustnessConfig":
+        bad = [x for x in self.shuffle_levels if not 0.0 < x <= 1.0]
+        if bad:
+            raise ValueError(f"evaluate.robustness.shuffle_levels must lie in (0, 1], got {bad}")
+        bad = [x for x in self.noise_levels if not x > 0.0]
+        if bad:
+            raise ValueError(f"evaluate.robustness.noise_levels must be positive, got {bad}")
+        return self
+
+
+class TransferTarget(Section):
+    dataset: Literal["mimic-iv-demo", "tjh", "clif", "meds", "physionet2012"] = Field(
+        ..., description="Dataset whose prepared cohort (<workspace>/data/cohorts) the models are scored on."
+    )
+    task: Literal["mortality", "readmission_30d"] = Field("mortality", description="Task of that cohort.")
+
+
+class GeneralisationConfig(Section):
+    models: list[str] = Field(
+        ["pqd", "sft", "eag-rl"],
+        description="Entries (LLMs) trained on data.dataset, scored zero-shot on each target (pqd: the base model).",
+    )
+    targets: list[TransferTarget] = Field(
+        default_factory=list, description="Other datasets' cohorts; one equal to data.dataset/task is skipped."
+    )
+    max_stays: int | None = Field(
+        None, ge=1, description="Score at most this many stays of each target's split; None: all."
+    )
+
+
+class EvaluateConfig(Section):
+    split: Literal["train", "val", "test"] = Field("test", description="The one split every model is scored on.")
+    max_stays: int | None = Field(None, ge=1, description="Score at most this many stays of the split; None: all.")
+    n_boot: int = Field(1000, ge=0, description="Bootstrap resamples of every interval (0: none).")
+    ci: float = Field(0.95, gt=0.0, lt=1.0, description="Coverage of the bootstrap intervals.")
+    seed: int = Field(0, description="Seed of the bootstrap resamples (shared by all models: paired).")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Decision threshold of F1.")
+    n_bins: int = Field(10, ge=2, description="Equal-width probability bins of ECE and the calibration plot.")
+    models: list[ModelEntry] = Field(
+        default_factory=lambda: [m.model_copy() for m in DEFAULT_MODELS], description="Rows of the comparison table."
+    )
+    references: list[str] = Field(
+        ["pqd", "sft"], description="Entries every other one is compared with by paired bootstrap."
+    )
+    paired_metrics: list[Literal["auroc", "auprc"]] = Field(
+        ["auroc", "auprc"], description="Metrics of the paired comparisons."
+    )
+    robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
+    generalisation: GeneralisationConfig = Field(default_factory=GeneralisationConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvaluateConfig":
+        names = [m.name for m in self.models]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"evaluate.models names must be unique, got {dup} more than once")
+        llm = {m.name for m in self.models if m.kind != "expert"}
+        for key, listed, allowed in (("references", self.references, set(names)),
+                                     ("robustness.models", self.robustness.models, llm),
+                                     ("generalisation.models", self.generalisation.models, llm)):
+            bad = [n for n in listed if n not in allowed]
+            if bad:
+                raise ValueError(f"evaluate.{key} names {bad}, which are not LLM entries of evaluate.models "
+                                 f"({sorted(allowed)})" if key != "references" else
+                                 f"evaluate.references names {bad}, not entries of evaluate.models ({names})")
+        return self
+
+    def entry(self, name: str) -> ModelEntry:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)

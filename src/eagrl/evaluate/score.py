@@ -1,0 +1,137 @@
+"""Score one model on one split and summarise its predictions with bootstrap intervals.
+
+Every scorer returns the same table, one row per stay in split order: ``stay_id`` (str), ``label``,
+``probability``, and for LLMs ``well_formed``, ``features`` (the parsed C_llm) and ``r_att`` (Jaccard with the
+expert's C_exp of that stay; 0 for a malformed response, as in the reward). :func:`summarise` turns it into
+AUROC, AUPRC, F1, Brier and ECE, the well-formed rate and the mean R_att, each with its interval; every model
+scored on the same stays with the same seed sees the same resamples, so paired comparisons line up.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eagrl.data.cohort import Cohort
+from eagrl.errors import DataError
+from eagrl.evaluate.config import EvaluateConfig
+from eagrl.evaluate.metrics import METRICS, evaluate_binary, evaluate_means
+from eagrl.llm.config import GenerationConfig, ModelConfig
+from eagrl.llm.rewards import r_att
+
+STYLES_WITH_FEATURES = ("pqd",)  # vanilla and think responses name no features: R_att does not apply
+
+
+def stay_ids(cohort: Cohort, split: str, max_stays: int | None, seed: int = 0) -> list[str]:
+    """The stays of ``split`` scored, in cohort order: all, or a seeded label-stratified sample of ``max_stays``.
+
+    Not the first ``max_stays``: a cohort's order can follow the outcome (the first 20 stays of the TJH
+    mortality test split are all survivors), and a head of one class has no AUROC. Each class gets its
+    proportional share (largest remainders), and at least one stay.
+    """
+    ids = [str(s) for s in cohort.split_ids(split)]
+    if not ids:
+        raise DataError(f"the {cohort.dataset}/{cohort.task} cohort has no stays in split {split!r}")
+    if not max_stays or max_stays >= len(ids):
+        return ids
+    labels = cohort.stays.assign(stay_id=cohort.stays["stay_id"].astype(str)).set_index("stay_id").loc[ids, "label"]
+    classes = labels.value_counts().sort_index()  # label -> count
+    share = max_stays * classes.to_numpy() / len(ids)
+    k = np.maximum(np.floor(share).astype(int), 1)
+    for j in np.argsort(-(share - np.floor(share)), kind="stable")[: max(0, max_stays - int(k.sum()))]:
+        k[j] += 1
+    rng = np.random.default_rng(seed)
+    chosen: set[str] = set()
+    for (label, count), kk in zip(classes.items(), k):
+        pool = labels.index[labels == label].to_numpy()
+        chosen |= set(rng.choice(pool, size=min(int(kk), count), replace=False).tolist())
+    return [s for s in ids if s in chosen]
+
+
+def restricted(cohort: Cohort, split: str, ids: list[str]) -> Cohort:
+    """The cohort with ``split`` cut down to ``ids`` (other splits kept: the noise scale reads train)."""
+    import dataclasses
+
+    sid = cohort.stays["stay_id"].astype(str)
+    keep = (cohort.stays["split"] != split) | sid.isin(set(ids))
+    return dataclasses.replace(cohort, stays=cohort.stays[keep.to_numpy()].reset_index(drop=True))
+
+
+def read_c_exp(path: str | Path) -> dict[str, list[str]] | None:
+    """stay_id -> C_exp from the expert's attention table; None when there is no table."""
+    from eagrl.expert.attention import read_attention
+
+    if not Path(path).is_file():
+        return None
+    table = read_attention(path)
+    return {str(s): list(c) for s, c in zip(table["stay_id"], table["c_exp"])}
+
+
+def score_llm(cohort: Cohort, out_dir: str | Path, model_cfg: ModelConfig, gen_cfg: GenerationConfig, *,
+              split: str, max_stays: int | None, c_exp: Mapping[str, list[str]] | None, backend=None,
+              seed: int = 0) -> pd.DataFrame:
+    """Generate one response per stay (the zero-shot routine, any policy) and read back its predictions."""
+    from eagrl.llm.zeroshot import evaluate_zero_shot
+
+    out = Path(out_dir)
+    evaluate_zero_shot(cohort, out, model_cfg, gen_cfg, split=split, max_stays=max_stays, n_boot=0, seed=seed,
+                       backend=backend)
+    pred = pd.read_csv(out / "predictions.csv", dtype={"stay_id": str}, keep_default_na=False,
+                       na_values={"probability": ["", "nan"]})
+    pred["well_formed"] = pred["well_formed"].astype(str).str.lower().eq("true")
+    pred["features"] = [[f for f in str(v).split("; ") if f] for v in pred["features"]]
+    if c_exp is not None and gen_cfg.prompt_style in STYLES_WITH_FEATURES:
+        missing = [s for s in pred["stay_id"] if s not in c_exp]
+        if missing:
+            raise DataError(f"the expert attention table has no C_exp for stays {missing[:5]} of {cohort.dataset}; "
+                            "export it for this cohort (eagrl expert export-attention)")
+        pred["r_att"] = [r_att(f, c_exp[s]) if ok else 0.0
+                         for s, f, ok in zip(pred["stay_id"], pred["features"], pred["well_formed"])]
+    pred = pred[[c for c in ("stay_id", "label", "probability", "well_formed", "features", "r_att") if c in pred]]
+    pred.to_parquet(out / "predictions.parquet", index=False)
+    return pred
+
+
+def score_expert(model, features: list[str], cohort: Cohort, ids: list[str], out_dir: str | Path) -> pd.DataFrame:
+    """The ConCare expert's probability for each of ``ids``."""
+    from eagrl.expert.train import predict
+
+    if features and features != cohort.feature_names:
+        diff = sorted(set(features) ^ set(cohort.feature_names))[:5]
+        raise DataError(f"the expert was trained on other features than the {cohort.dataset} cohort (e.g. {diff})")
+    arrays = cohort.tensors(None)
+    probs, _ = predict(model, arrays)
+    by_id = dict(zip((str(s) for s in arrays["stay_ids"]), probs.astype(np.float64)))
+    labels = dict(zip((str(s) for s in arrays["stay_ids"]), arrays["y"].astype(int)))
+    pred = pd.DataFrame({"stay_id": ids, "label": [labels[s] for s in ids],
+                         "probability": [float(by_id[s]) for s in ids]})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred.to_parquet(out / "predictions.parquet", index=False)
+    return pred
+
+
+def summarise(pred: pd.DataFrame, ecfg: EvaluateConfig, prefix: str = "",
+              metrics: tuple[str, ...] = METRICS) -> dict[str, float | list[float]]:
+    """Binary metrics of the probabilities and, for LLMs, the well-formed rate and mean R_att, with intervals."""
+    y = pred["label"].to_numpy(dtype=np.float64)
+    p = pred["probability"].to_numpy(dtype=np.float64)
+    out = evaluate_binary(y, p, prefix=prefix, metrics=metrics, n_boot=ecfg.n_boot, ci=ecfg.ci, seed=ecfg.seed,
+                          threshold=ecfg.threshold, n_bins=ecfg.n_bins)
+    per_stay = {}
+    if "well_formed" in pred:
+        per_stay["well_formed_rate"] = pred["well_formed"].to_numpy(dtype=np.float64)
+    if "r_att" in pred:
+        per_stay["r_att_mean"] = pred["r_att"].to_numpy(dtype=np.float64)
+    out.update(evaluate_means(per_stay, prefix=prefix, n_boot=ecfg.n_boot, ci=ecfg.ci, seed=ecfg.seed))
+    return out
+
+
+def aligned(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, probabilities of a, of b) over the same stays in the same order; raises when they differ."""
+    if list(a["stay_id"]) != list(b["stay_id"]):
+        raise DataError("paired comparison needs both models scored on the same stays in the same order")
+    return (a["label"].to_numpy(dtype=np.float64), a["probability"].to_numpy(dtype=np.float64),
+            b["probability"].to_numpy(dtype=np.float64))

@@ -1,0 +1,392 @@
+"""The evaluation stage: every registered model on one test split, paired comparisons, robustness,
+generalisation, and the HTML report.
+
+``evaluate_stage(cfg, out_dir)`` is what ``eagrl evaluate``, the KFP component and the tests call. It
+
+1. resolves each entry of ``cfg.evaluate.models`` (prompting baselines on the base model, the policies
+   registered in MLflow, the ConCare expert); an entry that is not registered is a visible ``skipped`` row;
+2. scores every resolved model on the same stays of ``cfg.evaluate.split`` and summarises it (AUROC, AUPRC,
+   F1, Brier, ECE, well-formed rate, mean R_att against the expert's C_exp, each with its interval);
+3. compares each model with every reference (``evaluate.references``, default P_QD and SFT) by paired
+   bootstrap, difference and relative gain with intervals;
+4. re-scores the robustness models under feature-order shuffles and value noise (AUROC against the level,
+   paired against the references at each level), and the generalisation models on other datasets' cohorts;
+5. writes ``DIR/evaluate/``: ``table.csv``, ``paired.csv``, ``robustness.csv``, ``generalisation.csv``,
+   ``report.html`` and its PNGs, ``models/<entry>/`` predictions and responses; logs all of it to MLflow.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eagrl.config import Config
+from eagrl.data.cohort import Cohort
+from eagrl.evaluate.config import EvaluateConfig
+from eagrl.evaluate.metrics import paired_bootstrap
+from eagrl.evaluate.models import READY, Resolved, resolve
+from eagrl.evaluate.perturb import shuffled, with_value_noise
+from eagrl.evaluate.score import (aligned, read_c_exp, restricted, score_expert, score_llm, stay_ids,
+                                  summarise)
+from eagrl.expert.run import cohort_dir
+from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.tracking.mlflow_run import log_metrics, stage_run
+
+log = logging.getLogger(__name__)
+
+SCORED, SKIPPED, FAILED = "scored", "skipped", "failed"
+
+
+@dataclass
+class Evaluation:
+    """Everything the stage computed; the report and the files are views of it."""
+
+    table: list[dict] = field(default_factory=list)
+    paired: list[dict] = field(default_factory=list)
+    robustness: list[dict] = field(default_factory=list)
+    generalisation: list[dict] = field(default_factory=list)
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)  # entry name -> table predictions
+    perturbed: dict[tuple[str, str, float], pd.DataFrame] = field(default_factory=dict)
+    transfer: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)  # (target, entry) -> predictions
+    notes: list[str] = field(default_factory=list)
+
+    def metrics(self, split: str) -> dict:
+        out: dict = {}
+        for row in self.table:
+            if row["status"] == SCORED:
+                out.update({f"{row['name']}_{split}_{k}": v for k, v in row["metrics"].items()})
+        for p in self.paired:
+            key = f"{p['entry']}_vs_{p['reference']}_{p['metric'].replace('@', '_at_')}"  # MLflow: no @
+            out.update({f"{key}_{k}": p[k] for k in ("diff", "diff_ci", "rel_diff", "rel_diff_ci", "p_value")})
+        for r in self.robustness:
+            if r["perturbation"] != "none":
+                key = f"{r['entry']}_{r['perturbation']}{r['level']:g}"
+                out.update({f"{key}_{k}": r[k] for k in ("auroc", "auroc_ci", "auprc", "auprc_ci") if k in r})
+        for g in self.generalisation:
+            if g["status"] == SCORED:
+                key = f"{g['entry']}_on_{g['target']}"
+                out.update({f"{key}_{k}": g[k] for k in ("auroc", "auroc_ci", "auprc", "auprc_ci") if k in g})
+        out.update({f"n_models_{s}": sum(r["status"] == s for r in self.table) for s in (SCORED, SKIPPED, FAILED)})
+        return out
+
+
+# ====================================================================== the stage
+@records_failure("evaluate")
+def evaluate_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
+                   cohort_path: str | Path | None = None, only: list[str] | None = None) -> StageResult:
+    """Score the configured models (``only``: these entries) on the prepared cohort and write the report."""
+    import mlflow
+
+    from eagrl.evaluate.report import write_report
+
+    ecfg = _restricted(cfg.evaluate, only)
+    out = stage_dir(out_dir, "evaluate")
+    cohort = Cohort.load(cohort_path or cohort_dir(cfg))
+    ids = stay_ids(cohort, ecfg.split, ecfg.max_stays, ecfg.seed)
+    cohort = restricted(cohort, ecfg.split, ids)  # every model, perturbation and the expert: these stays
+    with stage_run(cfg, "evaluate", parent_run_id) as run:
+        ev = run_evaluation(cfg, ecfg, cohort, ids, out)
+        metrics = ev.metrics(ecfg.split)
+        metrics[f"{ecfg.split}_n_stays"] = len(ids)
+        write_tables(ev, out)
+        report = write_report(out, report_context(cfg, ecfg, cohort, ids, ev))
+        log_metrics(metrics)
+        mlflow.log_artifact(str(report))
+        mlflow.log_artifacts(str(out), artifact_path="evaluate")
+        result = StageResult("evaluate", metrics=metrics, mlflow_run_id=run.info.run_id,
+                             message=_message(cohort, ecfg, ids, ev, report),
+                             outputs={"report": str(report), "table": str(out / "table.csv"),
+                                      "paired": str(out / "paired.csv")})
+    result.write(out_dir)
+    return result
+
+
+def _restricted(ecfg: EvaluateConfig, only: list[str] | None) -> EvaluateConfig:
+    if not only:
+        return ecfg
+    names = [m.name for m in ecfg.models]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        from eagrl.errors import ConfigError
+
+        raise ConfigError(f"--models names {unknown}, which are not entries of evaluate.models ({names})")
+    keep = [m for m in ecfg.models if m.name in only]
+    kept = {m.name for m in keep}
+    return ecfg.model_copy(update={
+        "models": keep, "references": [r for r in ecfg.references if r in kept],
+        "robustness": ecfg.robustness.model_copy(update={"models": [m for m in ecfg.robustness.models if m in kept]}),
+        "generalisation": ecfg.generalisation.model_copy(
+            update={"models": [m for m in ecfg.generalisation.models if m in kept]}),
+    })
+
+
+# ====================================================================== the work
+def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[str], out: Path) -> Evaluation:
+    """Resolve, score and compare every entry; the robustness and generalisation runs reuse each loaded model."""
+    ev = Evaluation()
+    resolved = [resolve(entry, cfg) for entry in ecfg.models]
+    c_exp = _c_exp(cfg, cohort, resolved, out, ev)
+    targets = _targets(cfg, ecfg, ev)
+    base_backend = None
+    for res in resolved:
+        row = {"name": res.name, "label": res.entry.title, "group": res.entry.group, "note": res.note,
+               "status": SCORED if res.status == READY else res.status, "metrics": {}}
+        ev.table.append(row)
+        if res.status != READY:
+            ev.notes.append(f"{res.entry.title}: {res.status}, {res.note}")
+            continue
+        backend, step = None, "scoring"
+        try:
+            if not res.is_llm:
+                pred = score_expert(res.expert, res.expert_features, cohort, ids, out / "models" / res.name)
+            else:
+                if res.entry.kind == "prompt":
+                    base_backend = base_backend or _backend(res, cfg)
+                    backend = base_backend
+                else:
+                    backend = _backend(res, cfg)
+                pred = _score(cfg, ecfg, res, cohort, out / "models" / res.name, c_exp, backend)
+            row["metrics"] = summarise(pred, ecfg)
+            ev.predictions[res.name] = pred
+            if backend is not None:
+                step = "robustness"
+                _robustness(cfg, ecfg, res, cohort, out, c_exp, backend, pred, ev)
+                step = "generalisation"
+                _generalise(cfg, ecfg, res, targets, out, backend, ev)
+        except Exception as exc:
+            if res.entry.kind == "prompt":
+                raise  # the base model failing is a bug to see, not a row
+            log.exception("%s of %s failed", step, res.name)
+            why = f"{step} failed: {type(exc).__name__}: {exc}"
+            if step == "scoring":
+                row.update(status=FAILED, note=f"{res.note}; {why}")
+            ev.notes.append(f"{res.entry.title}: {why}")
+        finally:
+            if backend is not None and backend is not base_backend:
+                del backend  # one policy in memory at a time (the base model stays for the prompt rows)
+                _release_memory()
+    _paired(ecfg, ev)
+    _generalisation_gains(ecfg, ev, [t[0] for t in targets], f"{cfg.data.dataset}/{cfg.data.task}")
+    missing = [n for n in ecfg.robustness.models if n not in ev.predictions]
+    if missing:
+        ev.notes.append(f"robustness curves left out for {', '.join(missing)}: not scored")
+    return ev
+
+
+def _release_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _backend(res: Resolved, cfg: Config):
+    from eagrl.llm.backends import make_backend
+
+    return make_backend(res.model_cfg, cfg.generation)
+
+
+def _gen(cfg: Config, res: Resolved):
+    return cfg.generation.model_copy(update={"prompt_style": res.entry.style})
+
+
+def _score(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, out: Path, c_exp, backend,
+           gen=None, run_name: str | None = None) -> pd.DataFrame:
+    """One LLM on one cohort, in its own nested MLflow run (the zero-shot routine logs its numbers there)."""
+    import mlflow
+
+    with mlflow.start_run(run_name=run_name or f"evaluate-{res.name}", nested=True):
+        mlflow.set_tag("eagrl.model_uri", res.uri or res.model_cfg.source)
+        return score_llm(cohort, out, res.model_cfg, gen or _gen(cfg, res), split=ecfg.split, max_stays=None,
+                         c_exp=c_exp, backend=backend, seed=ecfg.seed)
+
+
+def _c_exp(cfg: Config, cohort: Cohort, resolved: list[Resolved], out: Path, ev: Evaluation):
+    """C_exp per stay: the expert stage's attention table, else computed from the registered expert."""
+    from eagrl.expert.run import expert_dir
+
+    path = expert_dir(cfg) / "attention.parquet"
+    c_exp = read_c_exp(path)
+    if c_exp is not None:
+        return c_exp
+    expert = next((r for r in resolved if r.entry.kind == "expert" and r.status == READY), None)
+    if expert is not None and expert.expert_features == cohort.feature_names:
+        from eagrl.expert.attention import export_attention
+
+        export_attention(expert.expert, cohort, cfg.expert, out / "attention.parquet")
+        ev.notes.append(f"C_exp computed from {expert.uri} (no attention table at {path})")
+        return read_c_exp(out / "attention.parquet")
+    ev.notes.append(f"mean R_att not computed: no expert attention table at {path} and no registered expert "
+                    "(run `eagrl expert train` first)")
+    return None
+
+
+# ====================================================================== paired comparisons
+def _paired(ecfg: EvaluateConfig, ev: Evaluation) -> None:
+    order = [r["name"] for r in ev.table]
+    labels = {r["name"]: r["label"] for r in ev.table}
+    for i, ref in enumerate(ecfg.references):
+        if ref not in ev.predictions:
+            ev.notes.append(f"paired comparisons against {labels.get(ref, ref)} left out: it was not scored")
+            continue
+        for name in order:
+            if name == ref or name not in ev.predictions or name in ecfg.references[:i]:
+                continue
+            ev.paired += _pairs(ecfg, name, ref, ev.predictions[name], ev.predictions[ref], ecfg.paired_metrics)
+    # robustness: each perturbed model against each reference perturbed the same way
+    for (name, pert, level), pred in ev.perturbed.items():
+        for ref in ecfg.references:
+            other = ev.perturbed.get((ref, pert, level))
+            if ref != name and other is not None and (name not in ecfg.references
+                                                       or ecfg.references.index(name) > ecfg.references.index(ref)):
+                ev.paired += _pairs(ecfg, name, ref, pred, other, ["auroc"], suffix=f"@{pert}{level:g}")
+
+
+def _pairs(ecfg, name, ref, a, b, metrics, suffix: str = "") -> list[dict]:
+    y, pa, pb = aligned(a, b)
+    rows = []
+    for metric in metrics:
+        res = paired_bootstrap(y, pa, pb, metric, n_boot=ecfg.n_boot, ci=ecfg.ci, seed=ecfg.seed,
+                               threshold=ecfg.threshold, n_bins=ecfg.n_bins)
+        rows.append({"entry": name, "reference": ref, "metric": metric + suffix, **res})
+    return rows
+
+
+# ====================================================================== robustness
+def _robustness(cfg, ecfg, res: Resolved, cohort: Cohort, out: Path, c_exp, backend, pred, ev: Evaluation) -> None:
+    rob = ecfg.robustness
+    if res.name not in rob.models:
+        return
+    base = summarise(pred, ecfg, metrics=("auroc", "auprc"))
+    ev.robustness.append({"entry": res.name, "perturbation": "none", "level": 0.0, **base})
+    gen = _gen(cfg, res)
+    runs = [("shuffle", lv, cohort, shuffled(gen, lv, rob.seed)) for lv in rob.shuffle_levels]
+    runs += [("noise", lv, with_value_noise(cohort, lv, rob.seed), gen) for lv in rob.noise_levels]
+    for pert, level, part_cohort, part_gen in runs:
+        where = out / "robustness" / res.name / f"{pert}-{level:g}"
+        p = _score(cfg, ecfg, res, part_cohort, where, c_exp, backend, part_gen,
+                   run_name=f"evaluate-{res.name}-{pert}{level:g}")
+        ev.perturbed[(res.name, pert, float(level))] = p
+        ev.robustness.append({"entry": res.name, "perturbation": pert, "level": float(level),
+                              **summarise(p, ecfg, metrics=("auroc", "auprc"))})
+
+
+# ====================================================================== generalisation
+def _targets(cfg: Config, ecfg: EvaluateConfig, ev: Evaluation) -> list[tuple[str, Cohort | None, dict | None, str]]:
+    """(target key, its cohort or None, its C_exp or None, note) for each configured target."""
+    from eagrl.expert.run import expert_dir
+
+    found = []
+    if not ecfg.generalisation.models:
+        return found
+    for t in ecfg.generalisation.targets:
+        key = f"{t.dataset}/{t.task}"
+        if (t.dataset, t.task) == (cfg.data.dataset, cfg.data.task):
+            ev.notes.append(f"generalisation target {key} left out: it is the dataset the models were trained on")
+            continue
+        tcfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": t.dataset, "task": t.task})})
+        path = cohort_dir(tcfg)
+        if not (path / "stays.parquet").is_file():
+            found.append((key, None, None, f"no prepared cohort at {path} "
+                                            f"(eagrl data prepare --dataset {t.dataset} --task {t.task})"))
+            continue
+        target = Cohort.load(path)
+        target = restricted(target, ecfg.split, stay_ids(target, ecfg.split, ecfg.generalisation.max_stays, ecfg.seed))
+        found.append((key, target, read_c_exp(expert_dir(tcfg) / "attention.parquet"), ""))
+    return found
+
+
+def _generalise(cfg, ecfg: EvaluateConfig, res: Resolved, targets, out: Path, backend, ev: Evaluation) -> None:
+    if res.name not in ecfg.generalisation.models:
+        return
+    source = f"{cfg.data.dataset}/{cfg.data.task}"
+    for key, cohort, c_exp, note in targets:
+        row = {"entry": res.name, "source": source, "target": key, "n": None, "note": note}
+        ev.generalisation.append(row)
+        if cohort is None:
+            row["status"] = SKIPPED
+            continue
+        where = out / "generalisation" / key.replace("/", "-") / res.name
+        pred = _score(cfg, ecfg, res, cohort, where, c_exp, backend, run_name=f"evaluate-{res.name}-on-{key}")
+        ev.transfer[(key, res.name)] = pred
+        row.update(status=SCORED, **summarise(pred, ecfg, metrics=("auroc", "auprc")))  # with n, n_positive
+
+
+def _generalisation_gains(ecfg: EvaluateConfig, ev: Evaluation, target_keys: list[str], source: str) -> None:
+    scored_names = {r["entry"] for r in ev.generalisation}
+    for name in ecfg.generalisation.models:  # entries never scored still get a visible row per target
+        if name not in scored_names:
+            row = next(r for r in ev.table if r["name"] == name)
+            for key in target_keys:
+                ev.generalisation.append({"entry": name, "source": source, "target": key, "n": None,
+                                          "status": row["status"] if row["status"] != SCORED else SKIPPED,
+                                          "note": row["note"]})
+    for row in ev.generalisation:
+        base = ev.transfer.get((row["target"], "pqd"))
+        mine = ev.transfer.get((row["target"], row["entry"]))
+        if base is None or mine is None or row["entry"] == "pqd":
+            continue
+        res = paired_bootstrap(*aligned(mine, base), "auroc", n_boot=ecfg.n_boot, ci=ecfg.ci, seed=ecfg.seed)
+        row.update(diff_vs_pqd=res["diff"], diff_vs_pqd_ci=res["diff_ci"])
+
+
+# ====================================================================== outputs
+def _flat_row(row: dict) -> dict:
+    out = {}
+    for k, v in row.items():
+        if k == "metrics":
+            out.update(_flat_row(v))
+        elif isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
+            out[f"{k}_low"], out[f"{k}_high"] = v
+        else:
+            out[k] = v
+    return out
+
+
+def write_tables(ev: Evaluation, out: Path) -> None:
+    for name, rows in (("table", ev.table), ("paired", ev.paired), ("robustness", ev.robustness),
+                       ("generalisation", ev.generalisation)):
+        pd.DataFrame([_flat_row(r) for r in rows]).to_csv(out / f"{name}.csv", index=False)
+    (out / "notes.json").write_text(json.dumps(ev.notes, indent=1))
+
+
+def report_context(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[str], ev: Evaluation):
+    from eagrl.evaluate.report import ReportContext
+
+    labels = {r["name"]: r["label"] for r in ev.table}
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "metrics"}
+                          | r["metrics"] for r in ev.table])
+    def relabel(rows: list[dict]) -> pd.DataFrame:
+        return pd.DataFrame([{**r, **{k: labels.get(r[k], r[k]) for k in ("entry", "reference") if k in r}}
+                             for r in rows])
+
+    n_pos = int(cohort.stays.set_index("stay_id").loc[ids, "label"].sum()) if ids else 0
+    return ReportContext(
+        title=f"eagrl evaluation: {cohort.dataset} / {cohort.task}", dataset=cohort.dataset, task=cohort.task,
+        split=ecfg.split, n_stays=len(ids), n_positive=n_pos, n_boot=ecfg.n_boot, ci=ecfg.ci, table=table,
+        paired=relabel(ev.paired), predictions={labels[k]: v for k, v in ev.predictions.items()},
+        robustness=relabel(ev.robustness), generalisation=relabel(ev.generalisation), notes=ev.notes,
+        n_bins=ecfg.n_bins, threshold=ecfg.threshold,
+    )
+
+
+def _message(cohort: Cohort, ecfg: EvaluateConfig, ids, ev: Evaluation, report: Path) -> str:
+    scored = [r for r in ev.table if r["status"] == SCORED]
+    parts = [f"{len(scored)} of {len(ev.table)} models scored on {cohort.dataset}/{cohort.task} "
+             f"{ecfg.split} (n={len(ids)})"]
+    best = max(scored, key=lambda r: np.nan_to_num(r["metrics"].get("auroc", np.nan), nan=-1), default=None)
+    if best is not None and np.isfinite(best["metrics"].get("auroc", np.nan)):
+        ci = best["metrics"].get("auroc_ci") or [np.nan, np.nan]
+        parts.append(f"best AUROC {best['label']} {best['metrics']['auroc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+    for status in (SKIPPED, FAILED):
+        names = [r["name"] for r in ev.table if r["status"] == status]
+        if names:
+            parts.append(f"{status}: {', '.join(names)}")
+    parts.append(f"report: {report}")
+    return "; ".join(parts)

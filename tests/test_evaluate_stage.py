@@ -1,0 +1,298 @@
+"""The evaluation stage end to end on real cohorts, with models registered in a throw-away MLflow store.
+
+One workspace (module scope): a MIMIC-IV demo 30-day readmission cohort (60 stays, the first 10 test stays
+scored) and the TJH mortality cohort (40 stays) as a generalisation target; a ConCare expert trained for one
+epoch, registered and its C_exp exported; the tiny policy registered twice, as a full checkpoint (``sft``) and, as the training stages register policies
+(a pyfunc with the adapter and policy.json), as a LoRA adapter with non-zero weights (``eag-rl``); a registered ``grpo`` whose artifacts hold no model. Everything else of the default table is
+not registered.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from eagrl.config import DataConfig, load_config
+from eagrl.evaluate.models import registry_version
+from eagrl.evaluate.score import restricted, stay_ids
+from eagrl.evaluate.stage import evaluate_stage
+from eagrl.expert.attention import read_attention
+from eagrl.expert.run import _log_and_register, cohort_dir, expert_dir
+from eagrl.llm.config import ModelConfig
+from eagrl.llm.loading import attach_lora, build_tiny, save_tiny
+from eagrl.llm.registry import log_policy
+from eagrl.llm.rewards import r_att
+from eagrl.stage import StageResult
+from eagrl.tracking.mlflow_run import _experiment_id, tracking_uri
+from llm_helpers import tjh_cohort
+
+OVERRIDES = {
+    "data.dataset": "mimic-iv-demo", "data.task": "readmission_30d", "tracking.dvc": False,
+    "generation.cpu_threads": 1, "evaluate.max_stays": 10,
+    "expert.max_epochs": 1, "expert.progress": False,
+    "evaluate.robustness.models": ["pqd", "eag-rl"], "evaluate.robustness.shuffle_levels": [0.6, 1.0],
+    "evaluate.robustness.noise_levels": [0.3],
+    "evaluate.generalisation.models": ["pqd", "eag-rl"],
+    "evaluate.generalisation.targets": [{"dataset": "tjh", "task": "mortality"},
+                                        {"dataset": "mimic-iv-demo", "task": "readmission_30d"},
+                                        {"dataset": "physionet2012", "task": "mortality"}],
+    "evaluate.generalisation.max_stays": None,
+}
+
+
+def _register(cfg, name: str, folder: Path) -> str:
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(experiment_id=_experiment_id(cfg)) as run:
+        mlflow.log_artifacts(str(folder), "model")
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    return client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    from eagrl.data.cohort import build_cohort
+    from eagrl.data.sources import get_source
+    from eagrl.expert.stage import train_expert
+
+    root = tmp_path_factory.mktemp("evaluate")
+    ws = root / "ws"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cfg = load_config("smoke", {"workspace": str(ws), **OVERRIDES})
+        cfg.tracking.mlflow_tracking_uri = tracking_uri(cfg)
+        mlflow.set_tracking_uri(cfg.tracking.mlflow_tracking_uri)
+        dcfg = DataConfig(dataset="mimic-iv-demo", task="readmission_30d", max_stays=60, max_visits=6)
+        src = get_source("mimic-iv-demo")
+        cohort = build_cohort(src.to_raw(src.read(src.default_path()), dcfg), dcfg)
+        cohort.save(cohort_dir(cfg))
+        tjh_cohort().save(ws / "data" / "cohorts" / "tjh-mortality")
+
+        trained = train_expert(cohort, cfg.expert, root / "expert")
+        expert_dir(cfg).mkdir(parents=True)
+        (expert_dir(cfg) / "attention.parquet").write_bytes(trained.attention_path.read_bytes())
+        with mlflow.start_run(experiment_id=_experiment_id(cfg)):
+            _log_and_register(cfg, trained.model_path)
+
+        _register(cfg, "eagrl-sft-mimic-iv-demo-readmission_30d", save_tiny(root / "full"))
+        model, _ = build_tiny()
+        torch.manual_seed(1)
+        lora = attach_lora(__import__("copy").deepcopy(model), ModelConfig(lora_r=4, lora_alpha=8))
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:  # a fresh adapter is the identity; this one changes the model
+                p.data.normal_(0, 0.5)
+        lora.save_pretrained(root / "adapter")
+        with mlflow.start_run(experiment_id=_experiment_id(cfg)):  # as the training stages register policies
+            log_policy(root / "adapter", ModelConfig(source="tiny"), cfg.generation, name="policy",
+                       registered_name="eagrl-eag-rl-mimic-iv-demo-readmission_30d")
+        (root / "empty").mkdir()
+        (root / "empty" / "README.txt").write_text("not a model")
+        _register(cfg, "eagrl-grpo-mimic-iv-demo-readmission_30d", root / "empty")
+
+        result = evaluate_stage(cfg, root / "out")
+        try:
+            yield {"cfg": cfg, "result": result, "out": root / "out" / "evaluate", "root": root, "cohort": cohort}
+        finally:  # set_tracking_uri is process-global and also exports MLFLOW_TRACKING_URI: undo both
+            mlflow.set_tracking_uri(None)
+
+
+def _table(evaluated) -> pd.DataFrame:
+    return pd.read_csv(evaluated["out"] / "table.csv").set_index("name")
+
+
+def _pred(evaluated, name: str) -> pd.DataFrame:
+    return pd.read_parquet(evaluated["out"] / "models" / name / "predictions.parquet")
+
+
+def test_registered_models_are_scored_and_the_rest_visibly_skipped(evaluated):
+    table = _table(evaluated)
+    status = table["status"].to_dict()
+    assert {n for n, s in status.items() if s == "scored"} == {"vanilla", "think", "pqd", "sft", "eag-rl", "expert"}
+    assert status["grpo"] == "failed" and "no config.json or adapter_config.json" in table.loc["grpo", "note"]
+    for name in ("dapo", "eag-rl-no-stage1", "eag-rl-no-stage2", "eag-rl-no-ratt", "eag-rl-no-adaptive-clip"):
+        assert status[name] == "skipped"
+        assert f"eagrl-{name}-mimic-iv-demo-readmission_30d is not registered" in table.loc[name, "note"]
+    assert "full checkpoint" in table.loc["sft", "note"] and "LoRA adapter on tiny" in table.loc["eag-rl", "note"]
+    result = evaluated["result"]
+    assert result.status == "succeeded"
+    assert "6 of 12 models scored" in result.message and "failed: grpo" in result.message
+    assert "skipped: dapo" in result.message
+    on_disk = StageResult.read(evaluated["root"] / "out", "evaluate")
+    assert on_disk.metrics["n_models_skipped"] == 5 and on_disk.metrics["n_models_failed"] == 1
+
+
+def test_every_model_is_scored_on_the_same_test_stays(evaluated):
+    ids = stay_ids(evaluated["cohort"], "test", 10, seed=0)
+    labels = evaluated["cohort"].stays.set_index("stay_id").loc[ids, "label"]
+    assert len(ids) == 10 and labels.nunique() == 2
+    for name in ("vanilla", "think", "pqd", "sft", "eag-rl", "expert"):
+        assert _pred(evaluated, name)["stay_id"].tolist() == ids
+
+
+def test_table_metrics_equal_sklearn_on_the_written_predictions(evaluated):
+    table = _table(evaluated)
+    for name in ("pqd", "eag-rl", "expert"):
+        p = _pred(evaluated, name)
+        assert table.loc[name, "auroc"] == pytest.approx(roc_auc_score(p["label"], p["probability"]), abs=1e-12)
+        assert table.loc[name, "auprc"] == pytest.approx(average_precision_score(p["label"], p["probability"]),
+                                                         abs=1e-12)
+        assert table.loc[name, "brier"] == pytest.approx(np.mean((p["probability"] - p["label"]) ** 2), abs=1e-12)
+        assert table.loc[name, "auroc_ci_low"] <= table.loc[name, "auroc"] <= table.loc[name, "auroc_ci_high"]
+
+
+def test_a_registered_copy_of_the_base_model_reproduces_it_and_the_adapter_changes_it(evaluated):
+    pqd, sft, rl = (_pred(evaluated, n)["probability"].to_numpy() for n in ("pqd", "sft", "eag-rl"))
+    np.testing.assert_allclose(sft, pqd, rtol=0, atol=1e-6)
+    assert np.abs(rl - pqd).max() > 1e-3
+
+
+def test_well_formed_rate_and_mean_r_att_against_the_expert_c_exp(evaluated):
+    table = _table(evaluated)
+    c_exp = {str(s): list(c) for s, c in read_attention(expert_dir(evaluated["cfg"]) / "attention.parquet")
+             [["stay_id", "c_exp"]].itertuples(index=False)}
+    for name in ("pqd", "eag-rl"):
+        p = _pred(evaluated, name)
+        manual = [r_att(list(f), c_exp[s]) if ok else 0.0 for s, f, ok in zip(p["stay_id"], p["features"],
+                                                                               p["well_formed"])]
+        assert p["r_att"].tolist() == pytest.approx(manual)
+        assert table.loc[name, "r_att_mean"] == pytest.approx(np.mean(manual), abs=1e-12)
+        assert table.loc[name, "well_formed_rate"] == pytest.approx(p["well_formed"].mean())
+        lo, hi = table.loc[name, "r_att_mean_ci_low"], table.loc[name, "r_att_mean_ci_high"]
+        assert lo <= table.loc[name, "r_att_mean"] <= hi
+    assert np.isnan(table.loc["vanilla", "r_att_mean"])  # no important features in a direct answer
+    assert np.isnan(table.loc["expert", "well_formed_rate"])
+
+
+def test_paired_comparisons_against_pqd_and_sft(evaluated):
+    paired = pd.read_csv(evaluated["out"] / "paired.csv")
+    row = paired[(paired.entry == "eag-rl") & (paired.reference == "pqd") & (paired.metric == "auroc")].iloc[0]
+    rl, base = _pred(evaluated, "eag-rl"), _pred(evaluated, "pqd")
+    a, b = roc_auc_score(rl["label"], rl["probability"]), roc_auc_score(base["label"], base["probability"])
+    assert row["diff"] == pytest.approx(a - b, abs=1e-12) and row["rel_diff"] == pytest.approx(a / b - 1, abs=1e-12)
+    assert row["diff_ci_low"] <= row["diff"] <= row["diff_ci_high"]
+    pairs = set(zip(paired.entry, paired.reference, paired.metric))
+    assert ("eag-rl", "sft", "auprc") in pairs and ("expert", "pqd", "auroc") in pairs
+    assert ("pqd", "sft", "auroc") not in pairs and ("sft", "pqd", "auroc") in pairs  # each pair once
+    assert not any(e == r for e, r, _ in pairs)
+    # at each robustness level the perturbed models are compared too (sft is a reference but not perturbed here)
+    assert ("eag-rl", "pqd", "auroc@shuffle1") in pairs and ("eag-rl", "pqd", "auroc@noise0.3") in pairs
+    metrics = json.loads((evaluated["out"] / "metrics.json").read_text())
+    assert metrics["eag-rl_vs_pqd_auroc_diff"] == pytest.approx(a - b)
+
+
+def test_robustness_curves(evaluated):
+    rob = pd.read_csv(evaluated["out"] / "robustness.csv")
+    levels = {(e, p, lv) for e, p, lv in zip(rob.entry, rob.perturbation, rob.level)}
+    assert levels == {(e, p, lv) for e in ("pqd", "eag-rl") for p, lv in
+                      (("none", 0.0), ("shuffle", 0.6), ("shuffle", 1.0), ("noise", 0.3))}
+    for (entry, pert, level), row in rob.set_index(["entry", "perturbation", "level"]).iterrows():
+        if pert == "none":
+            continue
+        p = pd.read_parquet(evaluated["out"] / "robustness" / entry / f"{pert}-{level:g}" / "predictions.parquet")
+        assert row["auroc"] == pytest.approx(roc_auc_score(p["label"], p["probability"]), abs=1e-12)
+    shuffled = pd.read_json(evaluated["out"] / "robustness" / "pqd" / "shuffle-1" / "responses.jsonl", lines=True)
+    plain = pd.read_json(evaluated["out"] / "models" / "pqd" / "responses.jsonl", lines=True)
+    assert len(shuffled) == len(plain)
+    assert not np.allclose(shuffled["probability"], plain["probability"])  # the input order changed the answer
+
+
+def test_generalisation_to_another_dataset(evaluated):
+    gen = pd.read_csv(evaluated["out"] / "generalisation.csv")
+    scored = gen[gen.status == "scored"]
+    assert set(zip(scored.entry, scored.target)) == {("pqd", "tjh/mortality"), ("eag-rl", "tjh/mortality")}
+    assert (scored.source == "mimic-iv-demo/readmission_30d").all()
+    missing = gen[gen.target == "physionet2012/mortality"]
+    assert set(missing.status) == {"skipped"} and missing.note.str.contains("eagrl data prepare").all()
+    assert "mimic-iv-demo/readmission_30d" not in set(gen.target)  # the training dataset is no target
+    rl = scored[scored.entry == "eag-rl"].iloc[0]
+    p = pd.read_parquet(evaluated["out"] / "generalisation" / "tjh-mortality" / "eag-rl" / "predictions.parquet")
+    base = pd.read_parquet(evaluated["out"] / "generalisation" / "tjh-mortality" / "pqd" / "predictions.parquet")
+    assert rl["n"] == len(p) == len(tjh_cohort().split_ids("test"))
+    assert rl["auroc"] == pytest.approx(roc_auc_score(p["label"], p["probability"]), abs=1e-12)
+    assert rl["diff_vs_pqd"] == pytest.approx(rl["auroc"] - roc_auc_score(base["label"], base["probability"]))
+    assert rl["diff_vs_pqd_ci_low"] <= rl["diff_vs_pqd"] <= rl["diff_vs_pqd_ci_high"]
+
+
+def test_report_has_its_sections_and_images(evaluated):
+    report = evaluated["out"] / "report.html"
+    assert evaluated["result"].outputs["report"] == str(report)
+    html = report.read_text()
+    for anchor in ("comparison", "paired", "curves", "robustness", "generalisation"):
+        assert f'id="{anchor}"' in html
+    images = re.findall(r'<img alt="([a-z_]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert {a for a, _ in images} == {"roc", "pr", "calibration", "robustness_shuffle", "robustness_noise"}
+    import base64
+
+    assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for _, b in images)
+    for name in ("roc", "pr", "calibration", "robustness_shuffle", "robustness_noise"):
+        assert (evaluated["out"] / f"{name}.png").stat().st_size > 1000
+    assert "EAG-RL" in html and "not registered" in html and "ConCare expert" in html
+
+
+def test_mlflow_has_the_report_and_the_metrics(evaluated):
+    client = mlflow.MlflowClient()
+    run = client.get_run(evaluated["result"].mlflow_run_id)
+    assert run.data.tags["eagrl.stage"] == "evaluate"
+    table = _table(evaluated)
+    assert run.data.metrics["eag-rl_test_auroc"] == pytest.approx(table.loc["eag-rl", "auroc"])
+    assert run.data.metrics["eag-rl_test_auroc_ci_low"] == pytest.approx(table.loc["eag-rl", "auroc_ci_low"])
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "report.html" in names and "evaluate" in names
+
+
+def test_registry_versions_latest_alias_and_missing(evaluated):
+    cfg, root = evaluated["cfg"], evaluated["root"]
+    name = "eagrl-sft-mimic-iv-demo-readmission_30d"
+    second = _register(cfg, name, root / "full")
+    assert registry_version(name, "latest") == (str(second), "")
+    assert registry_version(name, "1") == ("1", "")
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", "1")
+    assert registry_version(name, "@champion") == ("1", "")
+    number, why = registry_version(name, "@nope")
+    assert number is None and name in why
+    number, why = registry_version(name, "99")
+    assert number is None and "not registered" in why
+    assert registry_version("eagrl-nothing", "latest")[0] is None
+
+
+def test_cli_scores_the_chosen_models(evaluated):
+    from typer.testing import CliRunner
+
+    from eagrl.cli import app
+
+    cfg, root = evaluated["cfg"], evaluated["root"]
+    common = ["evaluate", "--profile", "smoke", "--dataset", "mimic-iv-demo", "--task", "readmission_30d",
+              "--workspace", cfg.workspace, "--out", str(root / "cli"), "--set", "evaluate.max_stays=4",
+              "--set", "tracking.dvc=false",
+              "--set", f"tracking.mlflow_tracking_uri={cfg.tracking.mlflow_tracking_uri}",
+              "--set", "generation.cpu_threads=1"]
+    res = CliRunner().invoke(app, [*common, "--models", "vanilla,dapo"])
+    assert res.exit_code == 0, res.output
+    assert "1 of 2 models scored" in res.output and "skipped: dapo" in res.output
+    assert str(root / "cli" / "evaluate" / "report.html") in res.output.replace("\n", "")
+    table = pd.read_csv(root / "cli" / "evaluate" / "table.csv")
+    assert table["name"].tolist() == ["vanilla", "dapo"] and table["n"].tolist()[0] == 4
+    bad = CliRunner().invoke(app, [*common, "--models", "nope"])
+    assert bad.exit_code == 1 and "--models names ['nope']" in bad.output
+
+
+def test_a_capped_split_is_a_seeded_stratified_sample_in_cohort_order():
+    cohort = tjh_cohort()
+    test = [str(s) for s in cohort.split_ids("test")]
+    label = cohort.stays.assign(stay_id=cohort.stays["stay_id"].astype(str)).set_index("stay_id")["label"]
+    ids = stay_ids(cohort, "test", 4, seed=0)
+    assert len(ids) == 4 and label[ids].nunique() == 2
+    assert ids == [s for s in test if s in set(ids)]  # cohort order kept
+    assert ids == stay_ids(cohort, "test", 4, seed=0)
+    assert {tuple(stay_ids(cohort, "test", 4, seed=k)) for k in range(6)} != {tuple(ids)}
+    assert stay_ids(cohort, "test", None) == test == stay_ids(cohort, "test", 100)
+    cut = restricted(cohort, "test", ids)
+    assert [str(s) for s in cut.split_ids("test")] == ids
+    assert cut.split_ids("train") == cohort.split_ids("train")
