@@ -11,14 +11,15 @@ from kfp import compiler, dsl
 from components.data import prepare_data, validate_data
 from components.expert import train_expert
 from components.llm import zero_shot
+from pipelines.platform import apply_platform
 
 STAGES = ["validate", "prepare", "expert", "zeroshot"]  # in order; summary.json reports each
 
 
 @dsl.pipeline(name="eagrl", description="EAG-RL on EHRs: validate -> prepare (-> expert -> MCTS -> SFT -> RL -> evaluate -> deploy)")
-def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", data_path: str = "",
+def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", model: str = "", data_path: str = "",
                    overrides: str = "{}", out_dir: str = "", parent_run_id: str = ""):
-    common = dict(profile=profile, dataset=dataset, task=task, data_path=data_path, overrides=overrides,
+    common = dict(profile=profile, dataset=dataset, task=task, model_source=model, data_path=data_path, overrides=overrides,
                   out_dir=out_dir, parent_run_id=parent_run_id)
     validated = validate_data(**common).set_display_name("validate EHR (Great Expectations)")
     prepared = prepare_data(validated=validated.outputs["cohort"], **common)
@@ -26,8 +27,7 @@ def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", 
     expert = train_expert(cohort=prepared.outputs["cohort"], **common).set_display_name("expert: ConCare")
     zeroshot = zero_shot(cohort=prepared.outputs["cohort"], **common).set_display_name("zero-shot baselines")
     zeroshot.after(expert)  # one stage at a time on a single machine; the GPU stages share one device
-    for task in (expert, zeroshot):
-        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    apply_platform()  # GPUs, node selectors, tolerations, workspace volume, secrets: pipelines/platform.py
 
 
 def compile_pipeline(path: "str | Path" = "pipelines/eagrl_pipeline.yaml") -> Path:
