@@ -86,8 +86,8 @@ def _close_interrupted(cfg: Config, out: Path) -> None:
     level, stale = [parent], []
     while level:
         stale += [r for r in level if r.info.status == "RUNNING"]
-        ids = ", ".join(f"'{r.info.run_id}'" for r in level)
-        level = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId IN ({ids})")
+        level = [child for r in level for child in client.search_runs(
+            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'")]
     for r in stale:
         client.set_tag(r.info.run_id, "eagrl.interrupted", "true")
         client.set_terminated(r.info.run_id, status="KILLED")
@@ -140,4 +140,8 @@ def _close_parent(cfg: Config, run_id: str, summary: dict, summary_path: Path) -
     client = mlflow.MlflowClient()
     client.log_artifact(run_id, str(summary_path))
     metrics = {f"{s['stage']}.{k}": v for s in summary["stages"] for k, v in s["metrics"].items()}
+    versions = {f"eagrl.{s['stage']}.{k}": v for s in summary["stages"] for k, v in (s.get("outputs") or {}).items()
+                if k.endswith("md5") and v}  # the data versions, on the run the MLflow UI compares
+    for key, value in versions.items():
+        client.set_tag(run_id, key, value)
     end_run(cfg, run_id, "FINISHED" if summary["status"] == "succeeded" else "FAILED", metrics)
