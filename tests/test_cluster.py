@@ -41,7 +41,7 @@ def test_compiled_yaml_carries_gpus_nodes_tolerations_volume_and_secrets(tmp_pat
     gpu = {t for t, c in containers.items() if c.get("resources", {}).get("accelerator")}
     assert gpu == {"train-expert", "zero-shot"}
     assert containers["train-expert"]["resources"]["accelerator"]["resourceCount"] == "1"
-    assert all(c["resources"]["resourceCpuRequest"] == "2" for c in containers.values())
+    assert all(c["resources"]["resourceCpuRequest"] == "4" for c in containers.values())  # paper.yaml
     assert set(executors) == {f"exec-{t}" for t in containers}
     for name, k8s in executors.items():
         assert k8s["pvcMount"][0]["mountPath"] == "/workspace"

@@ -47,18 +47,19 @@ def compile_for_cluster(output: Path, profile: str = "paper", overrides: dict | 
     import importlib
     import os
 
+    import pipelines.eagrl_pipeline as pipeline_module
+
+    load_config(profile, overrides)  # a bad profile or value fails here, with its name
     env = {"EAGRL_COMPILE_PROFILE": profile, "EAGRL_COMPILE_OVERRIDES": json.dumps(overrides or {})}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        load_config(profile, overrides)  # a bad profile or value fails here, with its name
-        import pipelines.eagrl_pipeline as pipeline_module
-
-        pipeline_module = importlib.reload(pipeline_module)  # the graph (and its platform settings) is built on import
+        importlib.reload(pipeline_module)  # the graph (and its platform settings) is built on import
         return pipeline_module.compile_pipeline(output)
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        importlib.reload(pipeline_module)  # leave the module as the environment defines it
 
 
 def pipeline_compile(output: Annotated[Path, typer.Option("--output", "-o")] = Path("pipelines/eagrl_pipeline.yaml"),
