@@ -7,7 +7,8 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def validate_data(profile: str, dataset: str, task: str, model_source: str, data_path: str, overrides: str,
-                  out_dir: str, parent_run_id: str, cohort: Output[Dataset], report: Output[HTML], metrics: Output[Metrics]):
+                  out_dir: str, parent_run_id: str, cohort: Output[Dataset], report: Output[HTML],
+                  metrics: Output[Metrics]):
     """Great Expectations gates on the source and the cohort; fails the run on an error-level check."""
     import shutil
     import tempfile
@@ -24,7 +25,8 @@ def validate_data(profile: str, dataset: str, task: str, model_source: str, data
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def prepare_data(profile: str, dataset: str, task: str, model_source: str, data_path: str, overrides: str,
-                 out_dir: str, parent_run_id: str, validated: Input[Dataset], cohort: Output[Dataset], metrics: Output[Metrics]):
+                 out_dir: str, parent_run_id: str, validated: Input[Dataset], cohort: Output[Dataset],
+                 metrics: Output[Metrics]):
     """Store the raw import and the validated cohort in the workspace and version them with DVC."""
     import shutil
     import tempfile

@@ -7,8 +7,8 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_expert(profile: str, dataset: str, task: str, model_source: str, data_path: str, overrides: str,
-                 out_dir: str, parent_run_id: str, cohort: Input[Dataset], attention: Output[Dataset], model: Output[Model],
-                 metrics: Output[Metrics]):
+                 out_dir: str, parent_run_id: str, cohort: Input[Dataset], attention: Output[Dataset],
+                 model: Output[Model], metrics: Output[Metrics]):
     """Train ConCare, evaluate it on test, export per-stay attention and C_exp (top-k features)."""
     import shutil
     import tempfile

@@ -19,8 +19,8 @@ STAGES = ["validate", "prepare", "expert", "zeroshot"]  # in order; summary.json
 @dsl.pipeline(name="eagrl", description="EAG-RL on EHRs: validate -> prepare (-> expert -> MCTS -> SFT -> RL -> evaluate -> deploy)")
 def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", model: str = "", data_path: str = "",
                    overrides: str = "{}", out_dir: str = "", parent_run_id: str = ""):
-    common = dict(profile=profile, dataset=dataset, task=task, model_source=model, data_path=data_path, overrides=overrides,
-                  out_dir=out_dir, parent_run_id=parent_run_id)
+    common = dict(profile=profile, dataset=dataset, task=task, model_source=model, data_path=data_path,
+                  overrides=overrides, out_dir=out_dir, parent_run_id=parent_run_id)
     validated = validate_data(**common).set_display_name("validate EHR (Great Expectations)")
     prepared = prepare_data(validated=validated.outputs["cohort"], **common)
     prepared.set_display_name("prepare + version cohort (DVC)")

@@ -128,7 +128,8 @@ def _client(tracking_uri: str | None, workspace: Path | None):
 
 def runs_compare(run_ids: Annotated[list[str], typer.Argument(help="Two or more MLflow run ids.")],
                  tracking_uri: TrackingUri = None, workspace: Workspace = None,
-                 all_params: Annotated[bool, typer.Option("--all-params", help="Show every param, not only those that differ.")] = False,
+                 all_params: Annotated[bool, typer.Option("--all-params", help="Every param, not only those "
+                                                          "that differ.")] = False,
                  as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
     """Print the metrics, data versions (DVC hashes) and differing params of runs side by side."""
     from dataclasses import asdict
@@ -151,7 +152,8 @@ def data_checkout(run_id: Annotated[str, typer.Argument(help="MLflow run id (a p
                   force: Annotated[bool, typer.Option("--force", help="Replace the workspace's data/ (the current "
                                                       "version is versioned first).")] = False,
                   tracking_uri: TrackingUri = None, workspace: Workspace = None,
-                  remote: Annotated[Optional[str], typer.Option("--remote", help="DVC remote; default tracking.dvc_remote.")] = None) -> None:
+                  remote: Annotated[Optional[str], typer.Option("--remote", help="DVC remote; default "
+                                                                "tracking.dvc_remote.")] = None) -> None:
     """Restore the exact data/ tree (raw, cohort, C_exp, trajectories) a past MLflow run used, from DVC."""
     from eagrl.tracking.checkout import checkout_version, run_data_version
 

@@ -45,8 +45,9 @@ def records_failure(stage: str, sections: tuple[str, ...] | None = None, inputs=
 
     * Reuse: with ``cfg.pipeline.reuse`` on, a stage whose fingerprint (its config ``sections``, default the
       whole config; the content of every existing path among its arguments and of the paths ``inputs(args)``
-      names; its code) matches the one recorded when it last succeeded in ``out_dir``, and whose recorded
-      outputs are unchanged on disk, is not recomputed: its result is restored (see :func:`reuse_finished`).
+      names; the code of its package, e.g. ``eagrl/expert/*.py``) matches the one recorded when it last
+      succeeded in ``out_dir``, and whose recorded outputs are unchanged on disk, is not recomputed: its
+      result is restored (see :func:`reuse_finished`).
     * Failure: any exception leaves a failed status.json first.
 
     Arguments named ``*_out`` are paths the caller wants an output copied to (``cohort_out`` gets
@@ -128,7 +129,8 @@ def fingerprint(stage: str, cfg, named: dict, sections, extra_inputs, fn) -> str
             continue
         args[name] = path_md5(value) if _is_path(value) else repr(value)
     extra = sorted(path_md5(p) for p in extra_inputs if p is not None and Path(p).exists())
-    code = hashlib.md5(Path(inspect.getsourcefile(fn)).read_bytes()).hexdigest()
+    package = Path(inspect.getsourcefile(fn)).parent  # the stage's package: its own code and the library under it
+    code = hashlib.md5(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest()
     blob = json.dumps({"stage": stage, "config": flat, "args": args, "inputs": extra, "code": code,
                        "version": eagrl.__version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
