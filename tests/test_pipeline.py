@@ -30,10 +30,10 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
     assert {c.data.tags["eagrl.stage"] for c in children} == set(STAGES)
     prepare_run = next(c for c in children if c.data.tags["eagrl.stage"] == "prepare")
-    # data.dvc pins the last version written (the expert's); the prepare stage's version stays recoverable
+    # data.dvc pins the last version written (the MCTS trajectories); earlier versions stay recoverable
     dvc = yaml.safe_load((workspace / "data.dvc").read_text())
-    expert_stage_run = next(c for c in children if c.data.tags["eagrl.stage"] == "expert")
-    assert expert_stage_run.data.tags["eagrl.dvc_data_md5"] == dvc["outs"][0]["md5"]
+    mcts_stage_run = next(c for c in children if c.data.tags["eagrl.stage"] == "mcts")
+    assert mcts_stage_run.data.tags["eagrl.dvc_data_md5"] == dvc["outs"][0]["md5"]
     prepared_md5 = prepare_run.data.tags["eagrl.dvc_data_md5"]
     assert prepared_md5 != dvc["outs"][0]["md5"]
     assert (workspace / ".dvc-storage" / "files" / "md5" / prepared_md5[:2] / prepared_md5[2:]).is_file()
@@ -55,6 +55,21 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     # the zero-shot baseline of the (tiny) policy model: every response well formed
     zs = json.loads((out / "zeroshot" / "metrics.json").read_text())
     assert zs["test_well_formed_rate"] == 1.0 and zs["test_n_stays"] == 16
+
+    # stage 1: trajectories searched on the training split, versioned; the SFT adapter registered
+    mcts = json.loads((out / "mcts" / "metrics.json").read_text())
+    assert mcts["n_patients"] == 6 and mcts["n_trajectories"] == 12 and mcts["n_selected"] >= 1
+    status = json.loads((out / "mcts" / "status.json").read_text())
+    selected = status["outputs"]["selected"]
+    assert selected.startswith(str(workspace / "data" / "trajectories")) and "guided-" in selected
+    sft = json.loads((out / "sft" / "metrics.json").read_text())
+    assert sft["n_examples"] == mcts["n_selected"] and sft["test_n_stays"] == 16
+    sft_version = client.get_latest_versions("eagrl-sft-mimic-iv-demo-readmission_30d")[0]
+    import hashlib
+    from pathlib import Path
+
+    assert client.get_run(sft_version.run_id).data.tags["eagrl.trajectories_md5"] == \
+        hashlib.md5(Path(selected).read_bytes()).hexdigest()
 
 
 def test_a_failing_stage_stops_the_run_with_one_clear_line(workspace, tmp_path):
@@ -79,9 +94,14 @@ def test_pipeline_compiles_to_kfp_v2_yaml(tmp_path):
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {"profile", "dataset", "task", "data_path", "overrides"} <= set(params)
     tasks = spec["root"]["dag"]["tasks"]
-    assert {"validate-data", "prepare-data", "train-expert", "zero-shot"} <= set(tasks)
+    assert {"validate-data", "prepare-data", "train-expert", "zero-shot", "mcts-trajectories", "sft-policy"} <= set(tasks)
     assert tasks["prepare-data"]["dependentTasks"] == ["validate-data"]
     assert tasks["train-expert"]["dependentTasks"] == ["prepare-data"]
+    assert set(tasks["mcts-trajectories"]["dependentTasks"]) == {"prepare-data", "train-expert", "zero-shot"}
+    assert set(tasks["sft-policy"]["dependentTasks"]) == {"prepare-data", "mcts-trajectories"}
+    gpu = {name for name, t in spec["deploymentSpec"]["executors"].items()
+           if t["container"].get("resources", {}).get("accelerator")}
+    assert {"exec-train-expert", "exec-mcts-trajectories", "exec-sft-policy"} <= gpu
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"ghcr.io/eagrl/eagrl:0.1.0"}
 
@@ -89,7 +109,7 @@ def test_pipeline_compiles_to_kfp_v2_yaml(tmp_path):
 def test_cli_help_lists_the_stage_commands():
     res = run_cli("--help")
     assert res.returncode == 0
-    for cmd in ("data", "run", "pipeline", "config"):
+    for cmd in ("data", "expert", "zeroshot", "mcts", "sft", "run", "pipeline", "config"):
         assert cmd in res.stdout
 
 

@@ -137,6 +137,7 @@ def outputs_of(workspace: Path) -> dict:
     found["attention_md5"] = path_md5(workspace / "data" / "expert" / name / "attention.parquet")
     found["expert_model_md5"] = path_md5(workspace / "data" / "expert" / name / "model.pt")
     found["zeroshot_predictions_md5"] = path_md5(out / "zeroshot" / "pqd" / "predictions.csv")
+    found["trajectories_md5"] = path_md5(StageResult.read(out, "mcts").outputs["selected"])
     return found
 
 

@@ -178,6 +178,34 @@ def zeroshot(profile: Profile = "default", dataset: DatasetOpt = None, data_path
     _run_stage(zeroshot_stage, profile, dataset, data_path, task, out, set_, workspace)
 
 
+@app.command("mcts")
+@_guard
+def mcts(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
+         task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None, workspace: Workspace = None,
+         attention: Annotated[Optional[Path], typer.Option(help="C_exp table; default the workspace's expert.")] = None,
+         unguided: Annotated[bool, typer.Option("--unguided", help="Ablation: no expert guidance (R_att = 0).")] = False,
+         ) -> None:
+    """Stage 1a: expert-guided MCTS over the training split; select and DVC-version the SFT trajectories."""
+    from eagrl.mcts.run import mcts_stage
+
+    sets = [*(set_ or []), *(["mcts.expert_guidance=false"] if unguided else [])]
+    stage = lambda cfg, o: mcts_stage(cfg, o, attention_path=attention)  # noqa: E731
+    _run_stage(stage, profile, dataset, data_path, task, out, sets, workspace, "selected", "rewards_plot")
+
+
+@app.command("sft")
+@_guard
+def sft(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
+        task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None, workspace: Workspace = None,
+        trajectories: Annotated[Optional[Path], typer.Option(help="selected.jsonl; default: the MCTS stage's.")] = None,
+        ) -> None:
+    """Stage 1b: LoRA SFT on the selected trajectories; score on held-out stays; register the adapter."""
+    from eagrl.sft.run import sft_stage
+
+    stage = lambda cfg, o: sft_stage(cfg, o, trajectories_path=trajectories)  # noqa: E731
+    _run_stage(stage, profile, dataset, data_path, task, out, set_, workspace, "adapter", "registered_model")
+
+
 # ====================================================================== pipeline
 @app.command("run")
 @_guard

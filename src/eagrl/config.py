@@ -107,6 +107,8 @@ class Config(_Section):
     model: "ModelConfig" = Field(default_factory=lambda: ModelConfig())
     generation: "GenerationConfig" = Field(default_factory=lambda: GenerationConfig())
     zeroshot: "ZeroShotConfig" = Field(default_factory=lambda: ZeroShotConfig())
+    mcts: "MCTSConfig" = Field(default_factory=lambda: MCTSConfig())
+    sft: "SFTConfig" = Field(default_factory=lambda: SFTConfig())
     cluster: "ClusterConfig" = Field(default_factory=lambda: ClusterConfig())
 
     def to_flat(self) -> dict[str, Any]:
@@ -139,6 +141,8 @@ class ZeroShotConfig(_Section):
 # Sections owned by the stage packages; they import only pydantic and eagrl.section, so no cycle.
 from eagrl.expert.config import ExpertConfig  # noqa: E402
 from eagrl.llm.config import GenerationConfig, ModelConfig  # noqa: E402
+from eagrl.mcts.config import MCTSConfig  # noqa: E402
+from eagrl.sft.config import SFTConfig  # noqa: E402
 from eagrl.cluster.config import ClusterConfig  # noqa: E402
 
 Config.model_rebuild()

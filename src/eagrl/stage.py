@@ -140,10 +140,13 @@ def record_finished(out_dir: str | Path, stage: str, key: str, result: StageResu
     """Remember a succeeded stage: its fingerprint, its result and the digest of each output path."""
     outputs = {k: path_md5(v) for k, v in result.outputs.items() if _is_path(v)}
     record = {"fingerprint": key, "outputs_md5": outputs, "result": asdict(result)}
-    d = stage_dir(out_dir, stage)
-    tmp = d / f".{FINGERPRINT}.tmp"
+    _write_atomic(stage_dir(out_dir, stage) / FINGERPRINT, record)
+
+
+def _write_atomic(path: Path, record: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
-    tmp.replace(d / FINGERPRINT)  # atomic: a kill never leaves a half-written record
+    tmp.replace(path)  # atomic: a kill never leaves a half-written record
 
 
 def reuse_finished(stage: str, cfg, out_dir: str | Path, key: str, named: dict) -> "StageResult | None":
@@ -179,6 +182,9 @@ def reuse_finished(stage: str, cfg, out_dir: str | Path, key: str, named: dict) 
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(src, dest)
             old.outputs[name[:-4]] = str(dest)
+    if any(name.endswith("_out") and dest is not None for name, dest in named.items()):
+        record["result"]["outputs"] = old.outputs  # the copies: older pipeline roots may now be cleaned
+        _write_atomic(path, record)
     run_id = _log_reused(cfg, stage, old, named.get("parent_run_id"))
     result = StageResult(stage, "succeeded", f"reused (inputs unchanged): {old.message}", old.metrics, old.outputs,
                          run_id)

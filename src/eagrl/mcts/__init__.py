@@ -4,11 +4,19 @@
 :func:`select_trajectories` picks the SFT set and :class:`TrajectoryStore` keeps the per-patient output
 so an interrupted run resumes.
 """
-from eagrl.mcts.config import MCTSConfig
-from eagrl.mcts.search import Completed, Node, SearchResult, search, uct
-from eagrl.mcts.select import select_trajectories
-from eagrl.mcts.stage import MCTSResult, run_mcts
-from eagrl.mcts.store import TrajectoryStore
+from importlib import import_module
 
-__all__ = ["Completed", "MCTSConfig", "MCTSResult", "Node", "SearchResult", "TrajectoryStore", "run_mcts",
-           "search", "select_trajectories", "uct"]
+from eagrl.mcts.config import MCTSConfig
+
+# The rest loads on first use, so the config (imported by eagrl.config) stays free of torch.
+_LAZY = {"Completed": "search", "Node": "search", "SearchResult": "search", "search": "search", "uct": "search",
+         "select_trajectories": "select", "MCTSResult": "stage", "run_mcts": "stage", "TrajectoryStore": "store"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f"eagrl.mcts.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'eagrl.mcts' has no attribute {name!r}")
+
+
+__all__ = ["MCTSConfig", *_LAZY]

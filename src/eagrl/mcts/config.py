@@ -7,6 +7,8 @@ with that depth.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from eagrl.llm.rewards import DEFAULT_LAMBDA
@@ -31,6 +33,10 @@ class MCTSConfig(Section):
     balance: bool = Field(True, description="Keep as many positive-label as negative-label trajectories.")
     dedupe: bool = Field(True, description="Select a response text at most once per patient.")
     seed: int = Field(0, description="Base seed; patient i's tree is seeded from (seed, stay_id).")
+    split: Literal["train", "val", "test"] = Field("train", description="Which cohort split is searched (the SFT set).")
+    max_stays: int | None = Field(
+        None, ge=1, description="Search at most this many stays of the split (in cohort order); None: all."
+    )
     n_boot: int = Field(1000, ge=0, description="Bootstrap resamples for the intervals of the reward statistics.")
 
     @model_validator(mode="after")

@@ -38,7 +38,7 @@ from eagrl.mcts.store import TrajectoryStore
 log = logging.getLogger(__name__)
 
 # Settings that do not change what the search writes (throughput and selection only): left out of the header.
-_NOT_SEARCH = {"mcts": {"top_k_per_patient", "balance", "dedupe", "n_boot"},
+_NOT_SEARCH = {"mcts": {"top_k_per_patient", "balance", "dedupe", "n_boot", "split", "max_stays"},
                "generation": {"batch_size", "cpu_threads", "prefix_cache_tokens", "vllm_gpu_memory_utilization"}}
 
 
@@ -74,7 +74,7 @@ def run_mcts(
         raise ValueError(f"the {cohort.dataset}/{cohort.task} cohort has no stays in split {split!r}")
     c_exp = _c_exp_lookup(attention_table, stay_ids)
 
-    store = TrajectoryStore(out / "trajectories.jsonl", _header(cohort, model_cfg, gen_cfg, cfg, split))
+    store = TrajectoryStore(out / "trajectories.jsonl", search_header(cohort, model_cfg, gen_cfg, cfg, split))
     todo = [s for s in stay_ids if s not in store]
     if len(todo) < len(stay_ids):
         log.info("mcts: %d of %d stays already stored in %s; resuming", len(stay_ids) - len(todo), len(stay_ids),
@@ -160,7 +160,7 @@ def _c_exp_lookup(table: pd.DataFrame, stay_ids: list[str]) -> dict[str, list[st
     return lookup
 
 
-def _header(cohort: Cohort, model_cfg: ModelConfig, gen_cfg: GenerationConfig, cfg: MCTSConfig, split: str) -> dict:
+def search_header(cohort: Cohort, model_cfg: ModelConfig, gen_cfg: GenerationConfig, cfg: MCTSConfig, split: str) -> dict:
     return {
         "dataset": cohort.dataset, "task": cohort.task, "split": split, "model": model_cfg.source,
         "adapter": model_cfg.adapter,

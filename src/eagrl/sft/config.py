@@ -8,6 +8,7 @@ dropout 0.05, every attention and MLP projection, lr 2e-4). Mounted in the main 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -43,6 +44,12 @@ class SFTConfig(Section):
     max_examples: int | None = Field(None, ge=1, description="Train on at most this many trajectories (smoke runs).")
     seed: int = Field(0, description="Seeds the LoRA init, the data order and dropout.")
     logging_steps: int = Field(1, ge=1, description="Optimiser steps between two points of the loss curve.")
+    # ---------------------------------------------------------------- held-out check after training
+    eval_split: Literal["train", "val", "test"] = Field(
+        "test", description="Split the trained policy is scored on (P_QD, as the zero-shot stage scores the base)."
+    )
+    eval_max_stays: int | None = Field(None, ge=1, description="Score at most this many stays; None: all.")
+    eval_n_boot: int = Field(1000, ge=0, description="Bootstrap resamples for the held-out intervals.")
     # ---------------------------------------------------------------- GPU path
     bf16: bool | None = Field(
         None, description="bf16 mixed precision; None: on when CUDA supports it, always off on CPU."

@@ -39,6 +39,7 @@ class SFTResult:
     metrics: dict[str, float]  # flat numbers, ready for mlflow.log_metrics / metrics.json
     history: list[dict[str, float]]  # per logging step: step, epoch, loss, learning_rate, grad_norm
     model: torch.nn.Module | None = field(default=None, repr=False)  # the trained PeftModel (unmerged, eval mode)
+    tokenizer: object = field(default=None, repr=False)
 
 
 # ====================================================================== entry point
@@ -80,7 +81,7 @@ def run_sft(model_cfg: ModelConfig, sft_cfg: SFTConfig, trajectories_path: str |
     trainer.model.eval()
     if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
         (out / "checkpoints").rmdir()  # save_strategy="no" leaves it empty
-    return SFTResult(adapter_dir, metrics, history, trainer.model)
+    return SFTResult(adapter_dir, metrics, history, trainer.model, loaded.tokenizer)
 
 
 def load_sft_model(model_cfg: ModelConfig, adapter_dir: str | Path, merge: bool = True) -> LoadedModel:

@@ -1,0 +1,123 @@
+"""Stage 1b as a pipeline stage: LoRA SFT on the selected trajectories, scored on held-out stays, registered.
+
+``sft_stage(cfg, out_dir)`` is what ``eagrl sft``, the KFP component and the tests call. Around
+:func:`eagrl.sft.train.run_sft` it adds: the trajectory set (the MCTS stage's ``selected.jsonl`` for these
+settings unless a path is given), a held-out check of the trained policy with the same structured P_QD
+generation the zero-shot stage uses (well-formed rate, AUROC/AUPRC/Brier with intervals), the MLflow run
+(settings, loss curve as metrics and as a plot, held-out metrics, the adapter) and the adapter registered as
+``eagrl-sft-<dataset>-<task>`` (a pyfunc model, :mod:`eagrl.llm.registry`).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from eagrl.config import Config
+from eagrl.data.cohort import Cohort
+from eagrl.errors import DataError
+from eagrl.expert.run import cohort_dir
+from eagrl.llm.run import model_config
+from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.tracking.dvc_store import tree_md5
+from eagrl.tracking.mlflow_run import log_metrics, stage_run
+
+
+def registered_name(cfg: Config) -> str:
+    return f"eagrl-sft-{cfg.data.dataset}-{cfg.data.task}"
+
+
+def default_trajectories(cfg: Config, cohort: Cohort, cohort_path: Path) -> Path:
+    """The selected set the MCTS stage writes for the current settings."""
+    from eagrl.mcts.run import default_attention_path, trajectories_dir
+
+    attention = default_attention_path(cfg)
+    if not attention.is_file():
+        raise DataError(f"no expert attention table at {attention}: run `eagrl expert train` and `eagrl mcts` "
+                        "first, or pass the trajectories file")
+    path = trajectories_dir(cfg, cohort, tree_md5(cohort_path),
+                            hashlib.md5(attention.read_bytes()).hexdigest()) / "selected.jsonl"
+    if not path.is_file():
+        raise DataError(f"no selected trajectories at {path}: run `eagrl mcts` with the same settings first")
+    return path
+
+
+@records_failure("sft", ("data", "expert", "model", "generation", "mcts", "sft"),
+                 lambda cfg, a: [a["cohort_path"] or cohort_dir(cfg), a["trajectories_path"] or Path(cfg.workspace)
+                                 / "data" / "trajectories" / f"{cfg.data.dataset}-{cfg.data.task}"])
+def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
+              cohort_path: str | Path | None = None, trajectories_path: str | Path | None = None) -> StageResult:
+    """Train the LoRA adapter, score it on held-out stays, log and register it."""
+    import mlflow
+
+    from eagrl.llm.backends import make_backend
+    from eagrl.llm.loading import LoadedModel
+    from eagrl.llm.registry import log_policy
+    from eagrl.llm.zeroshot import evaluate_zero_shot
+    from eagrl.sft.train import run_sft
+
+    out = stage_dir(out_dir, "sft")
+    source = Path(cohort_path) if cohort_path else cohort_dir(cfg)
+    cohort = Cohort.load(source)
+    trajectories = Path(trajectories_path) if trajectories_path else default_trajectories(cfg, cohort, source)
+    mcfg = model_config(cfg)
+
+    with stage_run(cfg, "sft", parent_run_id) as run:
+        mlflow.set_tags({"eagrl.cohort_md5": tree_md5(source),
+                         "eagrl.trajectories_md5": hashlib.md5(trajectories.read_bytes()).hexdigest()})
+        res = run_sft(mcfg, cfg.sft, trajectories, out / "train")
+        for row in res.history:
+            mlflow.log_metrics({f"train_{k}": float(v) for k, v in row.items() if k != "step"},
+                               step=int(row.get("step", 0)))
+        plot = loss_plot(res.history, out / "loss.png")
+
+        merged = res.model.merge_and_unload()  # training is over: fold the adapter in for fast generation
+        merged.eval()
+        backend = make_backend(mcfg, cfg.generation.model_copy(update={"backend": "transformers"}),
+                               loaded=LoadedModel(merged, res.tokenizer, mcfg.source, None))
+        gen = cfg.generation.model_copy(update={"prompt_style": "pqd"})
+        held = evaluate_zero_shot(cohort, out / "heldout", mcfg, gen, split=cfg.sft.eval_split,
+                                  max_stays=cfg.sft.eval_max_stays, n_boot=cfg.sft.eval_n_boot, seed=cfg.data.seed,
+                                  backend=backend)
+        metrics = {**res.metrics, **held}
+        log_metrics(metrics)
+        for path in (plot, out / "train" / "train_history.json"):
+            mlflow.log_artifact(str(path))
+        mlflow.log_artifacts(str(out / "heldout"), artifact_path="heldout")
+        info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered_name(cfg),
+                          metadata={"stage": "sft", "dataset": cfg.data.dataset, "task": cfg.data.task})
+        split = cfg.sft.eval_split
+        auroc, ci = held.get(f"{split}_auroc"), held.get(f"{split}_auroc_ci")
+        message = (f"SFT on {int(res.metrics.get('n_examples', 0))} trajectories: loss "
+                   f"{res.metrics.get('first_loss', float('nan')):.3f} -> {res.metrics.get('last_loss', float('nan')):.3f}; "
+                   f"{split} P_QD AUROC " + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else "undefined")
+                   + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}; registered {registered_name(cfg)}"
+                   + (f" v{info.registered_model_version}" if getattr(info, "registered_model_version", None) else ""))
+        result = StageResult("sft", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
+                             outputs={"adapter": str(res.adapter_dir), "heldout": str(out / "heldout"),
+                                      "loss_plot": str(plot), "registered_model": registered_name(cfg),
+                                      "model_uri": str(info.model_uri)})
+    result.write(out_dir)
+    return result
+
+
+def loss_plot(history: list[dict], out: Path) -> Path:
+    """The training loss (and learning rate) per optimiser step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r.get("step", i + 1) for i, r in enumerate(history)]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(steps, [r.get("loss", float("nan")) for r in history], marker="o", ms=3, label="loss (response tokens)")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("loss")
+    if any("learning_rate" in r for r in history):
+        ax2 = ax.twinx()
+        ax2.plot(steps, [r.get("learning_rate", float("nan")) for r in history], color="grey", alpha=0.5)
+        ax2.set_ylabel("learning rate")
+    ax.set_title("SFT")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,143 @@
+"""Stage 1 as pipeline stages: MCTS (store in the workspace, resume, ablation, DVC, MLflow) and SFT (registry)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from eagrl.cli import build_config
+from eagrl.errors import DataError
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def prepared(shared_data, tmp_path_factory):
+    """A smoke workspace with the MIMIC-IV demo cohort and a trained expert (C_exp)."""
+    ws = tmp_path_factory.mktemp("stage1") / "ws"
+    ws.mkdir()
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.setenv("DVC_SITE_CACHE_DIR", str(ws.parent / "dvc-site"))
+    common = ["--profile", "smoke", "--data-path", str(shared_data / "mimic-iv-demo-clif"), "--workspace", str(ws),
+              "--out", str(ws / "out")]
+    for cmd in (["data", "prepare"], ["expert", "train"]):
+        res = run_cli(*cmd, *common)
+        assert res.returncode == 0, res.stderr[-2000:]
+    yield ws, common
+    mp.undo()
+
+
+def _cfg(ws: Path, *sets: str):
+    return build_config("smoke", sets=list(sets), workspace=ws)
+
+
+def test_mcts_stage_stores_in_the_workspace_resumes_and_versions(prepared):
+    from eagrl.mcts.run import mcts_stage
+
+    ws, _ = prepared
+    first = mcts_stage(_cfg(ws, "mcts.max_stays=3"), ws / "out-a")
+    store = Path(first.outputs["trajectories"])
+    assert store.parent.parent == ws / "data" / "trajectories" / "mimic-iv-demo-readmission_30d"
+    assert first.metrics["n_patients"] == 3 and first.metrics["n_resumed"] == 0
+    lines = store.read_text().splitlines()
+    assert json.loads(lines[0])["kind"] == "header" and len(lines) == 4
+
+    # a rerun with more stays searches only the new ones and keeps the stored trees byte for byte
+    second = mcts_stage(_cfg(ws, "mcts.max_stays=5"), ws / "out-b")
+    assert second.outputs["trajectories"] == str(store)
+    assert second.metrics["n_patients"] == 5 and second.metrics["n_resumed"] == 3
+    assert store.read_text().splitlines()[:4] == lines
+
+    selected = [json.loads(x) for x in Path(second.outputs["selected"]).read_text().splitlines()]
+    assert selected and all({"prompt_ids", "token_ids", "mask", "r", "r_att", "r_cls", "stay_id", "label",
+                             "c_exp"} <= set(s) for s in selected)
+    assert all((s["probability"] >= 0.5) == (s["label"] == 1) for s in selected)  # correct side of 0.5
+
+    # tracked: reward statistics, the plot and the selected set in MLflow; the data version in DVC
+    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    run = client.get_run(second.mlflow_run_id)
+    assert run.data.metrics["n_selected"] == len(selected) and "selected_r_att_mean" in run.data.metrics
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"selected.jsonl", "rewards.png", "metrics.json"}
+    dvc = yaml.safe_load((ws / "data.dvc").read_text())
+    assert run.data.tags["eagrl.dvc_data_md5"] == dvc["outs"][0]["md5"]
+
+
+def test_unguided_ablation_searches_beside_the_guided_store(prepared):
+    from eagrl.mcts.run import mcts_stage
+
+    ws, _ = prepared
+    guided = mcts_stage(_cfg(ws, "mcts.max_stays=2"), ws / "out-g")
+    unguided = mcts_stage(_cfg(ws, "mcts.max_stays=2", "mcts.expert_guidance=false"), ws / "out-u")
+    g, u = Path(guided.outputs["trajectories"]), Path(unguided.outputs["trajectories"])
+    assert g.parent != u.parent and u.parent.name.startswith("unguided-") and g.is_file()
+    trajs = [t for line in u.read_text().splitlines()[1:] for t in json.loads(line)["trajectories"]]
+    assert trajs and all(t["r_att"] == 0.0 for t in trajs)  # the search reward ignores C_exp
+    assert all(0.0 <= t["r_att_expert"] <= 1.0 for t in trajs)  # still measured against C_exp, for comparison
+
+
+def test_mcts_without_an_expert_says_what_to_run(shared_data, workspace):
+    from eagrl.mcts.run import mcts_stage
+
+    res = run_cli("data", "prepare", "--profile", "smoke", "--data-path", str(shared_data / "mimic-iv-demo-clif"),
+                  "--workspace", str(workspace), "--out", str(workspace / "out"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    with pytest.raises(DataError, match="attention.parquet.*train the expert first"):
+        mcts_stage(_cfg(workspace), workspace / "out")
+    status = json.loads((workspace / "out" / "mcts" / "status.json").read_text())
+    assert status["status"] == "failed"
+
+
+def test_sft_stage_trains_scores_and_registers_a_loadable_policy(prepared):
+    from eagrl.llm.config import ModelConfig
+    from eagrl.llm.loading import load_model
+    from eagrl.mcts.run import mcts_stage
+    from eagrl.sft.run import sft_stage
+
+    ws, _ = prepared
+    cfg = _cfg(ws, "mcts.max_stays=4", "sft.eval_max_stays=6", "sft.eval_n_boot=50")
+    searched = mcts_stage(cfg, ws / "out-s")
+    result = sft_stage(cfg, ws / "out-s")  # finds the MCTS stage's selected set for the same settings
+    m = result.metrics
+    n_selected = len(Path(searched.outputs["selected"]).read_text().splitlines())
+    assert m["n_examples"] == n_selected and m["test_n_stays"] == 6 and 0 <= m["test_well_formed_rate"] <= 1
+    assert (ws / "out-s" / "sft" / "loss.png").stat().st_size > 1000
+
+    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    version = client.get_latest_versions("eagrl-sft-mimic-iv-demo-readmission_30d")[0]
+    run = client.get_run(version.run_id)
+    assert run.info.run_id == result.mlflow_run_id
+    assert run.data.tags["eagrl.trajectories_md5"] == \
+        hashlib.md5(Path(searched.outputs["selected"]).read_bytes()).hexdigest()
+    assert "train_loss" in run.data.metrics and "test_well_formed_rate" in run.data.metrics
+
+    # the registered version is a usable policy: as an adapter for the loader, and as an MLflow pyfunc
+    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+    try:
+        uri = f"models:/eagrl-sft-mimic-iv-demo-readmission_30d/{version.version}"
+        loaded = load_model(ModelConfig(source="tiny", adapter=uri, cache_dir=str(ws / ".cache" / "models")))
+        assert loaded.model is not None
+        pyfunc = mlflow.pyfunc.load_model(uri)
+        out = pyfunc.predict(["Is the patient at risk?"], params={"max_tokens": 5})
+        assert len(out) == 1 and isinstance(out[0], str)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_sft_without_trajectories_says_what_to_run(prepared):
+    from eagrl.sft.run import sft_stage
+
+    ws, _ = prepared
+    with pytest.raises(DataError, match="run `eagrl mcts`"):
+        sft_stage(_cfg(ws, "mcts.rollouts=7"), ws / "out-none")
+
+
+def test_cli_mcts_unguided_flag(prepared):
+    ws, common = prepared
+    res = run_cli("mcts", *common, "--unguided", "--set", "mcts.max_stays=1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "MCTS (unguided)" in res.stderr.replace("\n", " ")
