@@ -116,12 +116,33 @@ def _start(workspace: Path, data: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # its own process group
 
 
-def _finish(workspace: Path, data: Path) -> tuple[dict, float]:
+def _finish(workspace: Path, data: Path) -> tuple[dict, list[float]]:
+    """Run to the end; return the summary and when (seconds after the start) each stage finished."""
     t0 = time.time()
     proc = _start(workspace, data)
-    _, err = proc.communicate(timeout=600)
+    _, err = proc.communicate(timeout=1200)
     assert proc.returncode == 0, err[-3000:]
-    return json.loads((workspace / "out" / "summary.json").read_text()), time.time() - t0
+    ends = [(workspace / "out" / s / FINGERPRINT).stat().st_mtime - t0 for s in STAGES]
+    return json.loads((workspace / "out" / "summary.json").read_text()), ends
+
+
+def kill_point(seed: int, ends: list[float]) -> tuple[int, float]:
+    """A seeded random moment of the uninterrupted run, as (stage index, seconds into that stage), so the kill
+    lands in the same stage however fast the machine runs the earlier ones."""
+    t = random.Random(seed).uniform(0.05, 0.95) * ends[-1]
+    k = next(i for i, end in enumerate(ends) if t < end)
+    return k, t - (ends[k - 1] if k else 0.0)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 1200) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None and time.time() < deadline, f"the run ended before {path} appeared"
+        time.sleep(0.1)
+
+
+TIMINGS = ("second", "per_minute", "_per_s")  # seconds, seconds_per_patient, tokens_per_second, ...
+ABOUT_THE_PROCESS = {"n_resumed"}  # how many stays this process found already searched: the interruption itself
 
 
 def outputs_of(workspace: Path) -> dict:
@@ -130,7 +151,8 @@ def outputs_of(workspace: Path) -> dict:
     found = {}
     for stage in STAGES:
         metrics = json.loads((out / stage / "metrics.json").read_text())
-        found[f"{stage}.metrics"] = {k: v for k, v in metrics.items() if "second" not in k}
+        found[f"{stage}.metrics"] = {k: v for k, v in metrics.items()
+                                     if not any(t in k for t in TIMINGS) and k not in ABOUT_THE_PROCESS}
     prepare = StageResult.read(out, "prepare").outputs
     found["cohort_md5"] = prepare["cohort_md5"]
     found["cohort_tree"] = path_md5(workspace / "data" / "cohorts" / name)
@@ -144,25 +166,28 @@ def outputs_of(workspace: Path) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, shared_data):
     ws = tmp_path_factory.mktemp("uninterrupted")
-    summary, seconds = _finish(ws, shared_data / "mimic-iv-demo-clif")
+    summary, ends = _finish(ws, shared_data / "mimic-iv-demo-clif")
     assert summary["status"] == "succeeded"
-    return outputs_of(ws), seconds
+    return outputs_of(ws), ends
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", [0, 1, 2])
 def test_killed_at_a_random_point_the_rerun_finishes_with_the_same_outputs(point, uninterrupted, tmp_path,
                                                                           monkeypatch, shared_data):
-    reference, seconds = uninterrupted
+    reference, ends = uninterrupted
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))
     data = shared_data / "mimic-iv-demo-clif"
     ws = tmp_path / "ws"
     ws.mkdir()
-    kill_after = random.Random(1000 + point).uniform(0.1, 0.9) * seconds  # seeded: the same three points
+    k, into = kill_point(1000 + point, ends)  # seeded: the same three points every time
+    where = f"{into:.1f} s into {STAGES[k]} (of {ends[k] - (ends[k - 1] if k else 0):.1f} s uninterrupted)"
     proc = _start(ws, data)
-    time.sleep(kill_after)
-    assert proc.poll() is None, f"the run ended before the kill at {kill_after:.1f} s"
+    if k:
+        _wait_for(ws / "out" / STAGES[k - 1] / FINGERPRINT, proc)
+    time.sleep(into)
+    assert proc.poll() is None, f"the run ended before the kill {where}"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and every KFP task subprocess, mid-write
     proc.wait()
     finished = {s for s in STAGES if (ws / "out" / s / FINGERPRINT).is_file()}
@@ -173,10 +198,10 @@ def test_killed_at_a_random_point_the_rerun_finishes_with_the_same_outputs(point
     assert summary["status"] == "succeeded"
     by_stage = {s["stage"]: s for s in summary["stages"]}
     for stage in finished:  # nothing finished is recomputed ...
-        assert by_stage[stage]["message"].startswith("reused"), (stage, kill_after)
+        assert by_stage[stage]["message"].startswith("reused"), (stage, where)
     for stage in set(STAGES) - finished:
-        assert not by_stage[stage]["message"].startswith("reused"), (stage, kill_after)
-    assert outputs_of(ws) == reference, f"killed at {kill_after:.1f} s of {seconds:.1f} s"
+        assert not by_stage[stage]["message"].startswith("reused"), (stage, where)
+    assert outputs_of(ws) == reference, f"killed {where}"
 
     import mlflow
 
