@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,11 +184,19 @@ def test_killed_at_a_random_point_the_rerun_finishes_with_the_same_outputs(point
     ws.mkdir()
     k, into = kill_point(1000 + point, ends)  # seeded: the same three points every time
     where = f"{into:.1f} s into {STAGES[k]} (of {ends[k] - (ends[k - 1] if k else 0):.1f} s uninterrupted)"
-    proc = _start(ws, data)
-    if k:
-        _wait_for(ws / "out" / STAGES[k - 1] / FINGERPRINT, proc)
-    time.sleep(into)
-    assert proc.poll() is None, f"the run ended before the kill {where}"
+    for attempt in range(3):  # the machine is shared: if this run outpaced the kill, start over and kill sooner
+        shutil.rmtree(ws, ignore_errors=True)
+        ws.mkdir()
+        t0 = time.time()
+        proc = _start(ws, data)
+        pace = 1.0
+        if k:
+            _wait_for(ws / "out" / STAGES[k - 1] / FINGERPRINT, proc)
+            pace = (time.time() - t0) / ends[k - 1]  # this run's speed relative to the uninterrupted one
+        time.sleep(into * pace / 2 ** attempt)
+        if proc.poll() is None:
+            break
+    assert proc.poll() is None, f"the run ended before the kill {where}, three times"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and every KFP task subprocess, mid-write
     proc.wait()
     finished = {s for s in STAGES if (ws / "out" / s / FINGERPRINT).is_file()}
