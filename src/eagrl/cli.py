@@ -230,6 +230,11 @@ def run(profile: Profile = "default", dataset: DatasetOpt = None, data_path: Dat
         _fail(EagrlError(summary["message"]))
 
 
+from eagrl.serve.cli import serve_command  # noqa: E402
+
+app.command("serve")(_guard(serve_command))
+
+
 @app.command("config")
 @_guard
 def show_config(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,

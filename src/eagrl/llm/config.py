@@ -83,12 +83,22 @@ class GenerationConfig(_Section):
     max_subquestion_tokens: int = Field(32, ge=1, description="Cap on tokens of one <subquestion> field.")
     max_answer_tokens: int = Field(48, ge=1, description="Cap on tokens of one <answer> field.")
     max_features_tokens: int = Field(40, ge=1, description="Cap on tokens of the <important_features> field.")
+    features_choice: bool = Field(
+        True, description="Constrain <important_features> to the cohort's feature names, '; '-separated "
+        "(decoding can only form listed names; small models otherwise write names the expert cannot match)."
+    )
+    max_features: int = Field(5, ge=1, description="Most names in a constrained <important_features> field.")
     max_think_tokens: int = Field(128, ge=1, description="Cap on tokens of the <think> field (think style).")
     max_new_tokens: int = Field(512, ge=1, description="Cap on a free-form response.")
     readout: Literal["digits", "yesno"] = Field(
         "digits",
         description="digits: expected value over digit tokens after '<final_answer>0.'; "
         "yesno: P(yes) / (P(yes) + P(no)) after '<final_answer>'.",
+    )
+    sample_readout: bool = Field(
+        False, description="Draw the answer token from the read-out distribution (at the sampling temperature) "
+        "instead of writing its expected value; the drawn token is then model-written, so SFT and RL train on it "
+        "(the search and RL need varied answers; evaluation keeps the expectation).",
     )
     # ---------------------------------------------------------------- sampling
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0: greedy.")

@@ -68,6 +68,7 @@ class FeatureMatcher:
         self.fuzzy_cutoff = fuzzy_cutoff
         self._lookup: dict[str, str] = {}
         specs = [f if isinstance(f, FeatureSpec) else FeatureSpec(name=str(f)) for f in features]
+        self.names = [spec.name for spec in specs]  # canonical names, in the cohort's order
         for spec in specs:  # canonical names win over aliases
             self._lookup.setdefault(normalize_name(spec.name), spec.name)
         for spec in specs:

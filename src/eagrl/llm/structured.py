@@ -197,8 +197,9 @@ class StructuredGenerator:
             if t.open_tag != tag:
                 self._insert(t, self._encode((sep if t.ids else "") + f"<{tag}>"))
             t.open_tag = None
+        names = self._name_list() if tag == FEATURES and self.cfg.features_choice else None
         params = SamplingParams(max_tokens=max_tokens, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                top_k=self.cfg.top_k, stop=ALL_TAGS, stop_on_special=True)
+                                top_k=self.cfg.top_k, stop=ALL_TAGS, stop_on_special=True, names=names)
         seeds = [sample_seed(t.seed, len(t.ids)) for t in trajs]
         samples = self.backend.generate([t.context for t in trajs], params, n=1, seed=seeds)
         close = f"</{tag}>"
@@ -229,6 +230,9 @@ class StructuredGenerator:
         else:
             cand, values = yes_no_tokens(self.backend)
         lp = self.backend.next_token_logprobs([t.context for t in trajs], cand)  # (B, C)
+        if self.cfg.sample_readout and self.cfg.temperature > 0:
+            self._draw_answer(trajs, lp, cand, values, digits)
+            return
         for t, row in zip(trajs, lp):
             w = np.exp(row - row.max())
             p = float(np.dot(w, values) / w.sum())
@@ -237,7 +241,31 @@ class StructuredGenerator:
             self._insert(t, self._encode((shown[2:] if digits else shown) + f"</{FINAL}>"))
             t.stage = DONE
 
+    def _draw_answer(self, trajs, lp: np.ndarray, cand: list[int], values: np.ndarray, digits: bool) -> None:
+        """Sample the answer token (model-written, with its log-probability) instead of writing the expectation."""
+        for t, row in zip(trajs, lp):
+            z = row / self.cfg.temperature
+            w = np.exp(z - z.max())
+            rng = np.random.default_rng(sample_seed(t.seed, len(t.ids)))
+            j = int(rng.choice(len(cand), p=w / w.sum()))
+            t.probability = float(min(1.0, max(0.0, values[j])))
+            t.ids.append(int(cand[j]))
+            t.mask.append(True)
+            t.logprobs.append(float(row[j]))
+            self._insert(t, self._encode(f"</{FINAL}>"))
+            t.stage = DONE
+
     # ================================================================== helpers
+    def _name_list(self):
+        """The cohort's feature names as the only content the features field may take (built once)."""
+        if getattr(self, "_names", None) is None and self.matcher.names:
+            from eagrl.llm.choice import NameList
+
+            end = sorted(self.backend.stop_token_ids())
+            self._names = NameList.build(self.matcher.names, self._encode, end[0] if end else 0,
+                                         self.cfg.max_features) if end else None
+        return getattr(self, "_names", None)
+
     def _insert(self, t: Trajectory, ids: list[int]) -> None:
         t.ids += ids
         t.mask += [False] * len(ids)

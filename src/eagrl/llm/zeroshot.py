@@ -109,7 +109,10 @@ def _write(out: Path, metrics: dict, stay_ids, labels, probs, well, responses) -
 
 def _log_mlflow(metrics: dict) -> None:
     """Log into the active MLflow run, if the caller opened one (the stage wrapper does)."""
-    import mlflow
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover - a bare GPU worker may run without the tracking stack
+        return
 
     from eagrl.tracking.mlflow_run import flat_numbers
 

@@ -7,10 +7,12 @@ so an interrupted run resumes.
 from importlib import import_module
 
 from eagrl.mcts.config import MCTSConfig
+from eagrl.mcts.search import Completed, Node, SearchResult, search, uct
+from eagrl.mcts.select import select_trajectories
+from eagrl.mcts.store import TrajectoryStore
 
-# The rest loads on first use, so the config (imported by eagrl.config) stays free of torch.
-_LAZY = {"Completed": "search", "Node": "search", "SearchResult": "search", "search": "search", "uct": "search",
-         "select_trajectories": "select", "MCTSResult": "stage", "run_mcts": "stage", "TrajectoryStore": "store"}
+# The stage (model backends, torch) loads on first use, so eagrl.config, which imports MCTSConfig, stays light.
+_LAZY = {"MCTSResult": "stage", "run_mcts": "stage"}
 
 
 def __getattr__(name: str):
@@ -19,4 +21,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'eagrl.mcts' has no attribute {name!r}")
 
 
-__all__ = ["MCTSConfig", *_LAZY]
+__all__ = ["Completed", "MCTSConfig", "Node", "SearchResult", "TrajectoryStore", "search", "select_trajectories",
+           "uct", *_LAZY]

@@ -22,6 +22,14 @@ class MCTSConfig(Section):
     )
     branching: int = Field(3, ge=1, description="b: candidate (sub-question, answer) steps sampled per expansion.")
     exploration: float = Field(1.0, ge=0.0, description="c: UCT exploration weight, Q + c * sqrt(ln N_parent / n).")
+    temperature: float | None = Field(
+        1.0, ge=0.0, description="Sampling temperature of expansions and rollouts (the search needs diverse "
+        "candidates even where evaluation decodes greedily); None: generation.temperature."
+    )
+    sample_readout: bool = Field(
+        True, description="Draw each rollout's answer token from the model (generation.sample_readout), so "
+        "trajectories of both classes can land on the correct side of 0.5 and SFT trains the answer token."
+    )
     lam: float = Field(DEFAULT_LAMBDA, ge=0.0, le=1.0, description="lambda in R = lam * R_cls + (1 - lam) * R_att.")
     expert_guidance: bool = Field(
         True, description="Use the expert's C_exp in the search reward; False (ablation): R_att = 0, R = lam * R_cls."

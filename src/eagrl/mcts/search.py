@@ -121,6 +121,10 @@ def make_generator(backend: GenerationBackend, gen_cfg: GenerationConfig, cfg: M
     t = cfg.resolved_depth(gen_cfg.depth)
     if t != gen_cfg.depth:
         gen_cfg = gen_cfg.model_copy(update={"depth": t, "min_steps": min(gen_cfg.min_steps, t)})
+    update = {"sample_readout": cfg.sample_readout}
+    if cfg.temperature is not None:
+        update["temperature"] = cfg.temperature
+    gen_cfg = gen_cfg.model_copy(update=update)
     if gen_cfg.prompt_style != "pqd":
         raise ValueError(f"the MCTS writes (sub-question, answer) steps: generation.prompt_style must be 'pqd', "
                          f"got {gen_cfg.prompt_style!r}")

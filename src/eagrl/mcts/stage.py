@@ -63,13 +63,21 @@ def run_mcts(
     max_stays: int | None = None,
     backend: GenerationBackend | None = None,
     progress: bool = True,
+    stay_ids: list[str] | None = None,
+    deadline: float | None = None,
 ) -> MCTSResult:
-    """Search every stay of ``split`` (the first ``max_stays``), resuming a previous run in ``out_dir``."""
+    """Search every stay of ``split`` (the first ``max_stays``), resuming a previous run in ``out_dir``.
+
+    ``stay_ids`` searches exactly those stays instead (e.g. one shard of a split run by parallel workers);
+    ``deadline`` (a ``time.time()`` value) stops taking new stays once passed; the stored ones stay resumable.
+    """
     model_cfg, gen_cfg, cfg = model_cfg or ModelConfig(), gen_cfg or GenerationConfig(), mcts_cfg or MCTSConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stay_ids = cohort.split_ids(split)
-    stay_ids = stay_ids[:max_stays] if max_stays else stay_ids
+    if stay_ids is None:
+        stay_ids = cohort.split_ids(split)
+        stay_ids = stay_ids[:max_stays] if max_stays else stay_ids
+    stay_ids = [str(s) for s in stay_ids]
     if not stay_ids:
         raise ValueError(f"the {cohort.dataset}/{cohort.task} cohort has no stays in split {split!r}")
     c_exp = _c_exp_lookup(attention_table, stay_ids)
@@ -85,6 +93,9 @@ def run_mcts(
         tok = backend.tokenizer
         with _Progress(len(todo), progress) as advance:
             for sid in todo:
+                if deadline is not None and time.time() > deadline:
+                    log.warning("mcts: deadline reached; %d stays left for a later call", len(set(todo) - store.done()))
+                    break
                 rec = cohort.patient(sid)
                 prompt = build_prompt(rec, cohort.features, dataset=cohort.dataset, task=cohort.task,
                                       cfg=generator.cfg, tokenizer=tok)
@@ -97,6 +108,7 @@ def run_mcts(
 
     wanted = set(stay_ids)
     patients = [p for p in store.patients() if p["stay_id"] in wanted]
+    searched = [s for s in todo if s in store]
     selected = select_trajectories(patients, cfg)
     selected_path = _write_jsonl(out / "selected.jsonl", selected)
     metrics = mcts_metrics(patients, selected, cfg.n_boot, cfg.seed)
@@ -105,7 +117,7 @@ def run_mcts(
     metrics_path = out / "metrics.json"
     metrics_path.write_text(json.dumps(metrics_json(metrics), indent=1, sort_keys=True))
     _log_mlflow(metrics)
-    return MCTSResult(store.path, selected_path, metrics_path, metrics, len(todo), len(stay_ids) - len(todo))
+    return MCTSResult(store.path, selected_path, metrics_path, metrics, len(searched), len(stay_ids) - len(todo))
 
 
 # ====================================================================== statistics

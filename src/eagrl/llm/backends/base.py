@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eagrl.errors import EagrlError
+from eagrl.llm.choice import NameList  # noqa: F401 - the type of SamplingParams.names
 
 
 class BackendUnavailable(EagrlError):
@@ -47,6 +48,7 @@ class SamplingParams:
     stop_on_special: bool = False  # also end at any special token (not only EOS), e.g. inside a tag field
     ignore_eos: bool = False  # keep going past EOS (benchmarks: exactly max_tokens per sample)
     extra_stop_ids: tuple[int, ...] = field(default=())
+    names: "NameList | None" = None  # constrain the output to a separated list of these names (choice.py)
 
 
 def sample_seed(seed: int, j: int) -> int:

@@ -230,7 +230,12 @@ class TransformersBackend(GenerationBackend):
         tail_text = [self.decode(t) for t in tails]
         for step in range(params.max_tokens):
             logp = torch.log_softmax(logits.float(), -1)  # (B, V)
-            tokens = _sample(logits.float(), params, gens)  # (B,)
+            if params.names is not None:  # only names from the list may be sampled; logp stays the model's own
+                tokens = _sample(_constrain(logits.float(), rows, params.names), params, gens)
+                if params.names.end not in stop_ids:
+                    stop_ids = stop_ids | {params.names.end}
+            else:
+                tokens = _sample(logits.float(), params, gens)  # (B,)
             for b, r in enumerate(rows):
                 if r.done:
                     continue
@@ -353,6 +358,17 @@ class GrowingLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self._n
+
+
+def _constrain(logits: torch.Tensor, rows: list[_Row], names) -> torch.Tensor:
+    """Logits with every token the name list does not allow next set to -inf (finished rows untouched)."""
+    keep = torch.zeros_like(logits, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        if r.done:
+            keep[b] = True
+        else:
+            keep[b, names.allowed(r.generated)] = True
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 def _sample(logits: torch.Tensor, params: SamplingParams, gens: list[torch.Generator]) -> torch.Tensor:

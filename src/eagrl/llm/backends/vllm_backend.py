@@ -51,7 +51,8 @@ class VLLMBackend(GenerationBackend):
 
     def _params(self, params: SamplingParams, n: int, seed: int):
         stop_ids = sorted(self.special_token_ids()) if params.stop_on_special else []
-        return self._vllm.SamplingParams(
+        guided = _guided(self._vllm, params.names.regex()) if params.names is not None else {}
+        return self._vllm.SamplingParams(**guided,
             n=n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or -1,
             max_tokens=params.max_tokens, stop=list(params.stop) or None,
             stop_token_ids=sorted(set(stop_ids) | set(params.extra_stop_ids)) or None,
@@ -86,3 +87,11 @@ class VLLMBackend(GenerationBackend):
         outs = self.llm.generate(requests, sp, use_tqdm=False, lora_request=self._lora)
         vals = [float(ro.prompt_logprobs[-1][c].logprob) for ro, c in zip(outs, cands * len(prompts))]
         return np.asarray(vals, dtype=np.float64).reshape(len(prompts), len(cands))
+
+
+def _guided(vllm, regex: str) -> dict:
+    """The name-list constraint as vLLM guided decoding (``structured_outputs`` from 0.10.2, ``guided_decoding`` before)."""
+    sp = vllm.sampling_params
+    if hasattr(sp, "StructuredOutputsParams"):
+        return {"structured_outputs": sp.StructuredOutputsParams(regex=regex)}
+    return {"guided_decoding": sp.GuidedDecodingParams(regex=regex)}

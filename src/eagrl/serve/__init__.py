@@ -1,0 +1,1 @@
+"""Serving: the policy model behind KServe's ModelServer (``eagrl serve``) and champion promotion."""

@@ -1,0 +1,43 @@
+"""Configuration of ``eagrl serve``: what is served, how requests are batched, limited and authenticated."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from eagrl.section import Section
+
+
+class ServeConfig(Section):
+    model_name: str = Field("eagrl-policy", description="Name on the routes (/v1/models/<name>, OpenAI 'model').")
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="auto: vllm when it is installed and a GPU is present, else transformers."
+    )
+    host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 in a container).")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port.")
+    # ---------------------------------------------------------------- the clinical route
+    dataset: str = Field("tjh", description="Whose feature specs and prompt domain the clinical route uses.")
+    task: str = Field("mortality", description="The outcome the clinical route asks the model about.")
+    features_file: str | None = Field(
+        None, description="A prepared cohort's features.json (exact feature order); None: the dataset's specs."
+    )
+    max_visits: int = Field(64, ge=1, description="Most visits accepted in one patient record.")
+    # ---------------------------------------------------------------- batching
+    max_batch_size: int = Field(8, ge=1, description="Most requests decoded together (1: one at a time).")
+    max_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits to fill after its first request.")
+    # ---------------------------------------------------------------- limits
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    max_prompt_tokens: int = Field(4096, ge=16, description="Longer completion prompts get 400.")
+    max_tokens: int = Field(512, ge=1, description="Cap on max_tokens of an OpenAI request.")
+    max_n: int = Field(4, ge=1, description="Cap on n (completions per prompt) of an OpenAI request.")
+    request_timeout_s: float = Field(120.0, gt=0, description="A request not answered by then gets 504.")
+    # ---------------------------------------------------------------- auth
+    api_key_env: str = Field(
+        "EAGRL_API_KEY", description="Environment variable holding the API key; set and non-empty: key required."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServeConfig":
+        if not self.model_name or "/" in self.model_name:
+            raise ValueError(f"serve.model_name must be a non-empty name without '/', got {self.model_name!r}")
+        return self
