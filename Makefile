@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE     := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND         := Agg
 
-.PHONY: setup run test test-slow test-all bench compile lock clean
+.PHONY: setup services run test test-slow test-all bench compile lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+## PostgreSQL (Debian package) for the MLflow production-mode test; idempotent
+services:
+	.ci/services
+
 ## the main job: pull the MIMIC-IV demo, then run every pipeline stage through KFP's local runner
 run: $(STAMP)
 	$(BIN)/eagrl data pull mimic-iv-demo
@@ -34,10 +38,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) services
 	$(BIN)/python -m pytest -m slow -q -p no:cacheprovider
 
-test-all: $(STAMP)
+test-all: $(STAMP) services
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

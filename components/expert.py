@@ -6,9 +6,9 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train_expert(profile: str, dataset: str, task: str, data_path: str, overrides: str, out_dir: str,
-                 parent_run_id: str, cohort: Input[Dataset], attention: Output[Dataset], model: Output[Model],
-                 metrics: Output[Metrics]):
+def train_expert(profile: str, dataset: str, task: str, model_source: str, data_path: str, overrides: str,
+                 out_dir: str, parent_run_id: str, cohort: Input[Dataset], attention: Output[Dataset],
+                 model: Output[Model], metrics: Output[Metrics]):
     """Train ConCare, evaluate it on test, export per-stay attention and C_exp (top-k features)."""
     import shutil
     import tempfile
@@ -16,7 +16,7 @@ def train_expert(profile: str, dataset: str, task: str, data_path: str, override
     from eagrl.config import config_from_params
     from eagrl.expert.run import expert_stage
 
-    cfg = config_from_params(profile, dataset, task, data_path, overrides)
+    cfg = config_from_params(profile, dataset, task, data_path, overrides, model_source)
     result = expert_stage(cfg, out_dir or tempfile.mkdtemp(), parent_run_id or None, cohort_path=cohort.path)
     shutil.copy(result.outputs["attention"], attention.path)
     shutil.copy(result.outputs["model"], model.path)

@@ -6,8 +6,8 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def mcts_trajectories(profile: str, dataset: str, task: str, data_path: str, overrides: str, out_dir: str,
-                      parent_run_id: str, cohort: Input[Dataset], attention: Input[Dataset],
+def mcts_trajectories(profile: str, dataset: str, task: str, model_source: str, data_path: str,
+                      overrides: str, out_dir: str, parent_run_id: str, cohort: Input[Dataset], attention: Input[Dataset],
                       trajectories: Output[Dataset], metrics: Output[Metrics]):
     """Search the training split guided by the expert's C_exp; output the selected trajectories (JSONL)."""
     import shutil
@@ -16,7 +16,7 @@ def mcts_trajectories(profile: str, dataset: str, task: str, data_path: str, ove
     from eagrl.config import config_from_params
     from eagrl.mcts.run import mcts_stage
 
-    cfg = config_from_params(profile, dataset, task, data_path, overrides)
+    cfg = config_from_params(profile, dataset, task, data_path, overrides, model_source)
     result = mcts_stage(cfg, out_dir or tempfile.mkdtemp(), parent_run_id or None, cohort_path=cohort.path,
                         attention_path=attention.path)
     shutil.copy(result.outputs["selected"], trajectories.path)

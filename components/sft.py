@@ -6,8 +6,8 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def sft_policy(profile: str, dataset: str, task: str, data_path: str, overrides: str, out_dir: str,
-               parent_run_id: str, cohort: Input[Dataset], trajectories: Input[Dataset], adapter: Output[Model],
+def sft_policy(profile: str, dataset: str, task: str, model_source: str, data_path: str,
+               overrides: str, out_dir: str, parent_run_id: str, cohort: Input[Dataset], trajectories: Input[Dataset], adapter: Output[Model],
                metrics: Output[Metrics]):
     """Train the LoRA adapter (DeepSpeed on GPU when sft.deepspeed is set), score it on held-out stays."""
     import shutil
@@ -16,7 +16,7 @@ def sft_policy(profile: str, dataset: str, task: str, data_path: str, overrides:
     from eagrl.config import config_from_params
     from eagrl.sft.run import sft_stage
 
-    cfg = config_from_params(profile, dataset, task, data_path, overrides)
+    cfg = config_from_params(profile, dataset, task, data_path, overrides, model_source)
     result = sft_stage(cfg, out_dir or tempfile.mkdtemp(), parent_run_id or None, cohort_path=cohort.path,
                        trajectories_path=trajectories.path)
     shutil.copytree(result.outputs["adapter"], adapter.path)

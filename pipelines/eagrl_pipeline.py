@@ -13,15 +13,16 @@ from components.expert import train_expert
 from components.llm import zero_shot
 from components.mcts import mcts_trajectories
 from components.sft import sft_policy
+from pipelines.platform import apply_platform
 
 STAGES = ["validate", "prepare", "expert", "zeroshot", "mcts", "sft"]  # in order; summary.json reports each
 
 
 @dsl.pipeline(name="eagrl", description="EAG-RL on EHRs: validate -> prepare -> expert -> zero-shot -> MCTS -> SFT (-> RL -> evaluate -> deploy)")
-def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", data_path: str = "",
+def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", model: str = "", data_path: str = "",
                    overrides: str = "{}", out_dir: str = "", parent_run_id: str = ""):
-    common = dict(profile=profile, dataset=dataset, task=task, data_path=data_path, overrides=overrides,
-                  out_dir=out_dir, parent_run_id=parent_run_id)
+    common = dict(profile=profile, dataset=dataset, task=task, model_source=model, data_path=data_path,
+                  overrides=overrides, out_dir=out_dir, parent_run_id=parent_run_id)
     validated = validate_data(**common).set_display_name("validate EHR (Great Expectations)")
     prepared = prepare_data(validated=validated.outputs["cohort"], **common)
     prepared.set_display_name("prepare + version cohort (DVC)")
@@ -32,8 +33,7 @@ def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", 
     mcts.set_display_name("stage 1: expert-guided MCTS").after(zeroshot)
     sft = sft_policy(cohort=prepared.outputs["cohort"], trajectories=mcts.outputs["trajectories"], **common)
     sft.set_display_name("stage 1: SFT (LoRA)")
-    for task in (expert, zeroshot, mcts, sft):
-        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    apply_platform()  # GPUs, node selectors, tolerations, workspace volume, secrets: pipelines/platform.py
 
 
 def compile_pipeline(path: "str | Path" = "pipelines/eagrl_pipeline.yaml") -> Path:

@@ -20,7 +20,7 @@ from eagrl.errors import EagrlError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="EAG-RL: expert-attention-guided RL on EHRs.")
 data_app = typer.Typer(no_args_is_help=True, help="Pull, validate and prepare EHR data.")
-pipeline_app = typer.Typer(no_args_is_help=True, help="Compile the Kubeflow pipeline.")
+pipeline_app = typer.Typer(no_args_is_help=True, help="Compile, submit and schedule the Kubeflow pipeline.")
 expert_app = typer.Typer(no_args_is_help=True, help="The ConCare expert that guides training.")
 app.add_typer(data_app, name="data")
 app.add_typer(expert_app, name="expert")
@@ -230,15 +230,6 @@ def run(profile: Profile = "default", dataset: DatasetOpt = None, data_path: Dat
         _fail(EagrlError(summary["message"]))
 
 
-@pipeline_app.command("compile")
-@_guard
-def pipeline_compile(output: Annotated[Path, typer.Option("--output", "-o")] = Path("pipelines/eagrl_pipeline.yaml")) -> None:
-    """Write the KFP v2 pipeline YAML for a cluster."""
-    from pipelines.eagrl_pipeline import compile_pipeline
-
-    print(compile_pipeline(output))
-
-
 from eagrl.serve.cli import serve_command  # noqa: E402
 
 app.command("serve")(_guard(serve_command))
@@ -256,6 +247,10 @@ def show_config(profile: Profile = "default", dataset: DatasetOpt = None, data_p
 from eagrl.evaluate.cli import register as _register_evaluate  # noqa: E402
 
 _register_evaluate(app)
+
+from eagrl import ops_cli  # noqa: E402 - pipeline compile/submit/schedule, runs compare, data checkout
+
+ops_cli.register(app, data_app, pipeline_app)
 
 if __name__ == "__main__":
     app()

@@ -8,6 +8,7 @@ CLI, the KFP components and the tests share.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,6 +89,9 @@ class PipelineConfig(_Section):
     image: str = Field(
         "ghcr.io/eagrl/eagrl:0.1.0", description="Container image every component runs in on a cluster."
     )
+    reuse: bool = Field(
+        True, description="Skip a stage whose inputs, code and outputs are unchanged since it succeeded in this --out."
+    )
 
 
 class Config(_Section):
@@ -106,6 +110,7 @@ class Config(_Section):
     mcts: "MCTSConfig" = Field(default_factory=lambda: MCTSConfig())
     sft: "SFTConfig" = Field(default_factory=lambda: SFTConfig())
     evaluate: "EvaluateConfig" = Field(default_factory=lambda: EvaluateConfig())
+    cluster: "ClusterConfig" = Field(default_factory=lambda: ClusterConfig())
 
     def to_flat(self) -> dict[str, Any]:
         """Dotted keys to JSON-able values, for MLflow params."""
@@ -140,6 +145,7 @@ from eagrl.expert.config import ExpertConfig  # noqa: E402
 from eagrl.llm.config import GenerationConfig, ModelConfig  # noqa: E402
 from eagrl.mcts.config import MCTSConfig  # noqa: E402
 from eagrl.sft.config import SFTConfig  # noqa: E402
+from eagrl.cluster.config import ClusterConfig  # noqa: E402
 
 Config.model_rebuild()
 
@@ -195,11 +201,12 @@ def config_from_json(text: str) -> Config:
 
 
 def config_from_params(profile: str, dataset: str = "", task: str = "", data_path: str = "",
-                       overrides: str = "{}") -> Config:
+                       overrides: str = "{}", model: str = "") -> Config:
     """Rebuild the config inside a pipeline component from the pipeline's plain parameters.
 
     ``overrides`` is a JSON object of dotted keys (``{"data.seed": 7}``); empty strings mean "not set", so
-    the KFP UI can leave them blank.
+    the KFP UI can leave them blank. ``model`` sets ``model.source``. On a cluster ``$EAGRL_WORKSPACE`` (set
+    by pipelines/platform.py to the mounted volume) is the workspace unless ``overrides`` names one.
     """
     try:
         extra = json.loads(overrides or "{}")
@@ -207,6 +214,8 @@ def config_from_params(profile: str, dataset: str = "", task: str = "", data_pat
         raise ConfigError(f"pipeline parameter overrides is not a JSON object: {exc}") from None
     if not isinstance(extra, dict):
         raise ConfigError(f"pipeline parameter overrides must be a JSON object, got {type(extra).__name__}")
-    given = {"data.dataset": dataset, "data.task": task, "data.data_path": data_path}
+    given = {"data.dataset": dataset, "data.task": task, "data.data_path": data_path, "model.source": model}
     extra.update({k: v for k, v in given.items() if v})
+    if "workspace" not in extra and os.environ.get("EAGRL_WORKSPACE"):
+        extra["workspace"] = os.environ["EAGRL_WORKSPACE"]
     return load_config(profile, extra)

@@ -30,7 +30,9 @@ def run_local(cfg: Config, out_dir: str | Path) -> dict:
             (out / stage / name).unlink(missing_ok=True)
     # Components run as `python -m kfp...` subprocesses: make sure that is this interpreter.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    _close_interrupted(cfg, out)
     parent = start_parent_run(cfg)
+    (out / RUN_RECORD).write_text(json.dumps({"mlflow_run_id": parent, "pid": os.getpid()}))
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(Path(cfg.workspace) / cfg.pipeline.pipeline_root), raise_on_error=True)
     started = time.time()
@@ -59,7 +61,37 @@ def run_local(cfg: Config, out_dir: str | Path) -> dict:
                "seconds": round(time.time() - started, 1), "stages": stages}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     _close_parent(cfg, parent, summary, out / "summary.json")
+    (out / RUN_RECORD).unlink(missing_ok=True)
     return summary
+
+
+RUN_RECORD = ".pipeline-run.json"  # the parent MLflow run of the execution writing to OUT, while it runs
+
+
+def _close_interrupted(cfg: Config, out: Path) -> None:
+    """A run killed mid-way left its MLflow runs RUNNING: mark them KILLED (its finished stages are reused)."""
+    import mlflow
+
+    from eagrl.tracking.mlflow_run import tracking_uri
+
+    record = out / RUN_RECORD
+    if not record.is_file():
+        return
+    run_id = json.loads(record.read_text()).get("mlflow_run_id")
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    try:
+        parent = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - recorded in another store, or deleted: nothing to close here
+        return
+    level, stale = [parent], []
+    while level:
+        stale += [r for r in level if r.info.status == "RUNNING"]
+        level = [child for r in level for child in client.search_runs(
+            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'")]
+    for r in stale:
+        client.set_tag(r.info.run_id, "eagrl.interrupted", "true")
+        client.set_terminated(r.info.run_id, status="KILLED")
+    record.unlink()
 
 
 class _StageProgress:
@@ -89,6 +121,7 @@ class _StageProgress:
                 if res is not None:
                     seen.add(stage)
                     mark = "[green]ok[/green]" if res.status == "succeeded" else "[red]failed[/red]"
+                    mark += " (reused)" if res.message.startswith("reused") else ""
                     self.console.print(f"  {stage:<10} {mark}  {time.time() - t0:6.1f} s")
             pending = [s for s in self.stages if s not in seen]
             self.status.update(f"running {pending[0]}" if pending else "finishing")
@@ -107,4 +140,8 @@ def _close_parent(cfg: Config, run_id: str, summary: dict, summary_path: Path) -
     client = mlflow.MlflowClient()
     client.log_artifact(run_id, str(summary_path))
     metrics = {f"{s['stage']}.{k}": v for s in summary["stages"] for k, v in s["metrics"].items()}
+    versions = {f"eagrl.{s['stage']}.{k}": v for s in summary["stages"] for k, v in (s.get("outputs") or {}).items()
+                if k.endswith("md5") and v}  # the data versions, on the run the MLflow UI compares
+    for key, value in versions.items():
+        client.set_tag(run_id, key, value)
     end_run(cfg, run_id, "FINISHED" if summary["status"] == "succeeded" else "FAILED", metrics)

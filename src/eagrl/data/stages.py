@@ -32,7 +32,7 @@ def source_path(cfg: Config) -> Path:
     return pulled if pulled.exists() else get_source(cfg.data.dataset).default_path()
 
 
-@records_failure("validate")
+@records_failure("validate", ("data", "validation"), lambda cfg, a: [source_path(cfg)])
 def validate(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
              cohort_out: str | Path | None = None) -> StageResult:
     """Run the validation gates; write the HTML report; on success optionally save the validated cohort.
@@ -66,7 +66,7 @@ def validate(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
     return result
 
 
-@records_failure("prepare")
+@records_failure("prepare", ("data", "validation", "tracking"), lambda cfg, a: [source_path(cfg)])
 def prepare(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
             validated_cohort: str | Path | None = None) -> StageResult:
     """Store the raw import and the cohort under ``<workspace>/data`` and version both with DVC.

@@ -30,7 +30,7 @@ def expert_dir(cfg: Config) -> Path:
     return Path(cfg.workspace).resolve() / "data" / "expert" / f"{cfg.data.dataset}-{cfg.data.task}"
 
 
-@records_failure("expert")
+@records_failure("expert", ("data", "expert"), lambda cfg, a: [] if a["cohort_path"] else [cohort_dir(cfg)])
 def expert_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                  cohort_path: str | Path | None = None) -> StageResult:
     """Train + evaluate + export ConCare on the prepared cohort (``eagrl data prepare`` first)."""
@@ -103,7 +103,7 @@ def _check_features(cohort: Cohort, features: list[str], where: Path) -> None:
                         f"(e.g. {missing}); train it on this cohort first")
 
 
-@records_failure("expert-evaluate")
+@records_failure("expert-evaluate", inputs=lambda cfg, a: [cohort_dir(cfg), a["model_path"] or expert_dir(cfg)])
 def evaluate_expert_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None,
                           split: str = "test") -> StageResult:
     """Score a trained expert on one split of the prepared cohort, with bootstrap intervals."""
@@ -134,7 +134,7 @@ def evaluate_expert_stage(cfg: Config, out_dir: str | Path, model_path: str | Pa
     return result
 
 
-@records_failure("expert-attention")
+@records_failure("expert-attention", inputs=lambda cfg, a: [cohort_dir(cfg), a["model_path"] or expert_dir(cfg)])
 def export_attention_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None) -> StageResult:
     """Write every stay's attention weights and C_exp (top-k) from a trained expert."""
     from eagrl.expert.attention import export_attention

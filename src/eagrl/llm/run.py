@@ -23,7 +23,8 @@ def model_config(cfg: Config):
     return cfg.model.model_copy(update={"cache_dir": str(Path(cfg.workspace).resolve() / ".cache" / "models")})
 
 
-@records_failure("zeroshot")
+@records_failure("zeroshot", ("data", "model", "generation", "zeroshot"),
+                 lambda cfg, a: [] if a["cohort_path"] else [cohort_dir(cfg)])
 def zeroshot_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                    cohort_path: str | Path | None = None) -> StageResult:
     import mlflow

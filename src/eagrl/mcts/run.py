@@ -46,7 +46,9 @@ def _file_md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-@records_failure("mcts")
+@records_failure("mcts", ("data", "expert", "model", "generation", "mcts"),
+                 lambda cfg, a: [a["cohort_path"] or cohort_dir(cfg),
+                                 a["attention_path"] or default_attention_path(cfg)])
 def mcts_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                cohort_path: str | Path | None = None, attention_path: str | Path | None = None) -> StageResult:
     """Search every stay of ``cfg.mcts.split``, select the SFT set, track and version it."""

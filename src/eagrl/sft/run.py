@@ -41,7 +41,9 @@ def default_trajectories(cfg: Config, cohort: Cohort, cohort_path: Path) -> Path
     return path
 
 
-@records_failure("sft")
+@records_failure("sft", ("data", "expert", "model", "generation", "mcts", "sft"),
+                 lambda cfg, a: [a["cohort_path"] or cohort_dir(cfg), a["trajectories_path"] or Path(cfg.workspace)
+                                 / "data" / "trajectories" / f"{cfg.data.dataset}-{cfg.data.task}"])
 def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
               cohort_path: str | Path | None = None, trajectories_path: str | Path | None = None) -> StageResult:
     """Train the LoRA adapter, score it on held-out stays, log and register it."""

@@ -1,0 +1,58 @@
+"""What each pipeline task asks of Kubernetes on a cluster: GPUs, nodes, the workspace volume, secrets.
+
+``apply_platform()`` is called once at the end of the ``@dsl.pipeline`` function and configures every task
+created so far (so a new stage gets it without another line). The settings are the ``cluster`` section of
+the profile named by ``$EAGRL_COMPILE_PROFILE`` (default ``paper``) with ``$EAGRL_COMPILE_OVERRIDES`` (a JSON
+object of dotted keys) applied: the pipeline graph is built when its module is imported, so, like
+``$EAGRL_IMAGE``, they are read from the environment (``eagrl pipeline compile --profile/--set`` sets both).
+KFP's local runner ignores all of it.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from kfp import kubernetes
+from kfp.dsl import PipelineTask
+
+from eagrl.cluster.config import ClusterConfig
+
+WORKSPACE_ENV = "EAGRL_WORKSPACE"
+
+
+def cluster_settings() -> ClusterConfig:
+    from eagrl.config import load_config
+
+    overrides = json.loads(os.environ.get("EAGRL_COMPILE_OVERRIDES") or "{}")
+    return load_config(os.environ.get("EAGRL_COMPILE_PROFILE") or "paper", overrides).cluster
+
+
+def apply_platform(tasks: list[PipelineTask] | None = None, settings: ClusterConfig | None = None) -> None:
+    """Configure ``tasks`` (default: every task of the pipeline being defined) for the cluster."""
+    if tasks is None:
+        from kfp.dsl import pipeline_context
+
+        tasks = list(pipeline_context.Pipeline.get_default_pipeline().tasks.values())
+    settings = settings or cluster_settings()
+    for task in tasks:
+        configure_task(task, settings)
+
+
+def configure_task(task: PipelineTask, s: ClusterConfig) -> PipelineTask:
+    task.set_cpu_request(s.cpu_request).set_memory_request(s.memory_request)
+    gpus = s.gpus.get(task.name, 0)
+    if gpus:
+        task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(gpus)
+        for label in s.gpu_node_selector:
+            kubernetes.add_node_selector(task, *label.split("=", 1))
+        for t in s.gpu_tolerations:
+            kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect)
+    if s.data == "pvc":  # one RWX volume is the workspace of every task: data/, data.dvc, the DVC cache
+        kubernetes.mount_pvc(task, pvc_name=s.pvc_name, mount_path=s.workspace_path)
+    else:  # object store: a scratch workspace; DVC's remote and KFP's artifacts are in S3-compatible storage
+        kubernetes.empty_dir_mount(task, volume_name="workspace", mount_path=s.workspace_path)
+    task.set_env_variable(WORKSPACE_ENV, s.workspace_path)
+    for secret in s.secrets:
+        kubernetes.use_secret_as_env(task, secret_name=secret.name, secret_key_to_env=secret.env)
+    task.set_caching_options(s.enable_caching)
+    return task
