@@ -173,7 +173,7 @@ def test_mlflow_uses_postgres_and_proxies_artifacts():
     deploy = next(d for d in _by_kind("Deployment") if d["metadata"]["name"] == "mlflow")
     c = deploy["spec"]["template"]["spec"]["containers"][0]
     cmd = " ".join(c["args"])
-    assert "--backend-store-uri \"postgresql://" in cmd and "@mlflow-postgres:5432/" in cmd
+    assert "--backend-store-uri \"postgresql+psycopg2://" in cmd and "@mlflow-postgres:5432/" in cmd
     assert "--serve-artifacts" in cmd and "--artifacts-destination" in cmd
     services = {d["metadata"]["name"] for d in _by_kind("Service")}
     assert {"mlflow", "mlflow-postgres"} <= services

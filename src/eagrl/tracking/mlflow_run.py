@@ -38,14 +38,30 @@ def stage_run(cfg: Config, stage: str, parent_run_id: str | None = None) -> Iter
     """Start (and end) the MLflow run of one stage, tagged with dataset/task/profile, params = the config."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    exp_id = _experiment_id(cfg)
-    tags = {"eagrl.stage": stage, "eagrl.dataset": cfg.data.dataset, "eagrl.task": cfg.data.task,
-            "eagrl.profile": cfg.profile}
-    with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent_run_id, tags=tags,
-                          nested=parent_run_id is not None) as run:
-        mlflow.log_params({k: _param(v) for k, v in cfg.to_flat().items()})
-        yield run
+    with _tracking_uri_set(tracking_uri(cfg)):
+        exp_id = _experiment_id(cfg)
+        tags = {"eagrl.stage": stage, "eagrl.dataset": cfg.data.dataset, "eagrl.task": cfg.data.task,
+                "eagrl.profile": cfg.profile}
+        with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent_run_id, tags=tags,
+                              nested=parent_run_id is not None) as run:
+            mlflow.log_params({k: _param(v) for k, v in cfg.to_flat().items()})
+            yield run
+
+
+@contextlib.contextmanager
+def _tracking_uri_set(uri: str) -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` for the block only: it is process-global and exports MLFLOW_TRACKING_URI,
+    so a stage called in-process (tests, notebooks) would otherwise redirect every later MLflow client."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def start_parent_run(cfg: Config, name: str = "pipeline") -> str:
