@@ -106,6 +106,11 @@ def test_sft_stage_trains_scores_and_registers_a_loadable_policy(prepared):
     n_selected = len(Path(searched.outputs["selected"]).read_text().splitlines())
     assert m["n_examples"] == n_selected and m["test_n_stays"] == 6 and 0 <= m["test_well_formed_rate"] <= 1
     assert (ws / "out-s" / "sft" / "loss.png").stat().st_size > 1000
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(result.outputs["adapter"]) / "adapter_model.safetensors"))
+    lora_b = [w for k, w in weights.items() if "lora_B" in k]
+    assert lora_b and any(float(w.abs().max()) > 0 for w in lora_b)  # LoRA B starts at 0: training moved it
 
     client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     version = client.get_latest_versions("eagrl-sft-mimic-iv-demo-readmission_30d")[0]

@@ -30,7 +30,11 @@ class SFTConfig(Section):
     # ---------------------------------------------------------------- optimisation
     learning_rate: float = Field(2e-4, gt=0.0, description="Peak AdamW learning rate of the LoRA weights.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name (cosine, linear, constant, ...).")
-    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of the steps spent warming up.")
+    warmup_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of the steps spent warming up. transformers rounds it up to whole "
+        "steps, and the first warm-up step has learning rate 0: on a small trajectory set (one or two steps) any "
+        "warm-up means no update at all, so the default is none."
+    )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
     epochs: float = Field(2.0, gt=0.0, description="Passes over the trajectory set.")
