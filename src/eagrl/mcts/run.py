@@ -30,20 +30,17 @@ def default_attention_path(cfg: Config) -> Path:
     return expert_dir(cfg) / "attention.parquet"
 
 
-def trajectories_dir(cfg: Config, cohort: Cohort, cohort_md5: str, attention_md5: str) -> Path:
-    """The store folder for these settings (see the module docstring)."""
+def trajectories_dir(cfg: Config, cohort: Cohort, cohort_path: Path, attention_path: Path) -> Path:
+    """The store folder for these settings, this cohort version and this C_exp table (module docstring)."""
     from eagrl.mcts.stage import search_header
 
     header = search_header(cohort, model_config(cfg), cfg.generation, cfg.mcts, cfg.mcts.split)
-    digest = hashlib.md5(json.dumps({"search": header, "cohort": cohort_md5, "c_exp": attention_md5},
-                                    sort_keys=True, default=str).encode()).hexdigest()[:10]
+    key = {"search": header, "cohort": tree_md5(cohort_path),
+           "c_exp": hashlib.md5(Path(attention_path).read_bytes()).hexdigest()}
+    digest = hashlib.md5(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     mode = "guided" if cfg.mcts.expert_guidance else "unguided"
     return Path(cfg.workspace).resolve() / "data" / "trajectories" / f"{cfg.data.dataset}-{cfg.data.task}" / \
         f"{mode}-{digest}"
-
-
-def _file_md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 @records_failure("mcts", ("data", "expert", "model", "generation", "mcts"),
@@ -63,7 +60,7 @@ def mcts_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = Non
     attention = Path(attention_path) if attention_path else default_attention_path(cfg)
     table = read_attention(attention)
     cohort_md5 = tree_md5(source)
-    dest = trajectories_dir(cfg, cohort, cohort_md5, _file_md5(attention))
+    dest = trajectories_dir(cfg, cohort, source, attention)
 
     with stage_run(cfg, "mcts", parent_run_id) as run:
         mlflow.set_tags({"eagrl.cohort_md5": cohort_md5, "eagrl.expert_guidance": str(cfg.mcts.expert_guidance),

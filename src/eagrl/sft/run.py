@@ -34,8 +34,7 @@ def default_trajectories(cfg: Config, cohort: Cohort, cohort_path: Path) -> Path
     if not attention.is_file():
         raise DataError(f"no expert attention table at {attention}: run `eagrl expert train` and `eagrl mcts` "
                         "first, or pass the trajectories file")
-    path = trajectories_dir(cfg, cohort, tree_md5(cohort_path),
-                            hashlib.md5(attention.read_bytes()).hexdigest()) / "selected.jsonl"
+    path = trajectories_dir(cfg, cohort, cohort_path, attention) / "selected.jsonl"
     if not path.is_file():
         raise DataError(f"no selected trajectories at {path}: run `eagrl mcts` with the same settings first")
     return path
