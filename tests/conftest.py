@@ -19,6 +19,21 @@ if not SHARED.is_dir():  # never skip silently: the suite asserts on real data
     raise RuntimeError(f"the open datasets are expected in {SHARED} (or set EAGRL_SHARED_DATA)")
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_restored():
+    """Stages and MLflow helpers set the process-wide tracking URI (and export MLFLOW_TRACKING_URI); a test
+    that runs them in-process must not point the next test's clients at its own store."""
+    import mlflow
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow.set_tracking_uri(env)
+    if env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return SHARED

@@ -205,11 +205,11 @@ def _log_reused(cfg, stage: str, old: StageResult, parent_run_id: str | None) ->
 
     from eagrl.tracking.mlflow_run import log_metrics, stage_run, tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri(cfg))
     tags = {}
     if old.mlflow_run_id:
         try:
-            tags = {k: v for k, v in mlflow.MlflowClient().get_run(old.mlflow_run_id).data.tags.items()
+            client = mlflow.MlflowClient(tracking_uri(cfg))
+            tags = {k: v for k, v in client.get_run(old.mlflow_run_id).data.tags.items()
                     if k.startswith("eagrl.") and k != "eagrl.stage"}
         except Exception:  # noqa: BLE001 - the original run may live in another store; its metrics are here
             tags = {}
