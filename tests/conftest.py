@@ -34,6 +34,14 @@ def _mlflow_tracking_uri_restored():
         os.environ["MLFLOW_TRACKING_URI"] = env
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny random policy (model, tokenizer) built from a config, one per test module."""
+    from eagrl.llm.loading import build_tiny
+
+    return build_tiny()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return SHARED

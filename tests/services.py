@@ -10,21 +10,14 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
+from eagrl.serve.process import free_port, wait_ready
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pg_bin() -> Path:
@@ -75,19 +68,7 @@ def mlflow_server(backend_uri: str, artifacts: Path, timeout: float = 120):
                              "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(artifacts.parent / 'mlflow-server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"mlflow server not healthy after {timeout} s")
-            time.sleep(0.5)
+        wait_ready(proc, f"{url}/health", artifacts.parent / "mlflow-server.log", timeout, "mlflow server")
         yield url
     finally:
         with contextlib.suppress(ProcessLookupError):

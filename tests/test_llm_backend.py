@@ -8,14 +8,8 @@ import torch
 from eagrl.llm.backends import BackendUnavailable, SamplingParams, make_backend
 from eagrl.llm.backends.transformers_backend import TransformersBackend
 from eagrl.llm.config import GenerationConfig, ModelConfig
-from eagrl.llm.loading import build_tiny
 
 PROMPT = "Patient: sex male, age 73 years.\n- hemoglobin (unit: g/L; reference range: 120-175): [136, NaN, 140]\n"
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_tiny()
 
 
 def _backends(tiny):

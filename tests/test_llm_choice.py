@@ -8,17 +8,11 @@ import pytest
 from eagrl.llm.backends.transformers_backend import TransformersBackend
 from eagrl.llm.choice import NameList
 from eagrl.llm.config import GenerationConfig
-from eagrl.llm.loading import build_tiny
 from eagrl.llm.prompt import build_prompt, encode
 from eagrl.llm.structured import StructuredGenerator
 from llm_helpers import FEATURES, patient
 
 NAMES = ["Lactate dehydrogenase", "Lactate", "age", "(%)lymphocyte", "Hypersensitive c-reactive protein"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_tiny()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import pytest
 from eagrl.errors import ConfigError, DataError
 from eagrl.llm.backends.transformers_backend import TransformersBackend
 from eagrl.llm.config import GenerationConfig
-from eagrl.llm.loading import build_tiny
 from eagrl.llm.prompt import build_prompt, encode
 from eagrl.llm.rewards import r_att
 from eagrl.mcts import MCTSConfig, Node, TrajectoryStore, run_mcts, search, select_trajectories, uct
@@ -20,11 +19,6 @@ from llm_helpers import FEATURES, patient, tjh_cohort
 
 CAPS = dict(max_subquestion_tokens=4, max_answer_tokens=4, max_features_tokens=6)
 C_EXP = ["hemoglobin", "albumin", "Lactate dehydrogenase"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_tiny()
 
 
 @pytest.fixture(scope="module")

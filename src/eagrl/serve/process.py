@@ -19,6 +19,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(proc: subprocess.Popen, health_url: str, log_path: Path, timeout_s: float, what: str) -> None:
+    """Poll ``health_url`` until it answers 200; fail with the log's tail if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(health_url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def running_server(*args: str, log_path: Path, env: dict | None = None, startup_s: float = 240):
     """Start ``eagrl serve ARGS`` and yield its base URL once ready; stop it (SIGINT, then SIGKILL) on exit."""
@@ -31,18 +47,7 @@ def running_server(*args: str, log_path: Path, env: dict | None = None, startup_
                                  "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT, env=full_env)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + startup_s
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"eagrl serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-                try:
-                    if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"eagrl serve not ready after {startup_s} s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
+            wait_ready(proc, f"{url}/v2/health/ready", log_path, startup_s, "eagrl serve")
             yield url
         finally:
             if proc.poll() is None:
