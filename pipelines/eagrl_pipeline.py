@@ -12,13 +12,14 @@ from components.data import prepare_data, validate_data
 from components.expert import train_expert
 from components.llm import zero_shot
 from components.mcts import mcts_trajectories
+from components.rl import rl_policy
 from components.sft import sft_policy
 from pipelines.platform import apply_platform
 
-STAGES = ["validate", "prepare", "expert", "zeroshot", "mcts", "sft"]  # in order; summary.json reports each
+STAGES = ["validate", "prepare", "expert", "zeroshot", "mcts", "sft", "rl"]  # in order; summary.json reports each
 
 
-@dsl.pipeline(name="eagrl", description="EAG-RL on EHRs: validate -> prepare -> expert -> zero-shot -> MCTS -> SFT (-> RL -> evaluate -> deploy)")
+@dsl.pipeline(name="eagrl", description="EAG-RL on EHRs: validate -> prepare -> expert -> zero-shot -> MCTS -> SFT -> RL (-> evaluate -> deploy)")
 def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", model: str = "", data_path: str = "",
                    overrides: str = "{}", out_dir: str = "", parent_run_id: str = ""):
     common = dict(profile=profile, dataset=dataset, task=task, model_source=model, data_path=data_path,
@@ -33,6 +34,9 @@ def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", 
     mcts.set_display_name("stage 1: expert-guided MCTS").after(zeroshot)
     sft = sft_policy(cohort=prepared.outputs["cohort"], trajectories=mcts.outputs["trajectories"], **common)
     sft.set_display_name("stage 1: SFT (LoRA)")
+    rl = rl_policy(cohort=prepared.outputs["cohort"], attention=expert.outputs["attention"],
+                   sft_adapter=sft.outputs["adapter"], **common)
+    rl.set_display_name("stage 2: RL (GRPO, entropy-aware clipping)")
     apply_platform()  # GPUs, node selectors, tolerations, workspace volume, secrets: pipelines/platform.py
 
 

@@ -94,14 +94,16 @@ def test_pipeline_compiles_to_kfp_v2_yaml(tmp_path):
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {"profile", "dataset", "task", "data_path", "overrides"} <= set(params)
     tasks = spec["root"]["dag"]["tasks"]
-    assert {"validate-data", "prepare-data", "train-expert", "zero-shot", "mcts-trajectories", "sft-policy"} <= set(tasks)
+    assert {"validate-data", "prepare-data", "train-expert", "zero-shot", "mcts-trajectories", "sft-policy",
+            "rl-policy"} <= set(tasks)
     assert tasks["prepare-data"]["dependentTasks"] == ["validate-data"]
     assert tasks["train-expert"]["dependentTasks"] == ["prepare-data"]
     assert set(tasks["mcts-trajectories"]["dependentTasks"]) == {"prepare-data", "train-expert", "zero-shot"}
     assert set(tasks["sft-policy"]["dependentTasks"]) == {"prepare-data", "mcts-trajectories"}
+    assert set(tasks["rl-policy"]["dependentTasks"]) == {"prepare-data", "train-expert", "sft-policy"}
     gpu = {name for name, t in spec["deploymentSpec"]["executors"].items()
            if t["container"].get("resources", {}).get("accelerator")}
-    assert {"exec-train-expert", "exec-mcts-trajectories", "exec-sft-policy"} <= gpu
+    assert {"exec-train-expert", "exec-mcts-trajectories", "exec-sft-policy", "exec-rl-policy"} <= gpu
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"ghcr.io/eagrl/eagrl:0.1.0"}
 

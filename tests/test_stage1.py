@@ -146,3 +146,50 @@ def test_cli_mcts_unguided_flag(prepared):
     res = run_cli("mcts", *common, "--unguided", "--set", "mcts.max_stays=1")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "MCTS (unguided)" in res.stderr.replace("\n", " ")
+
+
+def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(prepared):
+    from eagrl.mcts.run import mcts_stage
+    from eagrl.rl.run import rl_stage
+    from eagrl.sft.run import sft_stage
+
+    ws, _ = prepared
+    cfg = _cfg(ws, "mcts.max_stays=4", "sft.eval_max_stays=6", "sft.eval_n_boot=50", "rl.eval_max_stays=6",
+               "rl.eval_n_boot=50")
+    mcts_stage(cfg, ws / "out-rl")
+    sft = sft_stage(cfg, ws / "out-rl")
+    result = rl_stage(cfg, ws / "out-rl")  # finds the SFT stage's adapter in the same out dir
+    assert result.metrics["train_steps"] == 2 and result.metrics["test_n_stays"] == 6
+    assert result.outputs["registered_model"] == "eagrl-eag-rl-mimic-iv-demo-readmission_30d"
+    for plot in ("curves", "eps_plot"):
+        assert Path(result.outputs[plot]).stat().st_size > 1000
+
+    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    run = client.get_run(result.mlflow_run_id)
+    assert run.data.tags["eagrl.start_adapter"] == sft.outputs["adapter"]
+    for key in ("rl/reward", "rl/rewards/r_cls/mean", "rl/rewards/r_att/mean", "rl/entropy", "rl/eps/mean",
+                "rl/eps/max", "rl/clip_ratio/high_mean", "rl/kl_to_start", "rl/completions/mean_length"):
+        assert client.get_metric_history(run.info.run_id, key), key  # logged per optimiser step
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "rl/loss")] == [1, 2]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"curves.png", "eps_distribution.png",
+                                                                          "train_history.json", "heldout"}
+    version = client.get_latest_versions("eagrl-eag-rl-mimic-iv-demo-readmission_30d")[0]
+    assert version.run_id == result.mlflow_run_id
+
+    # a baseline trains beside it from the same SFT adapter, without resuming EAG-RL's checkpoints
+    grpo = rl_stage(cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"variant": "grpo"})}), ws / "out-rl")
+    assert grpo.outputs["registered_model"] == "eagrl-grpo-mimic-iv-demo-readmission_30d"
+    assert Path(grpo.outputs["adapter"]).parent != Path(result.outputs["adapter"]).parent
+    assert client.get_latest_versions("eagrl-grpo-mimic-iv-demo-readmission_30d")
+
+
+def test_rl_without_an_sft_adapter_says_what_to_run(prepared):
+    from eagrl.rl.run import rl_stage
+
+    ws, _ = prepared
+    cfg = _cfg(ws)
+    mlflow_db = ws / "mlflow-empty.db"
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
+        update={"mlflow_tracking_uri": f"sqlite:///{mlflow_db}"})})
+    with pytest.raises(DataError, match="run `eagrl sft` first"):
+        rl_stage(cfg, ws / "out-no-sft")

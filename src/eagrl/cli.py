@@ -206,6 +206,24 @@ def sft(profile: Profile = "default", dataset: DatasetOpt = None, data_path: Dat
     _run_stage(stage, profile, dataset, data_path, task, out, set_, workspace, "adapter", "registered_model")
 
 
+@app.command("rl")
+@_guard
+def rl(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
+       task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None, workspace: Workspace = None,
+       variant: Annotated[Optional[str], typer.Option(
+           help="eag-rl (default), grpo, dapo, eag-rl-no-ratt, eag-rl-no-adaptive-clip, eag-rl-no-stage1.")] = None,
+       adapter: Annotated[Optional[str], typer.Option(
+           help="Stage-1 adapter (folder or models:/ URI); default: the SFT stage's in OUT, else the latest registered.")] = None,
+       attention: Annotated[Optional[Path], typer.Option(help="C_exp table; default the workspace's expert.")] = None,
+       ) -> None:
+    """Stage 2: GRPO with the composite reward and entropy-aware clipping; score, plot and register the policy."""
+    from eagrl.rl.run import rl_stage
+
+    sets = [*(set_ or []), *([f"rl.variant={variant}"] if variant else [])]
+    stage = lambda cfg, o: rl_stage(cfg, o, adapter_path=adapter, attention_path=attention)  # noqa: E731
+    _run_stage(stage, profile, dataset, data_path, task, out, sets, workspace, "adapter", "registered_model", "curves")
+
+
 # ====================================================================== pipeline
 @app.command("run")
 @_guard

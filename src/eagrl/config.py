@@ -109,6 +109,7 @@ class Config(_Section):
     zeroshot: "ZeroShotConfig" = Field(default_factory=lambda: ZeroShotConfig())
     mcts: "MCTSConfig" = Field(default_factory=lambda: MCTSConfig())
     sft: "SFTConfig" = Field(default_factory=lambda: SFTConfig())
+    rl: "RLConfig" = Field(default_factory=lambda: RLConfig())
     evaluate: "EvaluateConfig" = Field(default_factory=lambda: EvaluateConfig())
     cluster: "ClusterConfig" = Field(default_factory=lambda: ClusterConfig())
 
@@ -145,6 +146,7 @@ from eagrl.expert.config import ExpertConfig  # noqa: E402
 from eagrl.llm.config import GenerationConfig, ModelConfig  # noqa: E402
 from eagrl.mcts.config import MCTSConfig  # noqa: E402
 from eagrl.sft.config import SFTConfig  # noqa: E402
+from eagrl.rl.config import RLConfig  # noqa: E402
 from eagrl.cluster.config import ClusterConfig  # noqa: E402
 
 Config.model_rebuild()

@@ -19,7 +19,8 @@ parses as well formed, whatever the model. Vanilla (``<final_answer>`` only) and
 
 A :class:`Response` carries the token ids of the response, a mask (True where the model wrote the token,
 False where the framework inserted it: SFT and RL losses use only the True ones), the model's log-prob of
-each token, the token span of each field (the RL entropy term reads the important-features span), and the
+each token, the entropy of the model's distribution at each model-written token (where the backend reports it), the
+token span of each field (the RL entropy term reads the important-features span), and the
 parsed result. :meth:`StructuredGenerator.add_step` and :meth:`finish` continue partial trajectories, so
 the MCTS expands and rolls out from shared prefixes; the backend's prefix reuse keeps those cheap.
 
@@ -54,6 +55,7 @@ class Trajectory:
     ids: list[int] = field(default_factory=list)
     mask: list[bool] = field(default_factory=list)  # True: model-written
     logprobs: list[float] = field(default_factory=list)  # model log-prob (0.0 where inserted)
+    entropies: list[float] = field(default_factory=list)  # entropy at each token (NaN: inserted or not reported)
     spans: list[tuple[str, int, int]] = field(default_factory=list)  # (field, start, end) of model text
     n_steps: int = 0
     stage: str = STEPS
@@ -64,6 +66,7 @@ class Trajectory:
     def child(self, seed: int) -> "Trajectory":
         t = copy.copy(self)
         t.ids, t.mask, t.logprobs, t.spans = list(self.ids), list(self.mask), list(self.logprobs), list(self.spans)
+        t.entropies = list(self.entropies)
         t.seed = seed
         return t
 
@@ -84,6 +87,7 @@ class Response:
     readout_index: int | None = None
     n_steps: int = 0
     prompt_ids: list[int] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)  # per token; NaN where inserted or not reported
 
     @property
     def well_formed(self) -> bool:
@@ -212,6 +216,7 @@ class StructuredGenerator:
             t.ids += s.token_ids[:k]
             t.mask += [True] * k
             t.logprobs += s.logprobs[:k]
+            t.entropies += list(s.entropies[:k]) if s.entropies is not None else [math.nan] * k
             t.spans.append((tag, start, len(t.ids)))
             written = self.backend.decode(s.token_ids[:k])
             self._insert(t, self._encode(target[len(written):]))
@@ -252,6 +257,7 @@ class StructuredGenerator:
             t.ids.append(int(cand[j]))
             t.mask.append(True)
             t.logprobs.append(float(row[j]))
+            t.entropies.append(math.nan)  # only the candidates' probabilities are read here
             self._insert(t, self._encode(f"</{FINAL}>"))
             t.stage = DONE
 
@@ -270,6 +276,7 @@ class StructuredGenerator:
         t.ids += ids
         t.mask += [False] * len(ids)
         t.logprobs += [0.0] * len(ids)
+        t.entropies += [math.nan] * len(ids)
 
     def _encode(self, text: str) -> list[int]:
         return self.backend.encode(text) if text else []
@@ -280,7 +287,7 @@ class StructuredGenerator:
         if t.probability is not None:
             parsed.probability = t.probability  # the exact readout, not its two-decimal rendering
         return Response(text, t.ids, t.mask, t.logprobs, t.spans, parsed, t.probability, t.readout_index,
-                        t.n_steps, t.prompt_ids)
+                        t.n_steps, t.prompt_ids, t.entropies)
 
     def _free_form(self, prompts, n: int, seed) -> list[list[Response]]:
         params = SamplingParams(max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
@@ -290,8 +297,9 @@ class StructuredGenerator:
             row = []
             for s in group:
                 parsed = parse_response(s.text, self.matcher, self.cfg.prompt_style)
+                ent = list(s.entropies) if s.entropies is not None else [math.nan] * len(s.token_ids)
                 row.append(Response(s.text, s.token_ids, [True] * len(s.token_ids), s.logprobs, [], parsed,
-                                    parsed.probability, None, len(parsed.steps), list(prompt)))
+                                    parsed.probability, None, len(parsed.steps), list(prompt), ent))
             out.append(row)
         return out
 

@@ -80,7 +80,7 @@ def run_mcts(
     stay_ids = [str(s) for s in stay_ids]
     if not stay_ids:
         raise ValueError(f"the {cohort.dataset}/{cohort.task} cohort has no stays in split {split!r}")
-    c_exp = _c_exp_lookup(attention_table, stay_ids)
+    c_exp = c_exp_lookup(attention_table, stay_ids)
 
     store = TrajectoryStore(out / "trajectories.jsonl", search_header(cohort, model_cfg, gen_cfg, cfg, split))
     todo = [s for s in stay_ids if s not in store]
@@ -161,7 +161,7 @@ def mcts_metrics(patients: list[dict], selected: list[dict], n_boot: int = 1000,
 
 
 # ====================================================================== helpers
-def _c_exp_lookup(table: pd.DataFrame, stay_ids: list[str]) -> dict[str, list[str]]:
+def c_exp_lookup(table: pd.DataFrame, stay_ids: list[str]) -> dict[str, list[str]]:
     if not {"stay_id", "c_exp"} <= set(table.columns):
         raise DataError(f"the expert attention table needs columns stay_id and c_exp, has {list(table.columns)[:6]}")
     lookup = {str(s): list(c) for s, c in zip(table["stay_id"], table["c_exp"])}

@@ -10,7 +10,8 @@ A backend works on token ids, so that RL trains on exactly the tokens that were 
 Conventions (the same as vLLM's defaults): ``text`` stops before the matched stop string and excludes the
 EOS token; ``token_ids`` run up to and including the token that completed the stop string (or the EOS
 token); ``logprobs[i]`` is log p(token_ids[i]) under the model's own distribution (temperature 1, before
-top-k/top-p). Sample j of prompt i is drawn with a generator seeded from ``(seed_i, j)`` only, so it does
+top-k/top-p); ``entropies[i]``, where a backend reports them (the transformers backend does; vLLM does not),
+is the entropy of that same distribution at the position of token i. Sample j of prompt i is drawn with a generator seeded from ``(seed_i, j)`` only, so it does
 not depend on what else is in the batch.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Sample:
     logprobs: list[float]
     finish_reason: str  # "stop" (a stop string), "eos" (an end token), "length" (max_tokens)
     stop: str | None = None  # the stop string that ended it
+    entropies: list[float] | None = None  # entropy of the model's distribution at each token (None: not reported)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -96,6 +96,7 @@ class _Row:
     seed: int
     generated: list[int]
     logprobs: list[float]
+    entropies: list[float] = field(default_factory=list)
     done: bool = False
     finish_reason: str = "length"
     stop: str | None = None
@@ -145,7 +146,7 @@ class TransformersBackend(GenerationBackend):
         rows = [_Row(p, sample_seed(s, j), [], []) for p, s in zip(prompt_arrays, seeds) for j in range(n)]
         for start in range(0, len(rows), self.batch_size):
             self._decode(rows[start:start + self.batch_size], params)
-        out = [Sample(r.text, r.generated, r.logprobs, r.finish_reason, r.stop) for r in rows]
+        out = [Sample(r.text, r.generated, r.logprobs, r.finish_reason, r.stop, r.entropies) for r in rows]
         return [out[i * n:(i + 1) * n] for i in range(len(prompt_arrays))]
 
     def _next_token_logprobs(self, prompts, candidates) -> np.ndarray:
@@ -230,6 +231,7 @@ class TransformersBackend(GenerationBackend):
         tail_text = [self.decode(t) for t in tails]
         for step in range(params.max_tokens):
             logp = torch.log_softmax(logits.float(), -1)  # (B, V)
+            entropy = torch.special.entr(logp.exp()).sum(-1)  # (B,) what RL's entropy-aware clipping reads; ~free here
             if params.names is not None:  # only names from the list may be sampled; logp stays the model's own
                 tokens = _sample(_constrain(logits.float(), rows, params.names), params, gens)
                 if params.names.end not in stop_ids:
@@ -242,6 +244,7 @@ class TransformersBackend(GenerationBackend):
                 tok = int(tokens[b])
                 r.generated.append(tok)
                 r.logprobs.append(float(logp[b, tok]))
+                r.entropies.append(float(entropy[b]))
                 if tok in stop_ids:
                     r.done, r.finish_reason = True, "eos"
                     r.text = self._text(tails[b], tail_text[b], r.generated[:-1])

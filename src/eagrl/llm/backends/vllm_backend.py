@@ -49,6 +49,13 @@ class VLLMBackend(GenerationBackend):
             self._lora = LoRARequest("adapter", 1, adapter)
         self.llm = vllm.LLM(**kwargs)
 
+    @classmethod
+    def from_llm(cls, llm, tokenizer) -> "VLLMBackend":
+        """Wrap an engine someone else owns (TRL's colocated vLLM during RL, whose weights TRL keeps in sync)."""
+        self = cls.__new__(cls)
+        self._vllm, self.tokenizer, self.llm, self._lora = require_vllm(), tokenizer, llm, None
+        return self
+
     def _params(self, params: SamplingParams, n: int, seed: int):
         stop_ids = sorted(self.special_token_ids()) if params.stop_on_special else []
         guided = _guided(self._vllm, params.names.regex()) if params.names is not None else {}

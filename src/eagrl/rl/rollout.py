@@ -1,0 +1,134 @@
+"""RL rollouts through the policy layer's structured generation, as TRL's ``rollout_func``, and the rewards.
+
+TRL's GRPOTrainer calls ``rollout_func(prompts, trainer)`` once per generation batch with each prompt repeated
+G times. Our dataset's ``prompt`` is a stay id (so no patient text reaches TRL's logs); :class:`StructuredRollout`
+looks up that stay's chat-templated prompt ids, writes G responses with :class:`StructuredGenerator` (the
+framework writes the tags, the model the fields, the answer token is drawn) from the model being trained,
+and returns what TRL needs plus what the rewards and the clipping read:
+
+* ``completion_ids`` / ``logprobs``: the response tokens and their sampling log-probs, then the EOS token
+  (inserted, so TRL counts the response as terminated);
+* ``env_mask``: 1 where the model wrote the token, 0 where the framework inserted it. TRL multiplies it into
+  the loss mask (and into its entropy and clip statistics), so inserted tokens carry no loss;
+* ``eagrl_probability`` / ``eagrl_features`` / ``eagrl_well_formed``: the parsed response, read by
+  :func:`r_cls` and :func:`r_att`, TRL reward functions whose weighted sum is R;
+* ``eagrl_entropy``: H(tau) (:func:`eagrl.rl.clip.trajectory_entropy`), from the entropies the backend
+  recorded while sampling, so eps(tau) costs no extra forward pass.
+
+Rollouts are seeded from (rl.seed, the optimiser step, the stay, j), so a resumed run samples what the
+interrupted one would have.
+"""
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import torch
+
+from eagrl.llm.backends.base import sample_seed
+from eagrl.llm.config import GenerationConfig
+from eagrl.llm.rewards import r_att as jaccard
+from eagrl.llm.rewards import r_cls as calibration_reward
+from eagrl.llm.structured import StructuredGenerator
+from eagrl.rl.clip import trajectory_entropy
+
+
+class StructuredRollout:
+    """``rollout_func`` for TRL: structured P_QD responses of the policy being trained."""
+
+    def __init__(self, prompt_ids: dict[str, list[int]], features, gen_cfg: GenerationConfig, seed: int = 0,
+                 batch_size: int = 8, prefix_cache_tokens: int = 16384):
+        self.prompt_ids = {str(k): list(map(int, v)) for k, v in prompt_ids.items()}
+        self.features = features
+        self.gen_cfg = gen_cfg.model_copy(update={"prompt_style": "pqd", "structured": True, "sample_readout": True})
+        self.seed = int(seed)
+        self.batch_size = batch_size
+        self.prefix_cache_tokens = prefix_cache_tokens
+        self._generator: StructuredGenerator | None = None
+        self._model = None
+
+    # ------------------------------------------------------------------ TRL entry point
+    def __call__(self, prompts: Sequence[str], trainer) -> dict[str, list]:
+        keys = [str(p) for p in prompts]
+        missing = sorted({k for k in keys if k not in self.prompt_ids})
+        if missing:
+            raise KeyError(f"rollout asked for stays without a prompt: {missing[:5]}")
+        groups = _runs(keys)  # [(key, count)] in order: TRL repeats each prompt G times in a row
+        step = int(getattr(getattr(trainer, "state", None), "global_step", 0))
+        seeds = [self.group_seed(step, key, i) for i, (key, _) in enumerate(groups)]
+        eos = _eos_id(trainer.processing_class)
+        was_training = bool(trainer.model.training)
+        try:
+            generator = self.generator(trainer)
+            if hasattr(generator.backend, "model"):
+                generator.backend.model.eval()  # no dropout while sampling; the trainer's mode is restored below
+            with torch.no_grad():
+                responses = []
+                for (key, n), s in zip(groups, seeds):
+                    responses += generator.generate([self.prompt_ids[key]], n=n, seed=[s])[0]
+        finally:
+            trainer.model.train(was_training)
+        out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "logprobs", "env_mask",
+                                               "eagrl_probability", "eagrl_features", "eagrl_well_formed",
+                                               "eagrl_entropy", "eagrl_n_model_tokens")}
+        for key, r in zip((k for k, n in groups for _ in range(n)), responses):
+            out["prompt_ids"].append(list(self.prompt_ids[key]))
+            out["completion_ids"].append(list(r.token_ids) + [eos])
+            out["logprobs"].append([float(x) for x in r.logprobs] + [0.0])
+            out["env_mask"].append([int(m) for m in r.mask] + [0])
+            out["eagrl_probability"].append(r.probability)
+            out["eagrl_features"].append(list(r.parsed.features))
+            out["eagrl_well_formed"].append(bool(r.well_formed))
+            out["eagrl_entropy"].append(trajectory_entropy(r.entropies, r.mask, r.features_span, r.logprobs))
+            out["eagrl_n_model_tokens"].append(int(sum(r.mask)))
+        return out
+
+    def group_seed(self, step: int, key: str, index: int) -> int:
+        return sample_seed(sample_seed(self.seed, step), zlib.crc32(f"{key}:{index}".encode()))
+
+    # ------------------------------------------------------------------ the backend over the live model
+    def generator(self, trainer) -> StructuredGenerator:
+        """A generator over the trainer's current weights (vLLM's colocated engine when TRL runs one)."""
+        if getattr(trainer, "use_vllm", False):
+            from eagrl.llm.backends.vllm_backend import VLLMBackend
+
+            backend = VLLMBackend.from_llm(trainer.vllm_generation.llm, trainer.processing_class)
+            return StructuredGenerator(backend, self.gen_cfg, self.features)
+        from eagrl.llm.backends.transformers_backend import TransformersBackend
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if self._generator is None or self._model is not model:
+            backend = TransformersBackend(model, trainer.processing_class, batch_size=self.batch_size,
+                                          prefix_cache_tokens=self.prefix_cache_tokens)
+            self._generator, self._model = StructuredGenerator(backend, self.gen_cfg, self.features), model
+        self._generator.backend.store.clear()  # the weights moved since the last batch: no stale keys/values
+        return self._generator
+
+
+# ====================================================================== rewards (TRL reward functions)
+def r_cls(completions, label, eagrl_probability, eagrl_well_formed, **_) -> list[float]:
+    """R_cls of each response against its patient's label; 0 for a malformed one."""
+    return [calibration_reward(p, y) if ok and p is not None else 0.0
+            for p, y, ok in zip(eagrl_probability, label, eagrl_well_formed)]
+
+
+def r_att(completions, c_exp, eagrl_features, eagrl_well_formed, **_) -> list[float]:
+    """R_att: Jaccard of the named features with the expert's C_exp; 0 for a malformed response."""
+    return [jaccard(f, c) if ok else 0.0 for f, c, ok in zip(eagrl_features, c_exp, eagrl_well_formed)]
+
+
+def _runs(keys: Sequence[str]) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for k in keys:
+        if out and out[-1][0] == k:
+            out[-1] = (k, out[-1][1] + 1)
+        else:
+            out.append((k, 1))
+    return out
+
+
+def _eos_id(tokenizer) -> int:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(tokenizer, "pad_token_id", None)
+    return int(eos if eos is not None else 0)

@@ -1,0 +1,194 @@
+"""Stage 2 as a pipeline stage: GRPO from the Stage-1 policy, scored on held-out stays, plotted, registered.
+
+``rl_stage(cfg, out_dir)`` is what ``eagrl rl``, the KFP component and the tests call. Around
+:func:`eagrl.rl.train.run_rl` it adds: the Stage-1 adapter (the SFT stage's in ``out_dir``, else the latest
+registered ``eagrl-sft-<dataset>-<task>``), the expert's C_exp, the MLflow run (every step's reward parts,
+entropy, eps(tau) distribution, clip fractions, KL and response length, logged while training; the curves
+and the eps(tau) histogram as plots afterwards), a held-out P_QD check of the trained policy (the same
+generation the zero-shot and SFT stages score with) and the adapter registered as
+``eagrl-<variant>-<dataset>-<task>`` (``eagrl-eag-rl-tjh-mortality``, ``eagrl-grpo-...``), the names the
+evaluation table looks up.
+
+Training state lives in ``DIR/rl/<variant>-<key>/`` with ``key`` a digest of everything that changes the
+run (the sections, the start adapter, the cohort, C_exp): an interrupted run with the same settings resumes
+from its last checkpoint, and other settings or variants never resume from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from eagrl.config import Config
+from eagrl.data.cohort import Cohort
+from eagrl.errors import DataError
+from eagrl.expert.run import cohort_dir
+from eagrl.llm.run import model_config
+from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.tracking.dvc_store import tree_md5
+from eagrl.tracking.mlflow_run import log_metrics, stage_run
+
+SECTIONS = ("data", "expert", "model", "generation", "mcts", "sft", "rl")
+
+
+def registered_name(cfg: Config) -> str:
+    return f"eagrl-{cfg.rl.variant}-{cfg.data.dataset}-{cfg.data.task}"
+
+
+def default_sft_adapter(cfg: Config, out_dir: str | Path) -> str | None:
+    """The SFT stage's adapter in ``out_dir``, else the newest registered SFT version (None: neither exists)."""
+    result = StageResult.read(out_dir, "sft")
+    if result is not None and result.status == "succeeded" and Path(result.outputs.get("adapter", "")).is_dir():
+        return result.outputs["adapter"]
+    import mlflow
+
+    from eagrl.sft.run import registered_name as sft_name
+
+    try:
+        versions = mlflow.MlflowClient(cfg.tracking.mlflow_tracking_uri).search_model_versions(f"name='{sft_name(cfg)}'")
+    except Exception:  # no registry, no such model: the caller says what is missing
+        return None
+    if not versions:
+        return None
+    newest = max(versions, key=lambda v: int(v.version))
+    return f"models:/{sft_name(cfg)}/{newest.version}"
+
+
+def _inputs(cfg: Config, a: dict) -> list:
+    from eagrl.mcts.run import default_attention_path
+
+    return [a["cohort_path"] or cohort_dir(cfg), a["attention_path"] or default_attention_path(cfg)]
+
+
+@records_failure("rl", SECTIONS, _inputs)
+def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
+             cohort_path: str | Path | None = None, attention_path: str | Path | None = None,
+             adapter_path: str | Path | None = None) -> StageResult:
+    """Train ``cfg.rl.variant`` from the Stage-1 adapter, score it on held-out stays, log and register it."""
+    import mlflow
+
+    from eagrl.expert.attention import read_attention
+    from eagrl.llm.backends import make_backend
+    from eagrl.llm.loading import LoadedModel
+    from eagrl.llm.registry import log_policy
+    from eagrl.llm.zeroshot import evaluate_zero_shot
+    from eagrl.mcts.run import default_attention_path
+    from eagrl.mcts.stage import c_exp_lookup
+    from eagrl.rl.train import run_rl
+
+    out = stage_dir(out_dir, "rl")
+    source = Path(cohort_path) if cohort_path else cohort_dir(cfg)
+    cohort = Cohort.load(source)
+    attention = Path(attention_path) if attention_path else default_attention_path(cfg)
+    table = read_attention(attention)
+    c_exp = c_exp_lookup(table, [str(s) for s in cohort.split_ids(cfg.rl.split)])
+    adapter = str(adapter_path) if adapter_path else (default_sft_adapter(cfg, out_dir) if cfg.rl.from_sft else None)
+    if cfg.rl.from_sft and adapter is None:
+        raise DataError(f"rl.variant={cfg.rl.variant!r} starts from the SFT policy, but there is no SFT adapter in "
+                        f"{out_dir} nor a registered one: run `eagrl sft` first or pass --adapter")
+    mcfg = model_config(cfg)
+    train_dir = out / f"{cfg.rl.variant}-{_run_key(cfg, source, attention, adapter)}"
+
+    with stage_run(cfg, "rl", parent_run_id) as run:
+        mlflow.set_tags({"eagrl.cohort_md5": tree_md5(source), "eagrl.rl_variant": cfg.rl.variant,
+                         "eagrl.start_adapter": adapter or "none (fresh adapter on the base model)"})
+        res = run_rl(mcfg, cfg.generation, cfg.rl, cohort, c_exp, train_dir, sft_adapter=adapter,
+                     lora_cfg=cfg.sft.lora_model_config(mcfg))
+        plots = [training_curves(res.history, cfg.rl.variant, out / "curves.png"),
+                 eps_histogram(res.eps_values, cfg.rl, out / "eps_distribution.png")]
+
+        merged = res.model.merge_and_unload()
+        merged.eval()
+        backend = make_backend(mcfg, cfg.generation.model_copy(update={"backend": "transformers"}),
+                               loaded=LoadedModel(merged, res.tokenizer, mcfg.source, None))
+        gen = cfg.generation.model_copy(update={"prompt_style": "pqd"})
+        held = evaluate_zero_shot(cohort, out / "heldout", mcfg, gen, split=cfg.rl.eval_split,
+                                  max_stays=cfg.rl.eval_max_stays, n_boot=cfg.rl.eval_n_boot, seed=cfg.data.seed,
+                                  backend=backend)
+        metrics = {**res.metrics, **held}
+        log_metrics(metrics)
+        for path in (*plots, train_dir / "train_history.json"):
+            mlflow.log_artifact(str(path))
+        mlflow.log_artifacts(str(out / "heldout"), artifact_path="heldout")
+        info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered_name(cfg),
+                          metadata={"stage": "rl", "variant": cfg.rl.variant, "dataset": cfg.data.dataset,
+                                    "task": cfg.data.task, "start_adapter": adapter or ""})
+        split = cfg.rl.eval_split
+        auroc, ci = held.get(f"{split}_auroc"), held.get(f"{split}_auroc_ci")
+        version = getattr(info, "registered_model_version", None)
+        message = (f"RL ({cfg.rl.variant}) {res.metrics['train_steps']} steps: reward "
+                   f"{res.metrics.get('first_reward', float('nan')):.3f} -> {res.metrics.get('last_reward', float('nan')):.3f}"
+                   f"; {split} P_QD AUROC " + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else
+                                              "undefined")
+                   + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}; registered {registered_name(cfg)}"
+                   + (f" v{version}" if version else ""))
+        result = StageResult("rl", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
+                             outputs={"adapter": str(res.adapter_dir), "heldout": str(out / "heldout"),
+                                      "curves": str(plots[0]), "eps_plot": str(plots[1]),
+                                      "registered_model": registered_name(cfg), "model_uri": str(info.model_uri),
+                                      "model_version": str(version or "")})
+    result.write(out_dir)
+    return result
+
+
+def _run_key(cfg: Config, cohort_path: Path, attention: Path, adapter: str | None) -> str:
+    start = adapter or ""
+    if adapter and Path(adapter).is_dir():
+        start = tree_md5(adapter)
+    key = {"sections": {s: getattr(cfg, s).model_dump(mode="json") for s in ("model", "generation", "rl")},
+           "cohort": tree_md5(cohort_path), "c_exp": hashlib.md5(attention.read_bytes()).hexdigest(), "start": start}
+    return hashlib.md5(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+# ====================================================================== plots
+def training_curves(history: list[dict], variant: str, out: Path) -> Path:
+    """Reward (and its parts), entropy, eps(tau) and KL / clip fractions per optimiser step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(key):
+        pts = [(r["step"], r[key]) for r in history if key in r]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+    for key, label in (("reward", "R"), ("rewards/r_cls/mean", "R_cls"), ("rewards/r_att/mean", "R_att")):
+        axes[0].plot(*series(key), marker="o", ms=3, label=label)
+    axes[0].set_title("reward (mean over the batch)")
+    for key, label in (("entropy", "all model tokens"), ("entropy/features_mean", "H(tau): feature tokens")):
+        axes[1].plot(*series(key), marker="o", ms=3, label=label)
+    axes[1].set_title("policy entropy")
+    for key, label in (("eps/mean", "mean"), ("eps/min", "min"), ("eps/max", "max")):
+        axes[2].plot(*series(key), marker="o", ms=3, label=label)
+    axes[2].set_title("upper clip eps(tau)")
+    axes[3].plot(*series("kl_to_start"), marker="o", ms=3, label="KL to start")
+    axes[3].plot(*series("clip_ratio/region_mean"), marker="o", ms=3, label="clipped share")
+    axes[3].set_title("KL and clipping")
+    for ax in axes:
+        ax.set_xlabel("optimiser step")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"RL: {variant}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def eps_histogram(eps_values: list[float], rl_cfg, out: Path) -> Path:
+    """The distribution of every eps(tau) used in training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    lo, hi = min(rl_cfg.eps_min, rl_cfg.fixed_epsilon_high), max(rl_cfg.eps_max, rl_cfg.fixed_epsilon_high)
+    ax.hist(eps_values, bins=20, range=(lo - 1e-3, hi + 1e-3))
+    ax.set_xlabel("eps(tau)")
+    ax.set_ylabel("trajectories")
+    ax.set_title(f"upper clip bounds ({len(eps_values)} trajectories)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

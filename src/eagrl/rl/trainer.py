@@ -1,0 +1,135 @@
+"""TRL's GRPOTrainer with what EAG-RL changes: per-trajectory upper clip bounds eps(tau), and its diagnostics.
+
+Everything else is TRL's (pinned trl 1.16): sampling through ``rollout_func`` (:mod:`eagrl.rl.rollout`),
+rewards and group-normalised advantages (``scale_rewards="group"``: A = (R - mean) / (std + 1e-4), TRL's
+constant where METHOD writes 1e-6), the token-level loss (``loss_type="dapo"``), the optional KL term,
+LoRA through peft, DeepSpeed and vLLM through its own arguments, checkpoints and resume.
+
+Two steps are overridden, each small:
+
+* :meth:`EAGRLTrainer._generate_and_score_completions` runs TRL's, then turns each response's H(tau) (the
+  rollout recorded it while sampling) into eps(tau) over the whole update batch, gathered across processes,
+  and carries it in the batch as ``eps_high`` (B,); it also logs the eps(tau) and H(tau) distributions and
+  the KL to the start policy.
+* :meth:`EAGRLTrainer._compute_loss` sets ``epsilon_low`` / ``epsilon_high`` to (B, 1) tensors for the
+  duration of TRL's loss, which reads them only inside tensor expressions (the clamp and the clip-fraction
+  masks). Both must be tensors: ``torch.clamp`` rejects a float lower bound with a tensor upper bound.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+
+from eagrl.rl.clip import adaptive_epsilon
+from eagrl.rl.config import RLConfig
+
+log = logging.getLogger(__name__)
+
+
+class EAGRLTrainer(GRPOTrainer):
+    """GRPOTrainer whose upper clip bound is 1 + eps(tau) per trajectory when ``rl_cfg.adaptive_clip``."""
+
+    def __init__(self, *args, rl_cfg: RLConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rl_cfg = rl_cfg
+        self.eps_values: list[float] = []  # every eps(tau) used, for the distribution plot
+
+    # ------------------------------------------------------------------ scoring
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        device = self.accelerator.device
+        local_h = torch.tensor([float(x.get("eagrl_entropy", math.nan)) for x in inputs], device=device)
+        all_h = self.accelerator.gather(local_h)  # H_min, H_max over the whole update batch, every process
+        if self.rl_cfg.adaptive_clip:
+            all_eps = adaptive_epsilon(all_h, self.rl_cfg.eps_min, self.rl_cfg.eps_max)
+            rank, n = self.accelerator.process_index, len(inputs)
+            out["eps_high"] = all_eps[rank * n:(rank + 1) * n].to(device)
+        else:
+            all_eps = torch.full_like(all_h, float(self.epsilon_high))
+        self.eps_values += all_eps.tolist() if mode == "train" else []
+        known = all_h[~torch.isnan(all_h)]
+        metrics = self._metrics[mode]
+        metrics["eps/mean"].append(all_eps.mean().item())
+        metrics["eps/min"].append(all_eps.min().item())
+        metrics["eps/max"].append(all_eps.max().item())
+        metrics["eps/std"].append(all_eps.std(unbiased=False).item())
+        if known.numel():
+            metrics["entropy/features_mean"].append(known.mean().item())
+            metrics["entropy/features_min"].append(known.min().item())
+            metrics["entropy/features_max"].append(known.max().item())
+        if self.rl_cfg.log_kl:
+            metrics["kl_to_start"].append(self._kl_to_start(out))
+        return out
+
+    @torch.no_grad()
+    def _kl_to_start(self, batch: dict) -> float:
+        """Mean per-token KL (k3 estimator) of the sampling policy to the start policy over model-written tokens."""
+        from trl.trainer.utils import use_adapter
+
+        cur = batch.get("sampling_per_token_logps", batch.get("old_per_token_logps"))
+        if cur is None:
+            return math.nan
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        ref = batch.get("ref_per_token_logps")
+        if ref is None:
+            model = self.accelerator.unwrap_model(self.model)
+            if not hasattr(model, "peft_config"):
+                return math.nan
+            with use_adapter(model, "ref" if "ref" in model.peft_config else None):
+                ref, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model, ids, attention, batch["completion_ids"].size(1),
+                    batch_size=self.args.per_device_train_batch_size)
+        mask = batch["completion_mask"] * batch.get("tool_mask", torch.ones_like(batch["completion_mask"]))
+        delta = (ref - cur).float()
+        per_token = torch.exp(delta) - delta - 1.0
+        totals = self.accelerator.reduce(torch.stack([(per_token * mask).sum(), mask.sum().float()]), reduction="sum")
+        return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+    # ------------------------------------------------------------------ loss
+    def _compute_loss(self, model, inputs):
+        eps = inputs.get("eps_high")
+        if eps is None:
+            return super()._compute_loss(model, inputs)
+        low, high = self.epsilon_low, self.epsilon_high
+        self.epsilon_high = eps.reshape(-1, 1)  # (B, 1)
+        self.epsilon_low = torch.full_like(self.epsilon_high, float(low))  # (B, 1): clamp wants both as tensors
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self.epsilon_low, self.epsilon_high = low, high
+
+
+class MlflowSteps(TrainerCallback):
+    """Every logged step's figures into the active MLflow run, at the optimiser step.
+
+    Written instead of transformers' MLflowCallback, which also logs every TrainingArguments field as a run
+    parameter and may end a run it did not start; the stage owns its run.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import mlflow
+
+        if not logs or mlflow.active_run() is None:
+            return
+        values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        if values:
+            mlflow.log_metrics({f"rl/{k}": v for k, v in values.items()}, step=int(state.global_step))
+
+
+class ProgressLog(TrainerCallback):
+    """One log line per logged step: step/total, reward and its parts, entropy, eps(tau), KL (NaN: not sampled at this step)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs and "train_loss" not in logs:
+            log.info("rl step %d/%d reward %.3f (R_cls %.3f, R_att %.3f) entropy %.3f eps %.3f [%.3f, %.3f] "
+                     "clip-high %.3f kl %.4f", state.global_step, state.max_steps, logs.get("reward", math.nan),
+                     logs.get("rewards/r_cls/mean", math.nan), logs.get("rewards/r_att/mean", math.nan),
+                     logs.get("entropy", math.nan), logs.get("eps/mean", math.nan), logs.get("eps/min", math.nan),
+                     logs.get("eps/max", math.nan), logs.get("clip_ratio/high_mean", math.nan),
+                     logs.get("kl_to_start", math.nan))

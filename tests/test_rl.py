@@ -1,0 +1,243 @@
+"""Stage 2: the eps(tau) maths, the clipped objective and its gradient, the bounds reaching TRL's loss, the
+structured rollouts (masks, entropies, seeds), and training (variants, checkpoints, resume) with the tiny model."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from eagrl.llm.config import GenerationConfig, ModelConfig
+from eagrl.rl.clip import adaptive_epsilon, clipped_objective, trajectory_entropy
+from eagrl.rl.config import RLConfig
+
+from llm_helpers import tjh_cohort
+
+NAN = math.nan
+GEN = GenerationConfig(depth=1, max_subquestion_tokens=6, max_answer_tokens=6, max_features_tokens=10, compact=True,
+                       max_prompt_tokens=512)
+
+
+# ====================================================================== eps(tau) and H(tau)
+def test_eps_is_min_max_scaled_entropy_over_the_batch():
+    eps = adaptive_epsilon(torch.tensor([1.0, 2.0, 3.0, 1.5]), 0.2, 0.4)
+    assert torch.allclose(eps, torch.tensor([0.2, 0.3, 0.4, 0.25]))
+    # equal entropies (or a single trajectory): the midpoint for all
+    assert torch.allclose(adaptive_epsilon(torch.tensor([0.7, 0.7]), 0.2, 0.4), torch.tensor([0.3, 0.3]))
+    assert torch.allclose(adaptive_epsilon(torch.tensor([5.0]), 0.1, 0.5), torch.tensor([0.3]))
+    # a trajectory without an entropy gets the midpoint; the others are scaled among themselves
+    eps = adaptive_epsilon(torch.tensor([0.0, NAN, 2.0]), 0.2, 0.4)
+    assert torch.allclose(eps, torch.tensor([0.2, 0.3, 0.4]))
+
+
+def test_trajectory_entropy_reads_the_feature_span_and_skips_inserted_tokens():
+    ent = [9.0, 1.0, 3.0, NAN, 5.0, 7.0]
+    mask = [False, True, True, False, True, True]
+    assert trajectory_entropy(ent, mask, span=(1, 4)) == pytest.approx(2.0)  # tokens 1, 2 (3 is inserted)
+    assert trajectory_entropy(ent, mask, span=None) == pytest.approx(4.0)  # all model-written: 1, 3, 5, 7
+    assert trajectory_entropy(ent, mask, span=(3, 4)) == pytest.approx(4.0)  # empty span: whole response
+    # a backend without entropies: the sampled tokens' surprisal stands in
+    assert trajectory_entropy([NAN] * 3, [True, True, False], logprobs=[-1.0, -3.0, 0.0]) == pytest.approx(2.0)
+    assert math.isnan(trajectory_entropy([NAN, NAN], [True, False]))
+
+
+# ====================================================================== the clipped objective
+def test_clipped_objective_matches_a_hand_computed_example():
+    ratios = torch.tensor([[0.7, 1.0, 1.3, 1.5], [0.7, 0.9, 1.2, 1.5]])
+    adv = torch.tensor([1.0, -2.0])
+    eps_high = torch.tensor([0.25, 0.4])
+    loss = clipped_objective(ratios.log(), adv, 0.2, eps_high)
+    # A > 0: -min(r, clip(r, 0.8, 1.25)) = [-0.7, -1.0, -1.25, -1.25]
+    # A < 0: -min(-2r, -2 clip(r, 0.8, 1.4)) = 2 max(r, clip(r)) = [1.6, 1.8, 2.4, 3.0]
+    expected = torch.tensor([[-0.7, -1.0, -1.25, -1.25], [1.6, 1.8, 2.4, 3.0]])
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_gradient_is_zero_exactly_where_the_ratio_is_clipped():
+    log_ratio = torch.tensor([[0.7, 1.0, 1.3, 1.5], [0.7, 0.9, 1.2, 1.5]]).log().requires_grad_(True)
+    adv = torch.tensor([1.0, -2.0])
+    clipped_objective(log_ratio, adv, 0.2, torch.tensor([0.25, 0.4])).sum().backward()
+    g = log_ratio.grad
+    # A > 0: clipped above 1.25 (tokens 2, 3); A < 0: clipped below 0.8 (token 0); elsewhere d/dlogr = -A r
+    assert g[0, 2] == 0 and g[0, 3] == 0 and g[1, 0] == 0
+    assert torch.allclose(g[0, :2], torch.tensor([-0.7, -1.0]))
+    assert torch.allclose(g[1, 1:], torch.tensor([1.8, 2.4, 3.0]))
+    # the same ratio 1.3 is clipped under eps = 0.25 and not under eps = 0.4: the bound is per trajectory
+    lr = torch.tensor([[1.3], [1.3]]).log().requires_grad_(True)
+    clipped_objective(lr, torch.tensor([1.0, 1.0]), 0.2, torch.tensor([0.25, 0.4])).sum().backward()
+    assert lr.grad[0, 0] == 0 and lr.grad[1, 0] == pytest.approx(-1.3)
+
+
+# ====================================================================== the trainer
+@pytest.fixture(scope="module")
+def cohort():
+    return tjh_cohort()
+
+
+@pytest.fixture(scope="module")
+def c_exp(cohort):
+    names = [f.name for f in cohort.features]
+    return {str(s): names[:3] for split in ("train", "val", "test") for s in cohort.split_ids(split)}
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tiny, tmp_path_factory):
+    """A LoRA adapter on the tiny model that differs from the base (what Stage 1 hands RL)."""
+    from eagrl.llm.loading import attach_lora
+
+    model = attach_lora(copy.deepcopy(tiny[0]), ModelConfig(source="tiny"))
+    gen = torch.Generator().manual_seed(0)
+    for name, w in model.named_parameters():
+        if "lora_B" in name:
+            w.data.copy_(torch.randn(w.shape, generator=gen) * 0.02)
+    path = tmp_path_factory.mktemp("sft") / "adapter"
+    model.save_pretrained(path)
+    return path
+
+
+def _trainer(cohort, c_exp, sft_adapter, out, **rl):
+    from eagrl.llm.loading import load_model
+    from eagrl.rl.rollout import StructuredRollout
+    from eagrl.rl.train import build_trainer, policy_model, prompt_table
+
+    cfg = RLConfig(**{"num_generations": 4, "prompts_per_batch": 2, "micro_batch_size": 4, "updates_per_batch": 2,
+                      "max_steps": 2, "max_stays": 6, **rl})
+    mcfg = ModelConfig(source="tiny")
+    loaded = load_model(mcfg)
+    model = policy_model(loaded.model, cfg, sft_adapter, mcfg, out / "cache")
+    prompts, rows = prompt_table(cohort, c_exp, cfg, GEN, loaded.tokenizer)
+    rollout = StructuredRollout(prompts, cohort.features, GEN, seed=cfg.seed)
+    return build_trainer(model, loaded.tokenizer, cfg, rows, rollout, out / "ckpt", cuda=False), rollout
+
+
+def test_rollout_masks_inserted_tokens_and_records_entropies(cohort, c_exp, sft_adapter, tmp_path):
+    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path)
+    keys = [str(s) for s in cohort.split_ids("train")[:2]]
+    prompts = [k for k in keys for _ in range(3)]
+    trainer.model.train()
+    out = rollout(prompts, trainer)
+    assert trainer.model.training  # the trainer's mode is restored after sampling in eval mode
+    assert len(out["completion_ids"]) == 6 and out["prompt_ids"][0] == rollout.prompt_ids[keys[0]]
+    tok = trainer.processing_class
+    for ids, mask, lps, h in zip(out["completion_ids"], out["env_mask"], out["logprobs"], out["eagrl_entropy"]):
+        assert len(ids) == len(mask) == len(lps) and ids[-1] == tok.eos_token_id and mask[-1] == 0
+        inserted = tok.decode([t for t, m in zip(ids, mask) if not m])
+        assert "<important_features>" in inserted and "<final_answer>" in inserted  # the scaffold is not trained
+        assert 0 < sum(mask) < len(mask) and all(lp == 0.0 for lp, m in zip(lps, mask) if not m)
+        assert 0.0 < h <= math.log(len(tok)) + 1e-3  # a real entropy, at most log |V|
+    # seeded by (seed, step, stay, index): the same call samples the same responses again
+    assert rollout(prompts, trainer)["completion_ids"] == out["completion_ids"]
+    trainer.state.global_step = 1
+    assert rollout(prompts, trainer)["completion_ids"] != out["completion_ids"]
+
+
+def test_per_trajectory_bounds_reach_trls_loss(cohort, c_exp, sft_adapter, tmp_path):
+    """TRL's _compute_loss, given eps_high (B,), equals the stated objective, and its clip fractions use the bounds."""
+    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path)
+    keys = [str(s) for s in cohort.split_ids("train")[:2]]
+    out = rollout([k for k in keys for _ in range(2)], trainer)
+    from trl.trainer.utils import pad
+
+    prompt_ids = pad([torch.tensor(p) for p in out["prompt_ids"]], padding_value=0, padding_side="left")
+    prompt_mask = pad([torch.ones(len(p), dtype=torch.long) for p in out["prompt_ids"]], padding_value=0,
+                      padding_side="left")
+    completion_ids = pad([torch.tensor(c) for c in out["completion_ids"]], padding_value=0)
+    completion_mask = pad([torch.ones(len(c), dtype=torch.long) for c in out["completion_ids"]], padding_value=0)
+    tool_mask = pad([torch.tensor(m) for m in out["env_mask"]], padding_value=1) * completion_mask
+    trainer.model.train()
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(
+        trainer.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
+        completion_ids.size(1))
+    logps = logps.detach()
+    # old log-probs chosen so the ratios straddle both bounds: r = exp(logp - old)
+    shift = torch.tensor([0.35, 0.35, -0.3, 0.35])[:, None].expand_as(logps)  # log r per trajectory
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    eps = torch.tensor([0.25, 0.45, 0.3, 0.45])
+    mask = tool_mask.float()
+    inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+              "completion_mask": completion_mask, "tool_mask": tool_mask, "advantages": adv,
+              "old_per_token_logps": logps - shift, "num_items_in_batch": mask.sum(), "eps_high": eps}
+    trainer._metrics["train"].clear()
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps  # set by the train loop
+    loss = trainer._compute_loss(trainer.model, inputs)
+    expected = (clipped_objective(shift, adv, 0.2, eps) * mask).sum() / mask.sum()
+    # TRL's token-level ("dapo") normaliser counts the tokens of one optimiser step's share of the batch
+    per_step = trainer.args.steps_per_generation / trainer.current_gradient_accumulation_steps
+    assert loss.item() == pytest.approx(expected.item() * per_step, rel=1e-4)
+    # r = e^0.35 = 1.42: above 1 + 0.25 (trajectory 0: clipped) but below 1 + 0.45 (trajectory 1: not clipped);
+    # r = e^-0.3 = 0.74 < 0.8 with A < 0 (trajectory 2: low-clipped); trajectory 3 has A < 0 above 1 (not clipped)
+    n = mask.sum(1)
+    assert trainer._metrics["train"]["clip_ratio/high_mean"][-1] == pytest.approx((n[0] / n.sum()).item())
+    assert trainer._metrics["train"]["clip_ratio/low_mean"][-1] == pytest.approx((n[2] / n.sum()).item())
+    assert isinstance(trainer.epsilon_high, float) and isinstance(trainer.epsilon_low, float)  # restored after
+    # the same ratio: trajectory 0 (clipped) sends no gradient, trajectory 1 (inside its wider bound) does
+    for p in trainer.model.parameters():
+        p.grad = None
+    loss_row = trainer._compute_loss(trainer.model, {**inputs, "advantages": torch.tensor([1.0, 0.0, 0.0, 0.0])})
+    loss_row.backward()
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in trainer.model.parameters() if p.requires_grad)
+    loss_row = trainer._compute_loss(trainer.model, {**inputs, "advantages": torch.tensor([0.0, 1.0, 0.0, 0.0])})
+    loss_row.backward()
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in trainer.model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("variant", ["eag-rl", "grpo"])
+def test_training_logs_every_step_and_saves_the_adapter(variant, cohort, c_exp, sft_adapter, tmp_path):
+    from eagrl.rl.train import run_rl
+
+    cfg = RLConfig(variant=variant, num_generations=4, prompts_per_batch=2, micro_batch_size=4, updates_per_batch=2,
+                   max_steps=2, max_stays=6, learning_rate=1e-3)
+    res = run_rl(ModelConfig(source="tiny"), GEN, cfg, cohort, c_exp, tmp_path / "rl", sft_adapter=sft_adapter)
+    assert res.metrics["train_steps"] == 2 and [r["step"] for r in res.history] == [1.0, 2.0]
+    first = res.history[0]
+    assert {"reward", "rewards/r_cls/mean", "rewards/r_att/mean", "entropy", "eps/mean", "clip_ratio/high_mean",
+            "kl_to_start", "completions/mean_length"} <= set(first)
+    assert first["kl_to_start"] == pytest.approx(0.0, abs=1e-5)  # sampled from the start policy itself
+    assert len(res.eps_values) == 8
+    if variant == "eag-rl":
+        assert min(res.eps_values) == pytest.approx(0.2) and max(res.eps_values) == pytest.approx(0.4)
+    else:  # GRPO: a fixed clip and R_cls only
+        assert res.eps_values == pytest.approx([0.2] * 8)
+        assert first["reward"] == pytest.approx(first["rewards/r_cls/mean"], abs=1e-6)
+    saved = json.loads((res.adapter_dir / "adapter_config.json").read_text())
+    assert saved["r"] == 16 and not (res.adapter_dir / "ref").exists()  # the frozen start copy is not saved
+    # the adapter moved away from the Stage-1 one
+    from safetensors.torch import load_file
+
+    before, after = load_file(sft_adapter / "adapter_model.safetensors"), load_file(res.adapter_dir / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(cohort, c_exp, sft_adapter, tmp_path):
+    from eagrl.rl.train import run_rl
+
+    base = dict(num_generations=2, prompts_per_batch=2, micro_batch_size=2, updates_per_batch=2, max_stays=4,
+                learning_rate=1e-3)
+    run_rl(ModelConfig(source="tiny"), GEN, RLConfig(max_steps=2, **base), cohort, c_exp, tmp_path / "rl",
+           sft_adapter=sft_adapter)
+    assert (tmp_path / "rl" / "checkpoints" / "checkpoint-2").is_dir()
+    res = run_rl(ModelConfig(source="tiny"), GEN, RLConfig(max_steps=4, **base), cohort, c_exp, tmp_path / "rl",
+                 sft_adapter=sft_adapter)
+    # only steps 3 and 4 ran in the second call: its history continues the first one's
+    assert res.metrics["train_steps"] == 4 and [r["step"] for r in res.history] == [1.0, 2.0, 3.0, 4.0]
+    assert len(res.eps_values) == 4  # one generation batch (2 stays x G = 2) sampled in this call
+
+
+def test_bad_settings_and_inputs_are_named(cohort, c_exp, tmp_path):
+    from eagrl.errors import DataError
+    from eagrl.rl.train import run_rl
+
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        RLConfig(num_generations=3, prompts_per_batch=1, micro_batch_size=2)
+    with pytest.raises(ValueError, match="eps_max"):
+        RLConfig(eps_min=0.3, eps_max=0.2)
+    with pytest.raises(DataError, match="SFT adapter"):
+        run_rl(ModelConfig(source="tiny"), GEN, RLConfig(max_steps=1), cohort, c_exp, tmp_path / "a")
+    with pytest.raises(DataError, match="not a LoRA adapter"):
+        run_rl(ModelConfig(source="tiny"), GEN, RLConfig(max_steps=1), cohort, c_exp, tmp_path / "b",
+               sft_adapter=tmp_path)
+    with pytest.raises(DataError, match="no C_exp"):
+        run_rl(ModelConfig(source="tiny"), GEN, RLConfig(max_steps=1, variant="eag-rl-no-stage1"), cohort, {},
+               tmp_path / "c")
