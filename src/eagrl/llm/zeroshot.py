@@ -118,3 +118,16 @@ def _log_mlflow(metrics: dict) -> None:
 
     if mlflow.active_run() is not None:
         mlflow.log_metrics(flat_numbers(metrics))
+
+
+def evaluate_trained(peft_model, tokenizer, cohort: Cohort, out_dir: str | Path, model_cfg: ModelConfig,
+                     gen_cfg: GenerationConfig, *, split: str, max_stays: int | None, n_boot: int, seed: int) -> dict:
+    """P_QD on held-out stays of a policy just trained (SFT, RL): its adapter folded in, the transformers backend."""
+    from eagrl.llm.loading import LoadedModel
+
+    merged = peft_model.merge_and_unload()  # training is over: fold the adapter in for fast generation
+    merged.eval()
+    backend = make_backend(model_cfg, gen_cfg.model_copy(update={"backend": "transformers"}),
+                           loaded=LoadedModel(merged, tokenizer, model_cfg.source, None))
+    return evaluate_zero_shot(cohort, out_dir, model_cfg, gen_cfg.model_copy(update={"prompt_style": "pqd"}),
+                              split=split, max_stays=max_stays, n_boot=n_boot, seed=seed, backend=backend)

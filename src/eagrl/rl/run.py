@@ -68,10 +68,8 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
     import mlflow
 
     from eagrl.expert.attention import read_attention
-    from eagrl.llm.backends import make_backend
-    from eagrl.llm.loading import LoadedModel
     from eagrl.llm.registry import log_policy
-    from eagrl.llm.zeroshot import evaluate_zero_shot
+    from eagrl.llm.zeroshot import evaluate_trained
     from eagrl.mcts.run import default_attention_path
     from eagrl.mcts.stage import c_exp_lookup
     from eagrl.rl.train import run_rl
@@ -97,14 +95,9 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         plots = [training_curves(res.history, cfg.rl.variant, out / "curves.png"),
                  eps_histogram(res.eps_values, cfg.rl, out / "eps_distribution.png")]
 
-        merged = res.model.merge_and_unload()
-        merged.eval()
-        backend = make_backend(mcfg, cfg.generation.model_copy(update={"backend": "transformers"}),
-                               loaded=LoadedModel(merged, res.tokenizer, mcfg.source, None))
-        gen = cfg.generation.model_copy(update={"prompt_style": "pqd"})
-        held = evaluate_zero_shot(cohort, out / "heldout", mcfg, gen, split=cfg.rl.eval_split,
-                                  max_stays=cfg.rl.eval_max_stays, n_boot=cfg.rl.eval_n_boot, seed=cfg.data.seed,
-                                  backend=backend)
+        held = evaluate_trained(res.model, res.tokenizer, cohort, out / "heldout", mcfg, cfg.generation,
+                                split=cfg.rl.eval_split, max_stays=cfg.rl.eval_max_stays,
+                                n_boot=cfg.rl.eval_n_boot, seed=cfg.data.seed)
         metrics = {**res.metrics, **held}
         log_metrics(metrics)
         for path in (*plots, train_dir / "train_history.json"):

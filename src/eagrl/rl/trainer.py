@@ -113,8 +113,10 @@ class MlflowSteps(TrainerCallback):
     """
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        import mlflow
-
+        try:
+            import mlflow
+        except ImportError:  # a bare training box (run_rl alone) without the tracking extra
+            return
         if not logs or mlflow.active_run() is None:
             return
         values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}

@@ -48,10 +48,8 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
     """Train the LoRA adapter, score it on held-out stays, log and register it."""
     import mlflow
 
-    from eagrl.llm.backends import make_backend
-    from eagrl.llm.loading import LoadedModel
     from eagrl.llm.registry import log_policy
-    from eagrl.llm.zeroshot import evaluate_zero_shot
+    from eagrl.llm.zeroshot import evaluate_trained
     from eagrl.sft.train import run_sft
 
     out = stage_dir(out_dir, "sft")
@@ -69,14 +67,9 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
                                step=int(row.get("step", 0)))
         plot = loss_plot(res.history, out / "loss.png")
 
-        merged = res.model.merge_and_unload()  # training is over: fold the adapter in for fast generation
-        merged.eval()
-        backend = make_backend(mcfg, cfg.generation.model_copy(update={"backend": "transformers"}),
-                               loaded=LoadedModel(merged, res.tokenizer, mcfg.source, None))
-        gen = cfg.generation.model_copy(update={"prompt_style": "pqd"})
-        held = evaluate_zero_shot(cohort, out / "heldout", mcfg, gen, split=cfg.sft.eval_split,
-                                  max_stays=cfg.sft.eval_max_stays, n_boot=cfg.sft.eval_n_boot, seed=cfg.data.seed,
-                                  backend=backend)
+        held = evaluate_trained(res.model, res.tokenizer, cohort, out / "heldout", mcfg, cfg.generation,
+                                split=cfg.sft.eval_split, max_stays=cfg.sft.eval_max_stays,
+                                n_boot=cfg.sft.eval_n_boot, seed=cfg.data.seed)
         metrics = {**res.metrics, **held}
         log_metrics(metrics)
         for path in (plot, out / "train" / "train_history.json"):
