@@ -64,8 +64,12 @@ class StructuredRollout:
                 generator.backend.model.eval()  # no dropout while sampling; the trainer's mode is restored below
             with torch.no_grad():
                 responses = []
-                for (key, n), s in zip(groups, seeds):
-                    responses += generator.generate([self.prompt_ids[key]], n=n, seed=[s])[0]
+                if len({n for _, n in groups}) == 1:  # TRL's groups are all G long: one batched call
+                    done = generator.generate([self.prompt_ids[k] for k, _ in groups], n=groups[0][1], seed=seeds)
+                    responses = [r for group in done for r in group]
+                else:
+                    for (key, n), s in zip(groups, seeds):
+                        responses += generator.generate([self.prompt_ids[key]], n=n, seed=[s])[0]
         finally:
             trainer.model.train(was_training)
         out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "logprobs", "env_mask",
