@@ -147,8 +147,9 @@ def training_args(rl_cfg: RLConfig, out_dir: Path, cuda: bool):
     """TRL's GRPOConfig for our settings; every TRL default that matters here is set explicitly."""
     from trl import GRPOConfig
 
-    bf16 = cuda and torch.cuda.is_bf16_supported() if rl_cfg.bf16 is None else (rl_cfg.bf16 and cuda)
-    deepspeed = str(rl_cfg.deepspeed_path()) if rl_cfg.deepspeed and cuda else None
+    from eagrl.sft.train import gpu_options
+
+    bf16, deepspeed = gpu_options("rl", rl_cfg.bf16, rl_cfg.deepspeed, rl_cfg.deepspeed_path(), cuda)
     return GRPOConfig(
         output_dir=str(out_dir),
         learning_rate=rl_cfg.learning_rate,

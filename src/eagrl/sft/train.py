@@ -94,15 +94,7 @@ def training_args(sft_cfg: SFTConfig, out_dir: Path, cuda: bool):
     """TRL's SFTConfig for our settings; every default TRL changes from transformers is set explicitly."""
     from trl import SFTConfig as TRLConfig
 
-    bf16 = cuda and torch.cuda.is_bf16_supported() if sft_cfg.bf16 is None else (sft_cfg.bf16 and cuda)
-    if sft_cfg.bf16 and not cuda:
-        log.info("sft.bf16 is set but no CUDA device is used: training in float32")
-    deepspeed = None
-    if sft_cfg.deepspeed is not None:
-        if cuda:
-            deepspeed = str(sft_cfg.deepspeed_path())
-        else:
-            log.info("sft.deepspeed=%r ignored: DeepSpeed is used on the CUDA path only", sft_cfg.deepspeed)
+    bf16, deepspeed = gpu_options("sft", sft_cfg.bf16, sft_cfg.deepspeed, sft_cfg.deepspeed_path(), cuda)
     return TRLConfig(
         output_dir=str(out_dir),
         learning_rate=sft_cfg.learning_rate,
@@ -133,6 +125,16 @@ def training_args(sft_cfg: SFTConfig, out_dir: Path, cuda: bool):
         assistant_only_loss=False,
         shuffle_dataset=False,  # the Trainer's sampler shuffles with data_seed
     )
+
+
+def gpu_options(section: str, bf16: bool | None, deepspeed: str | None, deepspeed_path, cuda: bool):
+    """(bf16, DeepSpeed config path or None) for a trainer: both apply on the CUDA path only (SFT and RL share this)."""
+    use_bf16 = cuda and torch.cuda.is_bf16_supported() if bf16 is None else (bf16 and cuda)
+    if bf16 and not cuda:
+        log.info("%s.bf16 is set but no CUDA device is used: training in float32", section)
+    if deepspeed is not None and not cuda:
+        log.info("%s.deepspeed=%r ignored: DeepSpeed is used on the CUDA path only", section, deepspeed)
+    return use_bf16, (str(deepspeed_path) if deepspeed is not None and cuda else None)
 
 
 def build_trainer(model: torch.nn.Module, tokenizer, sft_cfg: SFTConfig, data: ExampleSet, out_dir: Path,
