@@ -21,7 +21,8 @@ def rl_policy(profile: str, dataset: str, task: str, model_source: str, data_pat
                       attention_path=attention.path, adapter_path=sft_adapter.path)
     shutil.copytree(result.outputs["adapter"], adapter.path)
     adapter.metadata.update({"registered_model": result.outputs["registered_model"],
-                             "model_uri": result.outputs["model_uri"], "variant": cfg.rl.variant})
+                             "model_version": result.outputs["model_version"], "model_uri": result.outputs["model_uri"],
+                             "variant": cfg.rl.variant})
     for key, value in result.metrics.items():
         if isinstance(value, (int, float)):
             metrics.log_metric(key, float(value))

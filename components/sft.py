@@ -21,7 +21,7 @@ def sft_policy(profile: str, dataset: str, task: str, model_source: str, data_pa
                        trajectories_path=trajectories.path)
     shutil.copytree(result.outputs["adapter"], adapter.path)
     adapter.metadata.update({"registered_model": result.outputs["registered_model"],
-                             "model_uri": result.outputs["model_uri"]})
+                             "model_version": result.outputs["model_version"], "model_uri": result.outputs["model_uri"]})
     for key, value in result.metrics.items():
         if isinstance(value, (int, float)):
             metrics.log_metric(key, float(value))

@@ -9,17 +9,19 @@ from pathlib import Path
 from kfp import compiler, dsl
 
 from components.data import prepare_data, validate_data
+from components.evaluate import evaluate
 from components.expert import train_expert
 from components.llm import zero_shot
 from components.mcts import mcts_trajectories
+from components.promote import promote_policy
 from components.rl import rl_policy
 from components.sft import sft_policy
 from pipelines.platform import apply_platform
 
-STAGES = ["validate", "prepare", "expert", "zeroshot", "mcts", "sft", "rl"]  # in order; summary.json reports each
+STAGES = ["validate", "prepare", "expert", "zeroshot", "mcts", "sft", "rl", "evaluate", "promote"]  # in order; summary.json reports each
 
 
-@dsl.pipeline(name="eagrl", description="EAG-RL on EHRs: validate -> prepare -> expert -> zero-shot -> MCTS -> SFT -> RL (-> evaluate -> deploy)")
+@dsl.pipeline(name="eagrl", description="EAG-RL on EHRs: validate -> prepare -> expert -> zero-shot -> MCTS -> SFT -> RL -> evaluate -> promote")
 def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", model: str = "", data_path: str = "",
                    overrides: str = "{}", out_dir: str = "", parent_run_id: str = ""):
     common = dict(profile=profile, dataset=dataset, task=task, model_source=model, data_path=data_path,
@@ -37,6 +39,11 @@ def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", 
     rl = rl_policy(cohort=prepared.outputs["cohort"], attention=expert.outputs["attention"],
                    sft_adapter=sft.outputs["adapter"], **common)
     rl.set_display_name("stage 2: RL (GRPO, entropy-aware clipping)")
+    evaluation = evaluate(cohort=prepared.outputs["cohort"], sft_adapter=sft.outputs["adapter"],
+                          rl_adapter=rl.outputs["adapter"], **common)  # scores the versions they registered
+    evaluation.set_display_name("evaluate: comparison table, robustness, report")
+    promote = promote_policy(evaluation=evaluation.outputs["evaluation"], rl_adapter=rl.outputs["adapter"], **common)
+    promote.set_display_name("promote: @champion moves only on a paired-bootstrap win")
     apply_platform()  # GPUs, node selectors, tolerations, workspace volume, secrets: pipelines/platform.py
 
 

@@ -71,6 +71,24 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     assert client.get_run(sft_version.run_id).data.tags["eagrl.trajectories_md5"] == \
         hashlib.md5(Path(selected).read_bytes()).hexdigest()
 
+    # evaluation scores exactly the versions this run's SFT and RL stages registered; promotion serves RL's
+    rl = json.loads((out / "rl" / "status.json").read_text())["outputs"]
+    rl_uri = f"models:/{rl['registered_model']}/{rl['model_version']}"
+    table = pd.read_csv(out / "evaluate" / "table.csv", dtype=str, keep_default_na=False).set_index("name")
+    assert table.loc["eag-rl", "status"] == "scored" and table.loc["eag-rl", "uri"] == rl_uri
+    assert table.loc["sft", "uri"] == f"models:/{sft_version.name}/{sft_version.version}"
+    assert table.loc["grpo", "status"] == "skipped"  # not trained by this run: a visible row, not a gap
+    assert (out / "evaluate" / "report.html").is_file()
+    promotion = json.loads((out / "promote" / "promotion.json").read_text())
+    assert promotion["promoted"] and promotion["candidate_source"] == rl_uri  # the first candidate: no champion yet
+    champion = client.get_model_version_by_alias("eagrl-policy", "champion")
+    assert champion.tags["eagrl.promotion.source"] == rl_uri and champion.run_id == rl_run_id(client, rl_uri)
+
+
+def rl_run_id(client, uri: str) -> str:
+    name, version = uri.removeprefix("models:/").rsplit("/", 1)
+    return client.get_model_version(name, version).run_id
+
 
 def test_a_failing_stage_stops_the_run_with_one_clear_line(workspace, tmp_path):
     bad = tmp_path / "tjh.xlsx"
@@ -95,12 +113,15 @@ def test_pipeline_compiles_to_kfp_v2_yaml(tmp_path):
     assert {"profile", "dataset", "task", "data_path", "overrides"} <= set(params)
     tasks = spec["root"]["dag"]["tasks"]
     assert {"validate-data", "prepare-data", "train-expert", "zero-shot", "mcts-trajectories", "sft-policy",
-            "rl-policy"} <= set(tasks)
+            "rl-policy", "evaluate", "promote-policy"} <= set(tasks)
     assert tasks["prepare-data"]["dependentTasks"] == ["validate-data"]
     assert tasks["train-expert"]["dependentTasks"] == ["prepare-data"]
     assert set(tasks["mcts-trajectories"]["dependentTasks"]) == {"prepare-data", "train-expert", "zero-shot"}
     assert set(tasks["sft-policy"]["dependentTasks"]) == {"prepare-data", "mcts-trajectories"}
     assert set(tasks["rl-policy"]["dependentTasks"]) == {"prepare-data", "train-expert", "sft-policy"}
+    assert set(tasks["evaluate"]["dependentTasks"]) == {"prepare-data", "sft-policy", "rl-policy"}
+    assert set(tasks["promote-policy"]["dependentTasks"]) == {"evaluate", "rl-policy"}  # the last step
+    assert not any("promote-policy" in t.get("dependentTasks", []) for t in tasks.values())
     gpu = {name for name, t in spec["deploymentSpec"]["executors"].items()
            if t["container"].get("resources", {}).get("accelerator")}
     assert {"exec-train-expert", "exec-mcts-trajectories", "exec-sft-policy", "exec-rl-policy"} <= gpu

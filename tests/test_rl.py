@@ -233,6 +233,9 @@ def test_bad_settings_and_inputs_are_named(cohort, c_exp, tmp_path):
         RLConfig(num_generations=3, prompts_per_batch=1, micro_batch_size=2)
     with pytest.raises(ValueError, match="eps_max"):
         RLConfig(eps_min=0.3, eps_max=0.2)
+    with pytest.raises(ValueError, match="rl.deepspeed 'nowhere.json'"):
+        RLConfig(deepspeed="nowhere.json")  # refused when the config loads, not after the SFT stage ran
+    assert RLConfig(deepspeed="zero2").deepspeed_path().is_file()
     with pytest.raises(DataError, match="SFT adapter"):
         run_rl(ModelConfig(source="tiny"), GEN, RLConfig(max_steps=1), cohort, c_exp, tmp_path / "a")
     with pytest.raises(DataError, match="not a LoRA adapter"):

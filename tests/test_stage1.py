@@ -148,7 +148,9 @@ def test_cli_mcts_unguided_flag(prepared):
     assert "MCTS (unguided)" in res.stderr.replace("\n", " ")
 
 
-def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(prepared):
+@pytest.fixture(scope="module")
+def rl_trained(prepared):
+    """MCTS -> SFT -> RL (EAG-RL, then the GRPO baseline) in one out dir."""
     from eagrl.mcts.run import mcts_stage
     from eagrl.rl.run import rl_stage
     from eagrl.sft.run import sft_stage
@@ -159,6 +161,14 @@ def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(pre
     mcts_stage(cfg, ws / "out-rl")
     sft = sft_stage(cfg, ws / "out-rl")
     result = rl_stage(cfg, ws / "out-rl")  # finds the SFT stage's adapter in the same out dir
+    # a baseline trains beside it from the same SFT adapter, without resuming EAG-RL's checkpoints
+    grpo = rl_stage(cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"variant": "grpo"})}), ws / "out-rl")
+    return cfg, sft, result, grpo
+
+
+def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(prepared, rl_trained):
+    ws, _ = prepared
+    cfg, sft, result, grpo = rl_trained
     assert result.metrics["train_steps"] == 2 and result.metrics["test_n_stays"] == 6
     assert result.outputs["registered_model"] == "eagrl-eag-rl-mimic-iv-demo-readmission_30d"
     for plot in ("curves", "eps_plot"):
@@ -176,11 +186,58 @@ def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(pre
     version = client.get_latest_versions("eagrl-eag-rl-mimic-iv-demo-readmission_30d")[0]
     assert version.run_id == result.mlflow_run_id
 
-    # a baseline trains beside it from the same SFT adapter, without resuming EAG-RL's checkpoints
-    grpo = rl_stage(cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"variant": "grpo"})}), ws / "out-rl")
     assert grpo.outputs["registered_model"] == "eagrl-grpo-mimic-iv-demo-readmission_30d"
     assert Path(grpo.outputs["adapter"]).parent != Path(result.outputs["adapter"]).parent
     assert client.get_latest_versions("eagrl-grpo-mimic-iv-demo-readmission_30d")
+
+
+def test_evaluation_then_promotion_moves_champion_only_on_a_win(prepared, rl_trained):
+    from eagrl.evaluate.stage import evaluate_stage
+    from eagrl.serve.promote_stage import SOURCE_TAG, promote_stage
+
+    ws, _ = prepared
+    cfg, _, result, grpo = rl_trained
+    out = ws / "out-rl"
+    pinned = {"eag-rl": result.outputs["model_version"], "grpo": grpo.outputs["model_version"]}
+    with pytest.raises(Exception, match="not registered entries"):
+        evaluate_stage(cfg, out, only=["eag-rl"], versions={"pqd": "1"})
+    ev = evaluate_stage(cfg, out, only=["eag-rl", "grpo"], versions=pinned)  # what the RL stages registered
+    candidate = f"models:/{result.outputs['registered_model']}/{result.outputs['model_version']}"
+    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+
+    # a stale evaluation (not of the candidate the RL stage just registered) never decides
+    with pytest.raises(DataError, match="rerun the evaluation stage"):
+        promote_stage(cfg, out, candidate=f"{candidate}0")
+    with pytest.raises(Exception):
+        client.get_registered_model("eagrl-policy")  # nothing was registered by the refused call
+
+    first = promote_stage(cfg, out, candidate=candidate)
+    assert first.outputs["model_uri"] == "models:/eagrl-policy/1" and first.metrics["promoted"] == 1.0
+    served = client.get_model_version_by_alias("eagrl-policy", "champion")
+    assert str(served.version) == "1" and served.tags[SOURCE_TAG] == candidate
+    assert served.run_id == result.mlflow_run_id  # the RL run: its predictions and the reason are stored there
+    assert client.get_run(served.run_id).data.tags["eagrl.promotion.decision"] == "promoted"
+    assert json.loads(Path(first.outputs["promotion"]).read_text())["n_stays"] == ev.metrics["test_n_stays"]
+
+    # a rerun of the same candidate registers no second copy and keeps the alias
+    again = promote_stage(cfg, out, candidate=candidate)
+    assert again.outputs["model_uri"] == "models:/eagrl-policy/1" and again.metrics["promoted"] == 0.0
+    assert "already holds" in again.message
+
+    # another candidate (the GRPO row) is compared with the champion on the same stays, and the why is kept
+    other = promote_stage(_cfg(ws, "promote.entry=grpo", "promote.n_boot=200"), out)
+    assert other.outputs["model_uri"] == "models:/eagrl-policy/2"
+    tags = client.get_model_version("eagrl-policy", "2").tags
+    assert tags["eagrl.promotion.compared_with"] == "1" and "eagrl.promotion.auroc_diff_ci" in tags
+    champion = str(client.get_model_version_by_alias("eagrl-policy", "champion").version)
+    assert champion == ("2" if other.metrics["promoted"] else "1")
+    assert (json.loads(tags["eagrl.promotion.auroc_diff_ci"])[0] > 0) == bool(other.metrics["promoted"])
+    assert tags["eagrl.promotion.decision"] == ("promoted" if other.metrics["promoted"] else "rejected")
+
+    with pytest.raises(DataError, match="no row 'dapo'"):
+        promote_stage(_cfg(ws, "promote.entry=dapo"), out)
+    with pytest.raises(DataError, match="no evaluation table"):
+        promote_stage(cfg, ws / "out-nothing")
 
 
 def test_rl_without_an_sft_adapter_says_what_to_run(prepared):

@@ -224,6 +224,23 @@ def rl(profile: Profile = "default", dataset: DatasetOpt = None, data_path: Data
     _run_stage(stage, profile, dataset, data_path, task, out, sets, workspace, "adapter", "registered_model", "curves")
 
 
+@app.command("promote")
+@_guard
+def promote(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
+            task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None, workspace: Workspace = None,
+            evaluation: Annotated[Optional[Path], typer.Option(
+                help="An evaluation folder (table.csv, models/); default OUT/evaluate.")] = None,
+            entry: Annotated[Optional[str], typer.Option(
+                help="Row of the evaluation to promote; default the row of rl.variant.")] = None,
+            ) -> None:
+    """Register the evaluated RL policy as promote.registered_name; move @champion only on a paired-bootstrap win."""
+    from eagrl.serve.promote_stage import promote_stage
+
+    sets = [*(set_ or []), *([f"promote.entry={entry}"] if entry else [])]
+    stage = lambda cfg, o: promote_stage(cfg, o, evaluation_dir=evaluation)  # noqa: E731
+    _run_stage(stage, profile, dataset, data_path, task, out, sets, workspace, "model_uri", "champion_uri")
+
+
 # ====================================================================== pipeline
 @app.command("run")
 @_guard

@@ -111,6 +111,7 @@ class Config(_Section):
     sft: "SFTConfig" = Field(default_factory=lambda: SFTConfig())
     rl: "RLConfig" = Field(default_factory=lambda: RLConfig())
     evaluate: "EvaluateConfig" = Field(default_factory=lambda: EvaluateConfig())
+    promote: "PromoteConfig" = Field(default_factory=lambda: PromoteConfig())
     cluster: "ClusterConfig" = Field(default_factory=lambda: ClusterConfig())
 
     def to_flat(self) -> dict[str, Any]:
@@ -148,6 +149,7 @@ from eagrl.mcts.config import MCTSConfig  # noqa: E402
 from eagrl.sft.config import SFTConfig  # noqa: E402
 from eagrl.rl.config import RLConfig  # noqa: E402
 from eagrl.cluster.config import ClusterConfig  # noqa: E402
+from eagrl.serve.config import PromoteConfig  # noqa: E402
 
 Config.model_rebuild()
 

@@ -114,7 +114,7 @@ class _StageProgress:
 
     def _watch(self) -> None:
         seen: set[str] = set()
-        t0 = time.time()
+        t0 = last = time.time()
         while True:
             for stage in self.stages:
                 res = StageResult.read(self.out, stage) if stage not in seen else None
@@ -122,7 +122,9 @@ class _StageProgress:
                     seen.add(stage)
                     mark = "[green]ok[/green]" if res.status == "succeeded" else "[red]failed[/red]"
                     mark += " (reused)" if res.message.startswith("reused") else ""
-                    self.console.print(f"  {stage:<10} {mark}  {time.time() - t0:6.1f} s")
+                    now = time.time()  # the stage's own time (since the previous one ended), then the run's
+                    self.console.print(f"  {stage:<10} {mark}  {now - last:6.1f} s  (at {now - t0:6.1f} s)")
+                    last = now
             pending = [s for s in self.stages if s not in seen]
             self.status.update(f"running {pending[0]}" if pending else "finishing")
             if self.stop.wait(0.5):

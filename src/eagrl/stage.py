@@ -40,7 +40,7 @@ class StageResult:
         return cls(metrics=metrics, **status)
 
 
-def records_failure(stage: str, sections: tuple[str, ...] | None = None, inputs=None):
+def records_failure(stage: str, sections: tuple[str, ...] | None = None, inputs=None, reuse: bool = True):
     """Decorate a stage function ``f(cfg, out_dir, ...)``: the stage contract every stage shares.
 
     * Reuse: with ``cfg.pipeline.reuse`` on, a stage whose fingerprint (its config ``sections``, default the
@@ -49,6 +49,9 @@ def records_failure(stage: str, sections: tuple[str, ...] | None = None, inputs=
       succeeded in ``out_dir``, and whose recorded outputs are unchanged on disk, is not recomputed: its
       result is restored (see :func:`reuse_finished`).
     * Failure: any exception leaves a failed status.json first.
+
+    ``reuse=False``: never restored (a stage whose result depends on live state outside its inputs, such as
+    promotion on the registry's current champion).
 
     Arguments named ``*_out`` are paths the caller wants an output copied to (``cohort_out`` gets
     ``outputs["cohort"]``); ``parent_run_id`` is not an input.
@@ -62,7 +65,7 @@ def records_failure(stage: str, sections: tuple[str, ...] | None = None, inputs=
         @functools.wraps(fn)
         def wrapper(cfg, out_dir, *args, **kwargs):
             key = None
-            if cfg.pipeline.reuse:
+            if cfg.pipeline.reuse and reuse:
                 bound = signature.bind(cfg, out_dir, *args, **kwargs)
                 bound.apply_defaults()
                 named = dict(list(bound.arguments.items())[2:])

@@ -46,7 +46,7 @@ class ClusterConfig(Section):
     # ---- what the compiled pipeline asks of k8s (applied by pipelines/platform.py)
     accelerator_type: str = Field("nvidia.com/gpu", description="Extended resource of the GPU request.")
     gpus: dict[str, int] = Field(
-        {"train-expert": 1, "zero-shot": 1, "mcts-trajectories": 1, "sft-policy": 1, "rl-policy": 1},
+        {"train-expert": 1, "zero-shot": 1, "mcts-trajectories": 1, "sft-policy": 1, "rl-policy": 1, "evaluate": 1},
         description="KFP task name -> GPUs it requests; tasks not listed run on CPU nodes.")
     cpu_request: str = Field("2", description="CPU request of every task.")
     memory_request: str = Field("8G", description="Memory request of every task.")

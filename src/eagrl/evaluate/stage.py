@@ -78,13 +78,19 @@ class Evaluation:
 # ====================================================================== the stage
 @records_failure("evaluate")
 def evaluate_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
-                   cohort_path: str | Path | None = None, only: list[str] | None = None) -> StageResult:
-    """Score the configured models (``only``: these entries) on the prepared cohort and write the report."""
+                   cohort_path: str | Path | None = None, only: list[str] | None = None,
+                   versions: dict[str, str] | None = None) -> StageResult:
+    """Score the configured models (``only``: these entries) on the prepared cohort and write the report.
+
+    ``versions`` pins entries to registry versions (entry name -> version), overriding ``evaluate.models``:
+    the pipeline passes the versions its SFT and RL stages just registered, so the evaluation scores those
+    (not whatever is latest) and a rerun after retraining is never mistaken for a finished one.
+    """
     import mlflow
 
     from eagrl.evaluate.report import write_report
 
-    ecfg = _restricted(cfg.evaluate, only)
+    ecfg = _pinned(_restricted(cfg.evaluate, only), versions or {})
     out = stage_dir(out_dir, "evaluate")
     cohort = Cohort.load(cohort_path or cohort_dir(cfg))
     ids = stay_ids(cohort, ecfg.split, ecfg.max_stays, ecfg.seed)
@@ -125,6 +131,24 @@ def _restricted(ecfg: EvaluateConfig, only: list[str] | None) -> EvaluateConfig:
     })
 
 
+def _pinned(ecfg: EvaluateConfig, versions: dict[str, str]) -> EvaluateConfig:
+    if not versions:
+        return ecfg
+    from eagrl.errors import ConfigError
+    from eagrl.evaluate.config import ModelEntry
+
+    names = {m.name: m for m in ecfg.models}
+    unknown = [n for n in versions if n not in names or names[n].kind != "registered"]
+    if unknown:
+        raise ConfigError(f"pinned versions name {unknown}, which are not registered entries of evaluate.models")
+    try:
+        models = [ModelEntry.model_validate({**m.model_dump(), "version": str(versions[m.name])})
+                  if m.name in versions else m for m in ecfg.models]
+    except ValueError as exc:
+        raise ConfigError(f"pinned versions {versions}: {exc}") from None
+    return ecfg.model_copy(update={"models": models})
+
+
 # ====================================================================== the work
 def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[str], out: Path) -> Evaluation:
     """Resolve, score and compare every entry; the robustness and generalisation runs reuse each loaded model."""
@@ -135,7 +159,7 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
     base_backend = None
     for res in resolved:
         row = {"name": res.name, "label": res.entry.title, "group": res.entry.group, "note": res.note,
-               "status": SCORED if res.status == READY else res.status, "metrics": {}}
+               "uri": res.uri or "", "status": SCORED if res.status == READY else res.status, "metrics": {}}
         ev.table.append(row)
         if res.status != READY:
             ev.notes.append(f"{res.entry.title}: {res.status}, {res.note}")

@@ -106,6 +106,9 @@ class RLConfig(Section):
         if steps % self.updates_per_batch:
             raise ValueError(f"rl.updates_per_batch ({self.updates_per_batch}) must divide the {steps} micro-batches "
                              f"of a generation batch ({batch} responses / micro_batch_size {self.micro_batch_size})")
+        path = self.deepspeed_path()
+        if path is not None and not path.is_file():
+            raise ValueError(f"rl.deepspeed {self.deepspeed!r} is not a file (nor 'zero2')")
         return self
 
     # ---------------------------------------------------------------- what the variant fixes

@@ -41,3 +41,36 @@ class ServeConfig(Section):
         if not self.model_name or "/" in self.model_name:
             raise ValueError(f"serve.model_name must be a non-empty name without '/', got {self.model_name!r}")
         return self
+
+
+class PromoteConfig(Section):
+    """The pipeline's last step: which registered model is served, and when its ``champion`` alias moves.
+
+    Mounted in the main config as ``promote``. The candidate is the policy the RL stage registered, judged on
+    the evaluation stage's predictions for it (the same test stays every earlier candidate was judged on).
+    """
+
+    registered_name: str = Field(
+        "eagrl-policy", description="The served model (models:/<name>@<alias>); each candidate becomes a version."
+    )
+    alias: str = Field("champion", description="The alias the serving InferenceService loads.")
+    entry: str | None = Field(
+        None, description="evaluate.models entry whose test predictions decide; None: the row of rl.variant."
+    )
+    min_improvement: float = Field(
+        0.0, ge=0.0, description="The paired-bootstrap interval of the AUROC gain must lie above this to promote."
+    )
+    min_overlap: float = Field(
+        0.9, gt=0.0, le=1.0, description="Share of test stays two candidates must share to be compared at all."
+    )
+    n_boot: int = Field(1000, ge=100, description="Paired-bootstrap resamples of the AUROC difference.")
+    ci: float = Field(0.95, gt=0.0, lt=1.0, description="Coverage of that interval.")
+    seed: int = Field(0, description="Seed of the resamples.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PromoteConfig":
+        for key in ("registered_name", "alias"):
+            value = getattr(self, key)
+            if not value or "/" in value or "@" in value:
+                raise ValueError(f"promote.{key} must be a non-empty name without '/' or '@', got {value!r}")
+        return self

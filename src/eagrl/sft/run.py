@@ -87,7 +87,8 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
         result = StageResult("sft", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
                              outputs={"adapter": str(res.adapter_dir), "heldout": str(out / "heldout"),
                                       "loss_plot": str(plot), "registered_model": registered_name(cfg),
-                                      "model_uri": str(info.model_uri)})
+                                      "model_uri": str(info.model_uri),
+                                      "model_version": str(getattr(info, "registered_model_version", None) or "")})
     result.write(out_dir)
     return result
 

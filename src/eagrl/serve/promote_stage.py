@@ -1,0 +1,130 @@
+"""The pipeline's last stage: register the RL policy as a version of the served model, and move its
+``champion`` alias only when it beats the current champion on the evaluation stage's test predictions.
+
+``promote_stage(cfg, out_dir, parent_run_id, evaluation_dir=..., candidate=...)`` is what ``eagrl promote``,
+the KFP component and the tests call. It
+
+1. reads the evaluation stage's table (``DIR/evaluate/table.csv``) and finds the candidate's row
+   (``promote.entry``, default the row named after ``rl.variant``), which must be scored and name the
+   registered version it scored (``models:/eagrl-eag-rl-tjh-mortality/3``). With ``candidate`` given (the
+   RL stage's registration), the two must be the same version: a stale evaluation never decides;
+2. registers that version's logged model as a version of ``promote.registered_name`` (``eagrl-policy``),
+   once: a rerun finds the version registered before from the same source;
+3. calls :func:`eagrl.serve.promote.promote` with the row's predictions: the alias moves only when the
+   paired-bootstrap interval of the AUROC gain over the champion lies above ``promote.min_improvement``;
+4. records the decision in its own MLflow run (``promotion.json``, metrics and tags) and, through
+   ``promote``, as tags on the new version and on the candidate's training run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from eagrl.config import Config
+from eagrl.errors import DataError
+from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.tracking.mlflow_run import log_metrics, stage_run
+
+log = logging.getLogger(__name__)
+
+SOURCE_TAG = "eagrl.promotion.source"  # on a served-model version: the training registration it copies
+
+
+def candidate_row(evaluation_dir: Path, entry: str) -> dict:
+    """The evaluation table's row of ``entry``, which must have been scored from a registered version."""
+    table_path = evaluation_dir / "table.csv"
+    if not table_path.is_file():
+        raise DataError(f"{table_path}: no evaluation table; run `eagrl evaluate` (the evaluation stage) first")
+    table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
+    for col in ("name", "status", "uri"):
+        if col not in table.columns:
+            raise DataError(f"{table_path}: missing column {col!r}; it was written by another eagrl version, "
+                            "rerun the evaluation stage")
+    rows = table[table["name"] == entry]
+    if rows.empty:
+        raise DataError(f"{table_path}: no row {entry!r} (rows: {list(table['name'])}); set promote.entry to one")
+    row = rows.iloc[0].to_dict()
+    if row["status"] != "scored":
+        raise DataError(f"{table_path}: row {entry!r} is {row['status']} ({row.get('note', '')}); nothing to promote")
+    if not row["uri"].startswith("models:/"):
+        raise DataError(f"{table_path}: row {entry!r} was not scored from a registered model ({row['uri']!r})")
+    return row
+
+
+def _registered(uri: str) -> tuple[str, str]:
+    name, _, version = uri.removeprefix("models:/").rpartition("/")
+    if not name or not version.isdigit():
+        raise DataError(f"{uri!r} is not models:/<name>/<version>")
+    return name, version
+
+
+def served_version(client, name: str, source_uri: str) -> str:
+    """The version of ``name`` copying the training registration ``source_uri``; registered when new."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    src_name, src_version = _registered(source_uri)
+    source = client.get_model_version(src_name, src_version)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="EAG-RL policy models; the champion alias is served.")
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        if mv.tags.get(SOURCE_TAG) == source_uri:
+            return str(mv.version)  # a rerun: no second copy of the same model
+    mv = mlflow.register_model(source.source, name, tags={SOURCE_TAG: source_uri})
+    return str(mv.version)
+
+
+@records_failure("promote", reuse=False)  # the decision depends on the registry's current champion
+def promote_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
+                  evaluation_dir: str | Path | None = None, candidate: str | None = None) -> StageResult:
+    """Register the candidate as a version of ``promote.registered_name``; move the alias if it wins."""
+    import mlflow
+
+    from eagrl.serve.promote import check_predictions, promote
+
+    pcfg = cfg.promote
+    out = stage_dir(out_dir, "promote")
+    evaluation = Path(evaluation_dir) if evaluation_dir else Path(out_dir) / "evaluate"
+    entry = pcfg.entry or cfg.rl.variant
+    row = candidate_row(evaluation, entry)
+    scored = row["uri"]
+    if candidate and candidate != scored:
+        raise DataError(f"the evaluation scored {scored} as {entry!r}, but the candidate is {candidate}: rerun the "
+                        "evaluation stage after the RL stage")
+    pred_path = evaluation / "models" / entry / "predictions.csv"
+    if not pred_path.is_file():
+        raise DataError(f"{pred_path}: the evaluation's predictions of {entry!r} are missing")
+    preds = check_predictions(pd.read_csv(pred_path, dtype={"stay_id": str}), str(pred_path))
+
+    with stage_run(cfg, "promote", parent_run_id) as run:
+        client = mlflow.MlflowClient()
+        version = served_version(client, pcfg.registered_name, scored)
+        decision = promote(pcfg.registered_name, version, preds, alias=pcfg.alias, n_boot=pcfg.n_boot, ci=pcfg.ci,
+                           seed=pcfg.seed, min_improvement=pcfg.min_improvement, min_overlap=pcfg.min_overlap)
+        champion = client.get_model_version_by_alias(pcfg.registered_name, pcfg.alias).version
+        record = {**decision.to_dict(), "candidate_source": scored, "entry": entry, "alias": pcfg.alias,
+                  "champion_now": str(champion), "n_stays": len(preds)}
+        (out / "promotion.json").write_text(json.dumps(record, indent=1, default=str))
+        mlflow.log_artifact(str(out / "promotion.json"))
+        mlflow.set_tags({"eagrl.promotion.decision": "promoted" if decision.promoted else "rejected",
+                         "eagrl.promotion.reason": decision.reason[:5000],
+                         "eagrl.promotion.candidate": f"models:/{pcfg.registered_name}/{version}"})
+        metrics = {"promoted": float(decision.promoted), "candidate_auroc": decision.auroc,
+                   "champion_version": float(champion)}
+        if decision.comparison:
+            metrics.update(champion_auroc=decision.comparison["b"], auroc_diff=decision.comparison["diff"],
+                           auroc_diff_ci=list(decision.comparison["diff_ci"]))
+        log_metrics(metrics)
+        uri = f"models:/{pcfg.registered_name}/{version}"
+        message = (f"{scored} is {uri}: " + ("promoted to" if decision.promoted else "not promoted to")
+                   + f" @{pcfg.alias} ({decision.reason}); @{pcfg.alias} is v{champion}")
+        result = StageResult("promote", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
+                             outputs={"model_uri": uri, "champion_uri": f"models:/{pcfg.registered_name}@{pcfg.alias}",
+                                      "champion_version": str(champion), "promotion": str(out / "promotion.json")})
+    result.write(out_dir)
+    return result
