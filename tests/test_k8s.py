@@ -187,3 +187,18 @@ def test_pipeline_runner_has_namespaced_permissions_only():
     rules = _by_kind("Role")[0]["rules"]
     secret_rules = [r for r in rules if "secrets" in r["resources"]]
     assert all(r.get("resourceNames") for r in secret_rules), "secrets only by name"
+
+
+def test_the_paper_profiles_workspace_claim_and_task_secrets_exist():
+    """What `eagrl pipeline compile --profile paper` refers to is in k8s/ (the claim) or documented (secrets)."""
+    from eagrl.config import load_config
+
+    cluster = load_config("paper").cluster
+    claims = {d["metadata"]["name"]: d for d in _by_kind("PersistentVolumeClaim")}
+    assert cluster.data == "pvc" and cluster.pvc_name in claims
+    assert claims[cluster.pvc_name]["spec"]["accessModes"] == ["ReadWriteMany"]  # tasks on several nodes
+    readme = (K8S / "README.md").read_text()
+    for secret in cluster.secrets:
+        assert f"create secret generic {secret.name}" in readme, secret.name
+        for key in secret.env:  # the secret's keys
+            assert f"--from-literal={key}=" in readme, (secret.name, key)

@@ -144,3 +144,45 @@ def test_free_form_marks_everything_as_written(tiny, prompt_ids):
     (r,), = gen.generate([prompt_ids], seed=0)
     assert all(r.mask) and len(r.token_ids) <= 12
     assert r.probability == r.parsed.probability  # most likely None for a random model: that is the point
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_one_loop_writes_what_one_call_per_field_writes(tiny, prompt_ids, temperature):
+    """The fused loop (each response at its own pace, tags fed beside the others' sampling, dropped tokens
+    hidden) gives the same responses as one generate call per field, computing fewer token positions (no
+    response waits, padded, for the slowest one at each field)."""
+    calls = {}
+
+    def counted(gen):
+        model = gen.backend.model
+        calls[id(gen)] = 0
+        orig = model.forward
+
+        def forward(*a, **k):
+            calls[id(gen)] += k["input_ids"].numel()  # token positions computed, padding included
+            return orig(*a, **k)
+        gen.backend.model = type("Counted", (), {"__call__": lambda self, *a, **k: forward(*a, **k),
+                                                 "parameters": model.parameters, "eval": model.eval})()
+        return gen
+
+    kw = dict(temperature=temperature, depth=3, max_subquestion_tokens=10, max_answer_tokens=10,
+              max_features_tokens=10)
+    fused = counted(_gen(tiny, **kw))
+    lockstep = counted(_gen(tiny, fused_decoding=False, **kw))
+    prompts = [prompt_ids, prompt_ids[:-9], prompt_ids[:-3]]
+    a = fused.generate(prompts, n=3, seed=11)
+    b = lockstep.generate(prompts, n=3, seed=11)
+    for x, y in zip(sum(a, []), sum(b, [])):
+        assert x.token_ids == y.token_ids and x.mask == y.mask and x.spans == y.spans and x.text == y.text
+        np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-4)
+        np.testing.assert_allclose(x.entropies, y.entropies, atol=1e-4)
+        assert x.probability == pytest.approx(y.probability, abs=1e-5)
+    if temperature > 0:  # (greedy copies of one prompt are identical, and one call per field encodes each once)
+        assert calls[id(fused)] < calls[id(lockstep)]
+
+    # the search's partial trajectories continue the same way from the prefix store
+    root_a, root_b = fused.start(prompt_ids, seed=3), lockstep.start(prompt_ids, seed=3)
+    kids_a, kids_b = fused.expand(root_a, b=3, seed=4), lockstep.expand(root_b, b=3, seed=4)
+    assert [k.ids for k in kids_a] == [k.ids for k in kids_b]
+    done_a, done_b = fused.finish(kids_a[:2]), lockstep.finish(kids_b[:2])
+    assert [r.token_ids for r in done_a] == [r.token_ids for r in done_b]

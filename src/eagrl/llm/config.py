@@ -116,6 +116,10 @@ class GenerationConfig(_Section):
     prefix_cache_tokens: int = Field(
         16384, ge=0, description="KV entries kept for prefix reuse (tokens, LRU); 0 disables reuse."
     )
+    fused_decoding: bool = Field(
+        True, description="transformers: write every response of a call in one decoding loop, each at its own pace "
+        "(False: one generate call per field, all responses in step; the results are the same up to float rounding)."
+    )
     vllm_gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM: share of GPU memory used.")
     vllm_max_model_len: int | None = Field(None, ge=256, description="vLLM: context length; None: the model's.")
 

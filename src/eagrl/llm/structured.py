@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eagrl.llm.backends.base import GenerationBackend, SamplingParams, sample_seed, seeds_for
+from eagrl.llm.backends.script import Draw, Peek, run_lockstep
 from eagrl.llm.config import GenerationConfig
 from eagrl.llm.parse import (ALL_TAGS, ANSWER, FEATURES, FINAL, SUBQ, THINK, FeatureMatcher, ParsedResponse,
                              parse_response)
@@ -127,128 +128,114 @@ class StructuredGenerator:
     def add_step(self, trajs: Sequence[Trajectory]) -> list[Trajectory]:
         """Copies of the trajectories, each with one more step (those at depth T are returned unchanged)."""
         out = [t.child(t.seed) for t in trajs]
-        grow = [t for t in out if t.stage == STEPS and t.n_steps < self.cfg.depth]
-        self._step(grow)
+        self._run([self._step(t) for t in out if t.stage == STEPS and t.n_steps < self.cfg.depth])
         return out
 
     def finish(self, trajs: Sequence[Trajectory], more_steps: bool = True) -> list[Response]:
         """Complete copies of the trajectories: further steps (per the step policy, unless ``more_steps`` is
         False), then the important features and the probability."""
         out = [t.child(t.seed) for t in trajs]
-        style = self.cfg.prompt_style
-        if style == "pqd":
-            pending = [t for t in out if t.stage == STEPS]
-            while pending:
-                if more_steps:
-                    cont, stop = self._decide(pending)
-                else:
-                    cont = [t for t in pending if t.n_steps < self.cfg.min_steps]
-                    stop = [t for t in pending if t.n_steps >= self.cfg.min_steps]
-                for t in stop:
-                    t.stage = FEATURES_STAGE
-                self._step(cont)
-                pending = cont
-            todo = [t for t in out if t.stage in (STEPS, FEATURES_STAGE)]
-            self._fill(todo, FEATURES, self.cfg.max_features_tokens, sep="\n")
-            self._answer(todo, sep="\n")
-        elif style == "think":
-            self._fill([t for t in out if t.stage == STEPS], THINK, self.cfg.max_think_tokens, sep="")
-            self._answer([t for t in out if t.stage != DONE], sep="\n")
-        else:  # vanilla: the probability only
-            self._answer([t for t in out if t.stage != DONE], sep="")
+        self._run([self._finish(t, more_steps) for t in out])
         return [self._response(t) for t in out]
 
-    # ================================================================== steps
-    def _step(self, trajs: list[Trajectory]) -> None:
-        if not trajs:
+    def _run(self, scripts: list) -> None:
+        """Run one writing script per trajectory (``eagrl.llm.backends.script``) on the backend's driver."""
+        if not scripts:
             return
-        self._fill(trajs, SUBQ, self.cfg.max_subquestion_tokens, sep="\n")
-        self._fill(trajs, ANSWER, self.cfg.max_answer_tokens, sep="")
-        for t in trajs:
-            t.n_steps += 1
+        drive = getattr(self.backend, "run_scripts", None)
+        if drive is not None and self.cfg.fused_decoding:
+            drive(scripts)
+        else:
+            run_lockstep(self.backend, scripts)
 
-    def _decide(self, trajs: list[Trajectory]) -> tuple[list[Trajectory], list[Trajectory]]:
-        """Split into (another step, stop): depth and min_steps first, then the step policy."""
-        must = [t for t in trajs if t.n_steps < self.cfg.min_steps]
-        free = [t for t in trajs if self.cfg.min_steps <= t.n_steps < self.cfg.depth]
-        stop = [t for t in trajs if t.n_steps >= self.cfg.depth]
-        if self.cfg.step_policy == "fixed" or not free:
-            return must + free, stop
+    # ================================================================== the writing scripts
+    def _finish(self, t: Trajectory, more_steps: bool):
+        style = self.cfg.prompt_style
+        if style == "pqd":
+            while t.stage == STEPS:
+                if t.n_steps < self.cfg.min_steps:
+                    go = True
+                elif t.n_steps >= self.cfg.depth or not more_steps:
+                    go = False
+                elif self.cfg.step_policy == "fixed":
+                    go = True
+                else:
+                    go = yield from self._decide(t)
+                if not go:
+                    t.stage = FEATURES_STAGE
+                    break
+                yield from self._step(t)
+            if t.stage == FEATURES_STAGE:
+                yield from self._fill(t, FEATURES, self.cfg.max_features_tokens, sep="\n")
+                yield from self._answer(t, sep="\n")
+        elif style == "think":
+            if t.stage == STEPS:
+                yield from self._fill(t, THINK, self.cfg.max_think_tokens, sep="")
+            if t.stage != DONE:
+                yield from self._answer(t, sep="\n")
+        elif t.stage != DONE:  # vanilla: the probability only
+            yield from self._answer(t, sep="")
+
+    def _step(self, t: Trajectory):
+        yield from self._fill(t, SUBQ, self.cfg.max_subquestion_tokens, sep="\n")
+        yield from self._fill(t, ANSWER, self.cfg.max_answer_tokens, sep="")
+        t.n_steps += 1
+
+    def _decide(self, t: Trajectory):
+        """Another step (True) or the important features, by the model's next-token choice between the tags."""
         a, b = self._encode(f"\n<{SUBQ}>"), self._encode(f"\n<{FEATURES}>")
         c = _common_prefix(a, b)
-        for t in free:
-            self._insert(t, a[:c])
-        lp = self.backend.next_token_logprobs([t.context for t in free], [a[c], b[c]])  # (B, 2)
-        go = []
-        for t, (la, lb) in zip(free, lp):
-            if self.cfg.temperature <= 0:
-                more = la >= lb
-            else:
-                p_more = 1.0 / (1.0 + math.exp((lb - la) / self.cfg.temperature))
-                more = np.random.default_rng(sample_seed(t.seed, len(t.ids))).random() < p_more
-            chosen = a if more else b
-            self._insert(t, chosen[c:])
-            t.open_tag = SUBQ if more else FEATURES
-            (go if more else stop).append(t)
-        return must + go, stop
+        self._insert(t, a[:c])
+        la, lb = yield Peek(t.context, (a[c], b[c]))
+        if self.cfg.temperature <= 0:
+            more = la >= lb
+        else:
+            p_more = 1.0 / (1.0 + math.exp((lb - la) / self.cfg.temperature))
+            more = np.random.default_rng(sample_seed(t.seed, len(t.ids))).random() < p_more
+        chosen = a if more else b
+        self._insert(t, chosen[c:])
+        t.open_tag = SUBQ if more else FEATURES
+        return bool(more)
 
     # ================================================================== fields
-    def _fill(self, trajs: list[Trajectory], tag: str, max_tokens: int, sep: str) -> None:
+    def _fill(self, t: Trajectory, tag: str, max_tokens: int, sep: str):
         """Open ``tag`` (unless already open), let the model write its field, close it."""
-        if not trajs:
-            return
-        for t in trajs:
-            if t.open_tag != tag:
-                self._insert(t, self._encode((sep if t.ids else "") + f"<{tag}>"))
-            t.open_tag = None
-        names = self._name_list() if tag == FEATURES and self.cfg.features_choice else None
-        params = SamplingParams(max_tokens=max_tokens, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                top_k=self.cfg.top_k, stop=ALL_TAGS, stop_on_special=True, names=names)
-        seeds = [sample_seed(t.seed, len(t.ids)) for t in trajs]
-        samples = self.backend.generate([t.context for t in trajs], params, n=1, seed=seeds)
-        close = f"</{tag}>"
-        for t, (s,) in zip(trajs, samples):
-            target = s.text + close
-            k = len(s.token_ids)
-            while k > 0 and not target.startswith(self.backend.decode(s.token_ids[:k])):
-                k -= 1
-            start = len(t.ids)
-            t.ids += s.token_ids[:k]
-            t.mask += [True] * k
-            t.logprobs += s.logprobs[:k]
-            t.entropies += list(s.entropies[:k]) if s.entropies is not None else [math.nan] * k
-            t.spans.append((tag, start, len(t.ids)))
-            written = self.backend.decode(s.token_ids[:k])
-            self._insert(t, self._encode(target[len(written):]))
+        if t.open_tag != tag:
+            self._insert(t, self._encode((sep if t.ids else "") + f"<{tag}>"))
+        t.open_tag = None
+        s = yield Draw(t.context, self._params(tag, max_tokens), sample_seed(t.seed, len(t.ids)))
+        target = s.text + f"</{tag}>"
+        k = len(s.token_ids)
+        while k > 0 and not target.startswith(self.backend.decode(s.token_ids[:k])):
+            k -= 1
+        start = len(t.ids)
+        t.ids += s.token_ids[:k]
+        t.mask += [True] * k
+        t.logprobs += s.logprobs[:k]
+        t.entropies += list(s.entropies[:k]) if s.entropies is not None else [math.nan] * k
+        t.spans.append((tag, start, len(t.ids)))
+        written = self.backend.decode(s.token_ids[:k])
+        self._insert(t, self._encode(target[len(written):]))
 
-    def _answer(self, trajs: list[Trajectory], sep: str) -> None:
+    def _params(self, tag: str, max_tokens: int) -> SamplingParams:
+        """The sampling settings of a field (one object per field kind, so drivers can batch equal ones)."""
+        cache = self.__dict__.setdefault("_params_cache", {})
+        if (tag, max_tokens) not in cache:
+            names = self._name_list() if tag == FEATURES and self.cfg.features_choice else None
+            cache[(tag, max_tokens)] = SamplingParams(
+                max_tokens=max_tokens, temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=self.cfg.top_k,
+                stop=ALL_TAGS, stop_on_special=True, names=names)
+        return cache[(tag, max_tokens)]
+
+    def _answer(self, t: Trajectory, sep: str):
         """Write ``<final_answer>``, read the probability from the next-token distribution, write it, close."""
-        if not trajs:
-            return
         digits = self.cfg.readout == "digits"
-        for t in trajs:
-            lead = "" if not t.ids else sep
-            self._insert(t, self._encode(f"{lead}<{FINAL}>" + ("0." if digits else "")))
-            t.readout_index = len(t.ids)
-        if digits:
-            cand, values = digit_tokens(self.backend)
-        else:
-            cand, values = yes_no_tokens(self.backend)
-        lp = self.backend.next_token_logprobs([t.context for t in trajs], cand)  # (B, C)
-        if self.cfg.sample_readout and self.cfg.temperature > 0:
-            self._draw_answer(trajs, lp, cand, values, digits)
-            return
-        for t, row in zip(trajs, lp):
-            w = np.exp(row - row.max())
-            p = float(np.dot(w, values) / w.sum())
-            t.probability = min(1.0, max(0.0, p))
-            shown = f"{t.probability:.2f}"
-            self._insert(t, self._encode((shown[2:] if digits else shown) + f"</{FINAL}>"))
-            t.stage = DONE
-
-    def _draw_answer(self, trajs, lp: np.ndarray, cand: list[int], values: np.ndarray, digits: bool) -> None:
-        """Sample the answer token (model-written, with its log-probability) instead of writing the expectation."""
-        for t, row in zip(trajs, lp):
+        lead = "" if not t.ids else sep
+        self._insert(t, self._encode(f"{lead}<{FINAL}>" + ("0." if digits else "")))
+        t.readout_index = len(t.ids)
+        cand, values = digit_tokens(self.backend) if digits else yes_no_tokens(self.backend)
+        row = np.asarray((yield Peek(t.context, tuple(cand))))  # (C,)
+        if self.cfg.sample_readout and self.cfg.temperature > 0:  # the answer token is drawn: model-written
             z = row / self.cfg.temperature
             w = np.exp(z - z.max())
             rng = np.random.default_rng(sample_seed(t.seed, len(t.ids)))
@@ -259,7 +246,12 @@ class StructuredGenerator:
             t.logprobs.append(float(row[j]))
             t.entropies.append(math.nan)  # only the candidates' probabilities are read here
             self._insert(t, self._encode(f"</{FINAL}>"))
-            t.stage = DONE
+        else:  # the expectation over the answer tokens, written by the framework
+            w = np.exp(row - row.max())
+            t.probability = min(1.0, max(0.0, float(np.dot(w, values) / w.sum())))
+            shown = f"{t.probability:.2f}"
+            self._insert(t, self._encode((shown[2:] if digits else shown) + f"</{FINAL}>"))
+        t.stage = DONE
 
     # ================================================================== helpers
     def _name_list(self):

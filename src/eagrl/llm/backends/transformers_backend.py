@@ -10,6 +10,12 @@ A batch is laid out as ``[left pad | stored prefix | rest of prompt | pad | gene
 2-D attention mask hides every pad position (holes included) and explicit ``position_ids`` count only
 real tokens, so a row's logits are the same as if it ran alone (up to float rounding). Stored entries are
 compacted (holes removed) before they are kept. Models with sliding-window layers get no reuse.
+
+:meth:`TransformersBackend.run_scripts` runs the structured generator's writing scripts
+(:mod:`eagrl.llm.backends.script`) in one decoding loop per batch instead of one ``generate`` call per field:
+each response advances at its own pace (its tags are fed in the same forward passes in which the others
+sample), so no response waits for the slowest one at every field and no keys/values are gathered between
+fields. A token a script drops (it ran past the field's end) becomes a hole in the mask.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from eagrl.llm.backends.base import GenerationBackend, Sample, SamplingParams, find_stop, sample_seed, seeds_for
+from eagrl.llm.backends.script import Draw, Peek, answer, first_op, run_lockstep
 
 
 @dataclass
@@ -223,10 +230,7 @@ class TransformersBackend(GenerationBackend):
         dev = self.device
         cache, mask, lengths, logits = self._prefill([r.prompt for r in rows], reserve=params.max_tokens)
         gens = [torch.Generator().manual_seed(r.seed) for r in rows]
-        stop_ids = set() if params.ignore_eos else set(self._eos)
-        stop_ids |= set(params.extra_stop_ids)
-        if params.stop_on_special and not params.ignore_eos:
-            stop_ids |= self.special_token_ids()
+        stop_ids = self._stop_ids(params)
         tails = [r.prompt[-4:].tolist() for r in rows]  # decoding context (leading-space tokenizers)
         tail_text = [self.decode(t) for t in tails]
         for step in range(params.max_tokens):
@@ -266,6 +270,25 @@ class TransformersBackend(GenerationBackend):
         fed = [np.concatenate([r.prompt, np.asarray(r.generated[:-1], dtype=np.int64)]) for r in rows]
         self._store_rows(cache, mask, fed)
 
+    # ================================================================== writing scripts in one loop
+    def run_scripts(self, scripts) -> None:
+        """Run writing scripts (``eagrl.llm.backends.script``) to their end, ``batch_size`` at a time, each
+        batch in one decoding loop where every response advances at its own pace."""
+        if self._sliding:  # sliding-window layers keep no full cache to hide tokens in: one call per field
+            run_lockstep(self, scripts)
+            return
+        with torch.inference_mode(), _threads(self.threads):
+            for start in range(0, len(scripts), self.batch_size):
+                _ScriptLoop(self, scripts[start:start + self.batch_size]).run()
+
+    def _stop_ids(self, params: SamplingParams) -> set[int]:
+        """The tokens that end a sample: EOS (unless ignored), the extra ones, any special token if asked."""
+        stop_ids = set() if params.ignore_eos else set(self._eos)
+        stop_ids |= set(params.extra_stop_ids)
+        if params.stop_on_special and not params.ignore_eos:
+            stop_ids |= self.special_token_ids()
+        return stop_ids
+
     def _text(self, tail: list[int], tail_text: str, ids: list[int]) -> str:
         full = self.decode(tail + ids)
         return full[len(tail_text):] if full.startswith(tail_text) else self.decode(ids)
@@ -283,16 +306,179 @@ class TransformersBackend(GenerationBackend):
                          logits_to_keep=logits_to_keep, **kwargs)
         return out.logits
 
-    def _store_rows(self, cache, mask: torch.Tensor, ids: list[np.ndarray]) -> None:
-        """Keep each row's keys/values (views, plus the index of its real positions) under its token ids."""
+    def _store_rows(self, cache, mask: torch.Tensor, ids: list[np.ndarray], rows: list[int] | None = None) -> None:
+        """Keep each row's keys/values (views, plus the index of its real positions) under its token ids;
+        ``rows``: the cache rows they are in (default 0, 1, ...; ``mask`` has one row each)."""
         if self.store.capacity <= 0:
             return
-        for b, row_ids in enumerate(ids):
-            valid = torch.nonzero(mask[b], as_tuple=True)[0]  # (L_b,)
+        for j, row_ids in enumerate(ids):
+            b = j if rows is None else rows[j]
+            valid = torch.nonzero(mask[j], as_tuple=True)[0]  # (L_b,)
             if len(valid) != len(row_ids):  # bookkeeping mismatch: never store a wrong entry
                 continue
             kv = [(layer.keys[b], layer.values[b]) for layer in cache.layers]
             self.store.put(_Entry(row_ids.astype(np.int64), kv, valid))
+
+
+@dataclass
+class _Draw:
+    """A field being sampled in the script loop (the per-row state :meth:`TransformersBackend._decode` keeps)."""
+
+    op: Draw
+    stop_ids: set[int]
+    gen: torch.Generator
+    tail: list[int]
+    tail_text: str
+    generated: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
+    text: str = ""
+
+
+class _ScriptLoop:
+    """One decoding loop over a batch of writing scripts.
+
+    Row b's keys/values hold ``kv[b]`` (its context as fed so far). Each pass, a row either consumes the
+    logits at the end of its context (a Peek is answered, a Draw samples one token) or still has tokens queued
+    (the framework's tags, or the token it just sampled); all rows with a queue feed the same number of tokens
+    in one batched forward (one each while any row is sampling), so a response whose field ended never waits
+    for the others. A token the script dropped after sampling (it ran past the field's end) is hidden from
+    the attention mask and its position reused, so no cache is ever copied. Finished rows leave the batch.
+    """
+
+    def __init__(self, backend: "TransformersBackend", scripts):
+        self.be = backend
+        self.scripts = list(scripts)
+        self.ops: list = [first_op(sc) for sc in self.scripts]
+        self.rows = [b for b, op in enumerate(self.ops) if op is not None]  # script index of each batch row
+        self.draws: dict[int, _Draw] = {}
+        self.queue: dict[int, list[int]] = {}
+
+    def run(self) -> None:
+        if not self.rows:
+            return
+        be = self.be
+        ctx = [np.asarray(self.ops[i].context, dtype=np.int64) for i in self.rows]
+        be._prefill_alone(ctx, shared=False)
+        self.cache, self.mask, self.lengths, logits = be._prefill(ctx, reserve=256)
+        self.kv = [c.tolist() for c in ctx]
+        while self.rows:
+            logp = torch.log_softmax(logits.float(), -1)  # (B, V)
+            entropy = torch.special.entr(logp.exp()).sum(-1)  # (B,)
+            ended = []
+            for b, i in enumerate(self.rows):
+                if not self.queue.get(i) and not self._serve(b, i, logits[b], logp[b], float(entropy[b])):
+                    ended.append(b)
+            if ended:
+                self._drop(ended)
+            if not self.rows:
+                break
+            logits = self._feed()
+
+    # ------------------------------------------------------------------ one row
+    def _serve(self, b: int, i: int, logits: torch.Tensor, logp: torch.Tensor, entropy: float) -> bool:
+        """Answer row b's operations from the logits at the end of its context until it has tokens to feed;
+        False when its script has ended."""
+        while True:
+            op = self.ops[i]
+            if isinstance(op, Peek):
+                result = logp[torch.as_tensor(op.candidates)].cpu().numpy()
+            else:
+                d = self.draws.get(i) or self._start_draw(i, op)
+                result = self._sample(d, logits, logp, entropy)
+                if result is None:  # the field goes on: feed the sampled token
+                    self.queue[i] = [d.generated[-1]]
+                    return True
+                del self.draws[i]
+            self.ops[i] = answer(self.scripts[i], result)
+            if self.ops[i] is None:
+                return False
+            if self._reconcile(b, i):
+                return True
+
+    def _start_draw(self, i: int, op: Draw) -> _Draw:
+        p = op.params
+        stop_ids = self.be._stop_ids(p) | ({p.names.end} if p.names is not None else set())
+        tail = list(op.context[-4:])  # decoding context (leading-space tokenizers)
+        gen = torch.Generator().manual_seed(sample_seed(op.seed, 0))  # as generate(n=1, seed=[op.seed]) seeds it
+        d = _Draw(op, stop_ids, gen, tail, self.be.decode(tail))
+        self.draws[i] = d
+        return d
+
+    def _sample(self, d: _Draw, logits: torch.Tensor, logp: torch.Tensor, entropy: float) -> Sample | None:
+        """Sample row's next token of field ``d``; the finished :class:`Sample`, or None while it goes on."""
+        p = d.op.params
+        x = logits.float()[None]  # (1, V)
+        if p.names is not None:  # only names from the list may be sampled; logp stays the model's own
+            keep = torch.zeros_like(x, dtype=torch.bool)
+            keep[0, p.names.allowed(d.generated)] = True
+            x = x.masked_fill(~keep, float("-inf"))
+        tok = int(_sample(x, p, [d.gen])[0])
+        d.generated.append(tok)
+        d.logprobs.append(float(logp[tok]))
+        d.entropies.append(entropy)
+        reason, stop = None, None
+        if tok in d.stop_ids:
+            reason, d.text = "eos", self.be._text(d.tail, d.tail_text, d.generated[:-1])
+        else:
+            d.text = self.be._text(d.tail, d.tail_text, d.generated)
+            if p.stop:
+                j, which = find_stop(d.text, p.stop)
+                if j >= 0:
+                    reason, stop, d.text = "stop", which, d.text[:j]
+        if reason is None and len(d.generated) >= p.max_tokens:
+            reason = "length"
+        if reason is None:
+            return None
+        return Sample(d.text, d.generated, d.logprobs, reason, stop, d.entropies)
+
+    def _reconcile(self, b: int, i: int) -> bool:
+        """Line row b's keys/values up with its script's context: hide tokens the script dropped, queue the
+        ones it added. True when there is something to feed (else the current logits serve the next op)."""
+        ctx = self.ops[i].context
+        kv = self.kv[b]
+        m = min(len(kv), len(ctx))
+        diff = np.flatnonzero(np.asarray(kv[:m]) != np.asarray(ctx[:m]))
+        common = int(diff[0]) if diff.size else m
+        drop = len(kv) - common
+        if drop and common == len(ctx):
+            common -= 1  # nothing new after the cut: feed the last kept token again for fresh logits
+            drop += 1
+        if drop:
+            valid = torch.nonzero(self.mask[b], as_tuple=True)[0]
+            self.mask[b, valid[-drop:]] = 0
+            self.lengths[b] -= drop
+            del kv[common:]
+        self.queue[i] = list(ctx[common:])
+        return bool(self.queue[i])
+
+    # ------------------------------------------------------------------ the batch
+    def _feed(self) -> torch.Tensor:
+        """One forward over every row's next queued tokens; the (B, V) logits at each row's end."""
+        dev = self.be.device
+        n = min(len(self.queue[i]) for i in self.rows)  # > 0: every row left has something queued
+        ids = torch.as_tensor([self.queue[i][:n] for i in self.rows], dtype=torch.long, device=dev)  # (B, n)
+        for b, i in enumerate(self.rows):
+            self.kv[b] += self.queue[i][:n]
+            del self.queue[i][:n]
+        positions = self.lengths[:, None] + torch.arange(n, device=dev)  # (B, n) real tokens before each
+        self.mask = torch.cat([self.mask, torch.ones(len(self.rows), n, dtype=self.mask.dtype, device=dev)], 1)
+        self.lengths = self.lengths + n
+        return self.be._forward(ids, self.mask, positions, self.cache, logits_to_keep=1)[:, -1]  # (B, V)
+
+    def _drop(self, ended: list[int]) -> None:
+        """Store the ended rows' keys/values for later calls, then take them out of the batch."""
+        be = self.be
+        for b in ended:
+            be._store_rows(self.cache, self.mask[b:b + 1], [np.asarray(self.kv[b], dtype=np.int64)], rows=[b])
+        keep = [b for b in range(len(self.rows)) if b not in set(ended)]
+        self.rows = [self.rows[b] for b in keep]
+        self.kv = [self.kv[b] for b in keep]
+        if keep:
+            idx = torch.as_tensor(keep, device=self.mask.device)
+            self.mask, self.lengths = self.mask[idx], self.lengths[idx]
+            for layer in self.cache.layers:
+                layer.keep_rows(idx)
 
 
 @contextlib.contextmanager
@@ -361,6 +547,11 @@ class GrowingLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self._n
+
+    def keep_rows(self, idx: torch.Tensor) -> None:
+        """Only these batch rows from now on (views already handed out keep the old buffers)."""
+        self._kb, self._vb = self._kb.index_select(0, idx), self._vb.index_select(0, idx)
+        self.keys, self.values = self._kb[:, :, :self._n], self._vb[:, :, :self._n]
 
 
 def _constrain(logits: torch.Tensor, rows: list[_Row], names) -> torch.Tensor:
