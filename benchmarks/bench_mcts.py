@@ -4,9 +4,11 @@ The same search (N = 8 rollouts, depth T = 7, b = 3, same seeds) on the first 4 
 twice through :func:`eagrl.mcts.run_mcts`:
 
 * ``reuse``: the backend keeps the keys/values of the prompt and of every node's path (prefix store), so a
-  child, a rollout or the next field only computes its new tokens;
-* ``reencode``: ``GenerationConfig.prefix_cache_tokens = 0``, so every expansion, field and read-out encodes
-  the whole context (prompt + path) again.
+  child or a rollout only computes its new tokens;
+* ``reencode``: ``GenerationConfig.prefix_cache_tokens = 0``, so every expansion and every rollout encodes the
+  whole context (prompt + path) again. Within one expansion or rollout the fused decoding loop
+  (``generation.fused_decoding``, on in both arms) keeps its own cache across fields; with it off, every
+  field and read-out would encode the context again too.
 
 Prints completed trajectories per minute of each and the ratio (target >= 5x), and how many of the
 responses came out identical (they should, up to float rounding flipping a sampled token). C_exp comes from
