@@ -98,3 +98,29 @@ def test_budget_on_real_tjh_patients():
 def test_format_value():
     assert [format_value(v) for v in (136.0, 0.09, 8.77, 123.26, math.nan, None, 1e-5, -2.5)] == \
         ["136", "0.09", "8.77", "123.3", "NaN", "NaN", "1e-05", "-2.5"]
+
+
+def test_the_budget_drops_the_fewest_least_measured_features():
+    """Over a sweep of budgets: the prompt fits, the least-measured lines go first, a larger budget never
+    drops more, and the budget equal to a result's own size gives that same result (minimal drops)."""
+    cohort = tjh_cohort()
+    _, tok = build_tiny()
+    rec = cohort.patient(cohort.split_ids("train")[0])
+    measured = {n: sum(not math.isnan(v) for v in rec.values.get(n, [])) for n in [f.name for f in cohort.features]}
+
+    def at(budget):
+        cfg = GenerationConfig(max_prompt_tokens=budget, compact_last_values=1)
+        return build_prompt(rec, cohort.features, dataset="tjh", task="mortality", cfg=cfg, tokenizer=tok)
+
+    compact = build_prompt(rec, cohort.features, dataset="tjh", task="mortality", tokenizer=tok,
+                           cfg=GenerationConfig(compact=True, compact_last_values=1))  # the smallest before drops
+    previous = None
+    for budget in range(compact.n_tokens - 240, compact.n_tokens, 24):
+        p = at(budget)
+        assert p.n_tokens <= budget
+        dropped = [n for n in p.dropped_features if measured[n] > 0]
+        assert dropped and max(measured[n] for n in dropped) <= min(measured[n] for n in p.features_shown)
+        if previous is not None:
+            assert len(p.dropped_features) <= len(previous.dropped_features)
+        assert at(p.n_tokens).features_shown == p.features_shown
+        previous = p

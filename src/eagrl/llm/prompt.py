@@ -230,15 +230,19 @@ def build_prompt(
         last = max(1, last // 2)
     if prompt.n_tokens_or_estimate() <= budget:
         return prompt
-    # 2. drop the least-measured features (ties: the later line goes first) until the prompt fits
-    drop: set[str] = set()
+    # 2. drop the fewest least-measured features (ties: the later line goes first) that make the prompt fit:
+    # a bisection over how many (fewer lines never take more tokens), so O(log n) renders, not one per feature
     victims = sorted(prompt.features_shown, key=lambda n: (n_measured[n], -names.index(n)))
-    for name in victims:
-        drop.add(name)
-        prompt = render(True, last, drop)
-        if prompt.n_tokens_or_estimate() <= budget:
-            break
-    return prompt
+    lo, hi = 1, len(victims)  # the answer lies in [lo, hi]; dropping all of them is the fallback
+    fits: dict[int, Prompt] = {}
+    while lo < hi:
+        mid = (lo + hi) // 2
+        candidate = render(True, last, set(victims[:mid]))
+        if candidate.n_tokens_or_estimate() <= budget:
+            fits[mid], hi = candidate, mid
+        else:
+            lo = mid + 1
+    return fits.get(lo) or render(True, last, set(victims[:lo]))
 
 
 def _apply_template(system: str, user: str, tokenizer, use_template: bool) -> str:
