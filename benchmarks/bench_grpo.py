@@ -10,7 +10,10 @@ one warm-up batch each:
 * ``stock+rollout``: the stock GRPOTrainer with EAG-RL's structured rollouts as its ``rollout_func``: the
   same sampling as EAG-RL, so the ratio to it isolates what the adaptive clipping itself costs;
 * ``eag-rl``: :class:`eagrl.rl.trainer.EAGRLTrainer` with eps(tau) (KL logging off, as the others do not
-  compute it; it is timed separately as ``eag-rl+kl``).
+  compute it; it is timed separately as ``eag-rl+kl``);
+* ``stock@padded``: the stock trainer sampling exactly the length EAG-RL's batch is padded to (its longest
+  response). TRL's log-prob and loss passes run on padded tensors, so this arm computes on the same shapes as
+  EAG-RL's training passes, while ``stock`` (the mean length) computes on shorter ones.
 
 It prints seconds per optimiser step of each and the ratios eag-rl / stock (target <= 1.0) and
 eag-rl / stock+rollout (the clipping overhead, expected ~1.0).
@@ -128,11 +131,16 @@ def main() -> None:
     keys = [r["prompt"] for r in rows[:args.prompts] for _ in range(args.group)]
     sampled = trainer.rollout_func(keys, trainer)["completion_ids"]  # whole responses, scaffold included
     length = sum(map(len, sampled)) / len(sampled)
-    print(f"  (EAG-RL responses: {length:.0f} tokens with the scaffold; the stock trainer samples that many)")
+    padded = max(map(len, sampled))  # TRL's loss and log-prob passes run on the batch padded to its longest
+    print(f"  (EAG-RL responses: {length:.0f} tokens with the scaffold, the batch padded to {padded}; the stock "
+          "trainer samples exactly the mean, then exactly the padded length)")
     results["stock+rollout"], _ = timed(stock(None), "stock+rollout")
     results["stock"], _ = timed(stock(max(int(round(length)), 1)), "stock")
+    results["stock@padded"], _ = timed(stock(padded), "stock@padded")
     results["eag-rl+kl"], _ = timed(eagrl(True, True), "eag-rl+kl")
     print(f"ratio eag-rl / stock GRPOTrainer:          {results['eag-rl'] / results['stock']:.2f}  (target <= 1.0)")
+    print(f"ratio eag-rl / stock at the padded length: {results['eag-rl'] / results['stock@padded']:.2f}  "
+          "(the same tensor shapes in TRL's training passes)")
     print(f"ratio eag-rl / stock with the same rollouts: {results['eag-rl'] / results['stock+rollout']:.2f}  "
           "(the cost of eps(tau))")
     print(f"ratio eag-rl with KL logging / without:    {results['eag-rl+kl'] / results['eag-rl']:.2f}")
