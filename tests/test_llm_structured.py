@@ -186,3 +186,35 @@ def test_one_loop_writes_what_one_call_per_field_writes(tiny, prompt_ids, temper
     assert [k.ids for k in kids_a] == [k.ids for k in kids_b]
     done_a, done_b = fused.finish(kids_a[:2]), lockstep.finish(kids_b[:2])
     assert [r.token_ids for r in done_a] == [r.token_ids for r in done_b]
+
+
+def test_the_loop_hides_tokens_a_script_drops(tiny, prompt_ids):
+    """Scripts that cut sampled tokens (fed ones included) and go on with or without inserting anything get,
+    from the one-loop driver, what fresh per-call encoding gives them: dropped tokens leave no trace."""
+    from eagrl.llm.backends.base import SamplingParams
+    from eagrl.llm.backends.script import Draw, Peek, run_lockstep
+
+    model, tok = tiny
+    params = SamplingParams(max_tokens=8, temperature=1.0, stop=("e", "a"))
+
+    def script(ctx, seed, log):
+        ids = list(ctx)
+        for k in range(4):
+            s = yield Draw(ids, params, seed + k)
+            log.append((tuple(s.token_ids), s.finish_reason, list(s.logprobs)))
+            keep = s.token_ids[:max(len(s.token_ids) - 2, 0)]  # the cut reaches tokens already fed
+            ids = ids + keep + ([] if k % 2 else tok.encode(" and", add_special_tokens=False))
+        log.append(((), "peek", [float(x) for x in (yield Peek(ids, (5, 6, 7)))]))
+
+    def run(driver):
+        backend = TransformersBackend(model, tok, prefix_cache_tokens=100_000, threads=1)
+        logs = [[] for _ in range(4)]
+        scripts = [script(prompt_ids[:len(prompt_ids) - 2 * j], 100 * j, logs[j]) for j in range(4)]
+        backend.run_scripts(scripts) if driver == "loop" else run_lockstep(backend, scripts)
+        return logs
+
+    loop, per_call = run("loop"), run("per-call")
+    for a, b in zip(sum(loop, []), sum(per_call, [])):
+        assert a[:2] == b[:2]  # the same tokens, ended the same way
+        np.testing.assert_allclose(a[2], b[2], atol=1e-4)
+    assert "stop" in {entry[1] for entry in sum(loop, [])}  # fields did end inside a token's text
