@@ -233,16 +233,15 @@ def build_prompt(
     # 2. drop the fewest least-measured features (ties: the later line goes first) that make the prompt fit:
     # a bisection over how many (fewer lines never take more tokens), so O(log n) renders, not one per feature
     victims = sorted(prompt.features_shown, key=lambda n: (n_measured[n], -names.index(n)))
-    lo, hi = 1, len(victims)  # the answer lies in [lo, hi]; dropping all of them is the fallback
-    fits: dict[int, Prompt] = {}
+    lo, hi, at_hi = 1, len(victims), None  # the answer lies in [lo, hi]; at_hi: the render of hi, once made
     while lo < hi:
         mid = (lo + hi) // 2
         candidate = render(True, last, set(victims[:mid]))
         if candidate.n_tokens_or_estimate() <= budget:
-            fits[mid], hi = candidate, mid
+            hi, at_hi = mid, candidate
         else:
             lo = mid + 1
-    return fits.get(lo) or render(True, last, set(victims[:lo]))
+    return at_hi or render(True, last, set(victims[:hi]))  # never rendered: drop them all (the fallback)
 
 
 def _apply_template(system: str, user: str, tokenizer, use_template: bool) -> str:

@@ -107,6 +107,7 @@ class StructuredGenerator:
         self.backend = backend
         self.cfg = cfg or GenerationConfig()
         self.matcher = features if isinstance(features, FeatureMatcher) else FeatureMatcher(features)
+        self._params_cache: dict[tuple[str, int], SamplingParams] = {}
 
     # ================================================================== public API
     def generate(self, prompts: Sequence[Sequence[int]], n: int = 1,
@@ -219,7 +220,7 @@ class StructuredGenerator:
 
     def _params(self, tag: str, max_tokens: int) -> SamplingParams:
         """The sampling settings of a field (one object per field kind, so drivers can batch equal ones)."""
-        cache = self.__dict__.setdefault("_params_cache", {})
+        cache = self._params_cache
         if (tag, max_tokens) not in cache:
             names = self._name_list() if tag == FEATURES and self.cfg.features_choice else None
             cache[(tag, max_tokens)] = SamplingParams(

@@ -82,18 +82,24 @@ def register_and_promote(
 ) -> PromotionDecision:
     """Register ``<run artifacts>/<artifact_path>`` as a new version of ``name``, then :func:`promote` it."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     check_predictions(predictions, "candidate predictions")  # refuse before registering anything
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
+    ensure_registered_model(client, name)
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    version = str(client.create_model_version(name, source, run_id=run_id).version)
+    return promote(name, version, predictions, tracking_uri=tracking_uri, **kwargs)
+
+
+def ensure_registered_model(client, name: str) -> None:
+    """Create the served registered model ``name`` unless it exists."""
+    from mlflow.exceptions import MlflowException
+
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="EAG-RL policy models; the champion alias is served.")
-    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-    version = str(client.create_model_version(name, source, run_id=run_id).version)
-    return promote(name, version, predictions, tracking_uri=tracking_uri, **kwargs)
 
 
 def promote(

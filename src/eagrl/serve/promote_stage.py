@@ -64,14 +64,12 @@ def _registered(uri: str) -> tuple[str, str]:
 def served_version(client, name: str, source_uri: str) -> str:
     """The version of ``name`` copying the training registration ``source_uri``; registered when new."""
     import mlflow
-    from mlflow.exceptions import MlflowException
+
+    from eagrl.serve.promote import ensure_registered_model
 
     src_name, src_version = _registered(source_uri)
     source = client.get_model_version(src_name, src_version)
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="EAG-RL policy models; the champion alias is served.")
+    ensure_registered_model(client, name)
     for mv in client.search_model_versions(f"name = '{name}'"):
         if mv.tags.get(SOURCE_TAG) == source_uri:
             return str(mv.version)  # a rerun: no second copy of the same model

@@ -109,6 +109,23 @@ class _Row:
     stop: str | None = None
     text: str = ""
 
+    def take(self, tok: int, logp: float, entropy: float, stop_ids: set[int], stops: tuple[str, ...], text) -> None:
+        """Append a sampled token; end the row at a stop token or a stop string (``text``: ids -> their text)."""
+        self.generated.append(tok)
+        self.logprobs.append(logp)
+        self.entropies.append(entropy)
+        if tok in stop_ids:
+            self.done, self.finish_reason, self.text = True, "eos", text(self.generated[:-1])
+            return
+        self.text = text(self.generated)
+        if stops:
+            i, which = find_stop(self.text, stops)
+            if i >= 0:
+                self.done, self.finish_reason, self.stop, self.text = True, "stop", which, self.text[:i]
+
+    def sample(self) -> Sample:
+        return Sample(self.text, self.generated, self.logprobs, self.finish_reason, self.stop, self.entropies)
+
 
 class TransformersBackend(GenerationBackend):
     def __init__(self, model, tokenizer, *, batch_size: int = 8, prefix_cache_tokens: int = 16384,
@@ -153,7 +170,7 @@ class TransformersBackend(GenerationBackend):
         rows = [_Row(p, sample_seed(s, j), [], []) for p, s in zip(prompt_arrays, seeds) for j in range(n)]
         for start in range(0, len(rows), self.batch_size):
             self._decode(rows[start:start + self.batch_size], params)
-        out = [Sample(r.text, r.generated, r.logprobs, r.finish_reason, r.stop, r.entropies) for r in rows]
+        out = [r.sample() for r in rows]
         return [out[i * n:(i + 1) * n] for i in range(len(prompt_arrays))]
 
     def _next_token_logprobs(self, prompts, candidates) -> np.ndarray:
@@ -231,8 +248,7 @@ class TransformersBackend(GenerationBackend):
         cache, mask, lengths, logits = self._prefill([r.prompt for r in rows], reserve=params.max_tokens)
         gens = [torch.Generator().manual_seed(r.seed) for r in rows]
         stop_ids = self._stop_ids(params)
-        tails = [r.prompt[-4:].tolist() for r in rows]  # decoding context (leading-space tokenizers)
-        tail_text = [self.decode(t) for t in tails]
+        texts = [self._text_of(r.prompt) for r in rows]
         for step in range(params.max_tokens):
             logp = torch.log_softmax(logits.float(), -1)  # (B, V)
             entropy = torch.special.entr(logp.exp()).sum(-1)  # (B,) what RL's entropy-aware clipping reads; ~free here
@@ -243,21 +259,9 @@ class TransformersBackend(GenerationBackend):
             else:
                 tokens = _sample(logits.float(), params, gens)  # (B,)
             for b, r in enumerate(rows):
-                if r.done:
-                    continue
-                tok = int(tokens[b])
-                r.generated.append(tok)
-                r.logprobs.append(float(logp[b, tok]))
-                r.entropies.append(float(entropy[b]))
-                if tok in stop_ids:
-                    r.done, r.finish_reason = True, "eos"
-                    r.text = self._text(tails[b], tail_text[b], r.generated[:-1])
-                    continue
-                r.text = self._text(tails[b], tail_text[b], r.generated)
-                if params.stop:
-                    i, which = find_stop(r.text, params.stop)
-                    if i >= 0:
-                        r.done, r.finish_reason, r.stop, r.text = True, "stop", which, r.text[:i]
+                if not r.done:
+                    tok = int(tokens[b])
+                    r.take(tok, float(logp[b, tok]), float(entropy[b]), stop_ids, params.stop, texts[b])
             if all(r.done for r in rows) or step == params.max_tokens - 1:
                 break
             active = torch.as_tensor([0 if r.done else 1 for r in rows], device=dev)
@@ -289,9 +293,15 @@ class TransformersBackend(GenerationBackend):
             stop_ids |= self.special_token_ids()
         return stop_ids
 
-    def _text(self, tail: list[int], tail_text: str, ids: list[int]) -> str:
-        full = self.decode(tail + ids)
-        return full[len(tail_text):] if full.startswith(tail_text) else self.decode(ids)
+    def _text_of(self, context):
+        """ids -> the text they add after ``context`` (decoded with its last tokens: leading-space tokenizers)."""
+        tail = [int(t) for t in context[-4:]]
+        tail_text = self.decode(tail)
+
+        def text(ids: list[int]) -> str:
+            full = self.decode(tail + ids)
+            return full[len(tail_text):] if full.startswith(tail_text) else self.decode(ids)
+        return text
 
     # ================================================================== model plumbing
     def _new_cache(self):
@@ -322,17 +332,14 @@ class TransformersBackend(GenerationBackend):
 
 @dataclass
 class _Draw:
-    """A field being sampled in the script loop (the per-row state :meth:`TransformersBackend._decode` keeps)."""
+    """A field being sampled in the script loop: the row state :meth:`TransformersBackend._decode` keeps, plus
+    the field's settings."""
 
     op: Draw
+    row: _Row
     stop_ids: set[int]
     gen: torch.Generator
-    tail: list[int]
-    tail_text: str
-    generated: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    entropies: list[float] = field(default_factory=list)
-    text: str = ""
+    text: object  # ids -> text after the context
 
 
 class _ScriptLoop:
@@ -387,7 +394,7 @@ class _ScriptLoop:
                 d = self.draws.get(i) or self._start_draw(i, op)
                 result = self._sample(d, logits, logp, entropy)
                 if result is None:  # the field goes on: feed the sampled token
-                    self.queue[i] = [d.generated[-1]]
+                    self.queue[i] = [d.row.generated[-1]]
                     return True
                 del self.draws[i]
             self.ops[i] = answer(self.scripts[i], result)
@@ -399,38 +406,21 @@ class _ScriptLoop:
     def _start_draw(self, i: int, op: Draw) -> _Draw:
         p = op.params
         stop_ids = self.be._stop_ids(p) | ({p.names.end} if p.names is not None else set())
-        tail = list(op.context[-4:])  # decoding context (leading-space tokenizers)
-        gen = torch.Generator().manual_seed(sample_seed(op.seed, 0))  # as generate(n=1, seed=[op.seed]) seeds it
-        d = _Draw(op, stop_ids, gen, tail, self.be.decode(tail))
+        seed = sample_seed(op.seed, 0)  # as generate(n=1, seed=[op.seed]) seeds it
+        d = _Draw(op, _Row(np.asarray(op.context), seed, [], []), stop_ids, torch.Generator().manual_seed(seed),
+                  self.be._text_of(op.context))
         self.draws[i] = d
         return d
 
     def _sample(self, d: _Draw, logits: torch.Tensor, logp: torch.Tensor, entropy: float) -> Sample | None:
         """Sample row's next token of field ``d``; the finished :class:`Sample`, or None while it goes on."""
-        p = d.op.params
+        p, r = d.op.params, d.row
         x = logits.float()[None]  # (1, V)
         if p.names is not None:  # only names from the list may be sampled; logp stays the model's own
-            keep = torch.zeros_like(x, dtype=torch.bool)
-            keep[0, p.names.allowed(d.generated)] = True
-            x = x.masked_fill(~keep, float("-inf"))
+            x = _constrain(x, [r], p.names)
         tok = int(_sample(x, p, [d.gen])[0])
-        d.generated.append(tok)
-        d.logprobs.append(float(logp[tok]))
-        d.entropies.append(entropy)
-        reason, stop = None, None
-        if tok in d.stop_ids:
-            reason, d.text = "eos", self.be._text(d.tail, d.tail_text, d.generated[:-1])
-        else:
-            d.text = self.be._text(d.tail, d.tail_text, d.generated)
-            if p.stop:
-                j, which = find_stop(d.text, p.stop)
-                if j >= 0:
-                    reason, stop, d.text = "stop", which, d.text[:j]
-        if reason is None and len(d.generated) >= p.max_tokens:
-            reason = "length"
-        if reason is None:
-            return None
-        return Sample(d.text, d.generated, d.logprobs, reason, stop, d.entropies)
+        r.take(tok, float(logp[tok]), entropy, d.stop_ids, p.stop, d.text)
+        return r.sample() if r.done or len(r.generated) >= p.max_tokens else None  # "length" unless it stopped
 
     def _reconcile(self, b: int, i: int) -> bool:
         """Line row b's keys/values up with its script's context: hide tokens the script dropped, queue the
@@ -471,7 +461,8 @@ class _ScriptLoop:
         be = self.be
         for b in ended:
             be._store_rows(self.cache, self.mask[b:b + 1], [np.asarray(self.kv[b], dtype=np.int64)], rows=[b])
-        keep = [b for b in range(len(self.rows)) if b not in set(ended)]
+        gone = set(ended)
+        keep = [b for b in range(len(self.rows)) if b not in gone]
         self.rows = [self.rows[b] for b in keep]
         self.kv = [self.kv[b] for b in keep]
         if keep:
