@@ -84,7 +84,7 @@ def main() -> None:
         backend = make_backend(model_cfg, gen, loaded)
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            res = run_mcts(cohort, table, model_cfg, gen, mcts, tmp, max_stays=args.patients, backend=backend,
+            res = run_mcts(cohort, table, model_cfg, gen, mcts, tmp, stay_ids=stay_ids, backend=backend,
                            progress=False)
             seconds = time.perf_counter() - t
             texts = [tr["text"] for line in res.trajectories_path.read_text().splitlines()[1:]

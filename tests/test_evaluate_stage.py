@@ -20,6 +20,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from eagrl.config import DataConfig, load_config
+from eagrl.data.cohort import build_cohort
 from eagrl.evaluate.models import registry_version
 from eagrl.evaluate.score import restricted, stay_ids
 from eagrl.evaluate.stage import evaluate_stage
@@ -296,3 +297,23 @@ def test_a_capped_split_is_a_seeded_stratified_sample_in_cohort_order():
     cut = restricted(cohort, "test", ids)
     assert [str(s) for s in cut.split_ids("test")] == ids
     assert cut.split_ids("train") == cohort.split_ids("train")
+
+
+def test_capped_samples_are_nested_and_keep_class_shares_where_the_head_is_one_class():
+    """The MCTS, RL and held-out checks take part of a split from Cohort.sample_ids: never a one-class head."""
+    from eagrl.data.sources import get_source
+
+    cfg = DataConfig(dataset="tjh", task="mortality")  # the whole cohort: its train split starts with survivors
+    src = get_source("tjh")
+    cohort = build_cohort(src.to_raw(src.read(src.default_path()), cfg), cfg)
+    label = cohort.stays.assign(stay_id=cohort.stays["stay_id"].astype(str)).set_index("stay_id")["label"]
+    train = [str(s) for s in cohort.split_ids("train")]
+    assert label[train[:8]].nunique() == 1  # what the first 8 stays gave the search: one class
+    share = float(label[train].mean())
+    previous: set[str] = set()
+    for n in range(2, 41):
+        ids = cohort.sample_ids("train", n, seed=0)
+        assert len(ids) == n and ids == [s for s in train if s in set(ids)]
+        assert abs(int(label[ids].sum()) - n * share) < 1.0 + 1e-9  # each class its proportional share
+        assert previous <= set(ids)  # nested: a larger cap only adds stays
+        previous = set(ids)

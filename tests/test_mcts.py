@@ -170,10 +170,12 @@ def test_store_truncates_a_partial_last_line_and_rejects_other_damage(tmp_path):
 
 def test_run_mcts_resumes_and_reports(tiny, tmp_path):
     cohort = tjh_cohort()
-    ids = cohort.split_ids("train")[:3]
+    cfg = MCTSConfig(rollouts=2, branching=2, depth=2, top_k_per_patient=1, n_boot=50)
+    ids = cohort.sample_ids("train", 3, cfg.seed)  # what max_stays=3 searches: a stratified sample
+    first_two = cohort.sample_ids("train", 2, cfg.seed)
+    assert set(first_two) < set(ids)
     table = pd.DataFrame({"stay_id": ids, "c_exp": [cohort.feature_names[:3]] * len(ids)})
     gen = GenerationConfig(**CAPS, max_prompt_tokens=1024)
-    cfg = MCTSConfig(rollouts=2, branching=2, depth=2, top_k_per_patient=1, n_boot=50)
     backend = _backend(tiny)
     first = run_mcts(cohort, table, None, gen, cfg, tmp_path, max_stays=2, backend=backend, progress=False)
     assert first.n_searched == 2 and first.metrics["n_patients"] == 2 and first.metrics["n_trajectories"] == 4
@@ -183,7 +185,7 @@ def test_run_mcts_resumes_and_reports(tiny, tmp_path):
         again = run_mcts(cohort, table, None, gen, cfg, tmp_path, max_stays=3, backend=backend, progress=False)
     assert (again.n_skipped, again.n_searched) == (1, 2)
     stored = [json.loads(line)["stay_id"] for line in store.read_text().splitlines()[1:]]
-    assert stored == ids
+    assert stored[0] == first_two[0] and sorted(stored) == sorted(ids)  # each stay once, the intact one kept
     m = json.loads(again.metrics_path.read_text())
     assert m["n_patients"] == 3 and m["n_trajectories"] == 6 and m["tree_nodes_mean"] >= 3
     sel = [json.loads(line) for line in again.selected_path.read_text().splitlines()]

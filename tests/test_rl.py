@@ -114,7 +114,7 @@ def _trainer(cohort, c_exp, sft_adapter, out, **rl):
 
 def test_rollout_masks_inserted_tokens_and_records_entropies(cohort, c_exp, sft_adapter, tmp_path):
     trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path)
-    keys = [str(s) for s in cohort.split_ids("train")[:2]]
+    keys = list(rollout.prompt_ids)[:2]  # two of the stays RL samples from (rl.max_stays: a stratified sample)
     prompts = [k for k in keys for _ in range(3)]
     trainer.model.train()
     out = rollout(prompts, trainer)
@@ -136,7 +136,7 @@ def test_rollout_masks_inserted_tokens_and_records_entropies(cohort, c_exp, sft_
 def test_per_trajectory_bounds_reach_trls_loss(cohort, c_exp, sft_adapter, tmp_path):
     """TRL's _compute_loss, given eps_high (B,), equals the stated objective, and its clip fractions use the bounds."""
     trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path)
-    keys = [str(s) for s in cohort.split_ids("train")[:2]]
+    keys = list(rollout.prompt_ids)[:2]  # two of the stays RL samples from (rl.max_stays: a stratified sample)
     out = rollout([k for k in keys for _ in range(2)], trainer)
     from trl.trainer.utils import pad
 

@@ -60,6 +60,31 @@ class Cohort:
     def split_ids(self, split: str) -> list[str]:
         return self.stays.loc[self.stays["split"] == split, "stay_id"].tolist()
 
+    def sample_ids(self, split: str, max_stays: int | None, seed: int = 0) -> list[str]:
+        """The stays of ``split`` (as str, in cohort order): all, or a seeded label-stratified sample of ``max_stays``.
+
+        Every stage that works on part of a split (the MCTS, RL, held-out checks, evaluation) takes it from here.
+        Not the first ``max_stays``: a cohort's order can follow the outcome (the first 8 stays of the TJH
+        mortality train split are all survivors, so a search of those found no positive trajectory). Each class
+        gets its proportional share (largest remainders), and at least one stay. Samples are nested: with the
+        same seed, a larger ``max_stays`` keeps every stay of a smaller one (a resumed search only adds stays).
+        """
+        ids = [str(s) for s in self.split_ids(split)]
+        if not max_stays or max_stays >= len(ids):
+            return ids
+        labels = self.stays.assign(stay_id=self.stays["stay_id"].astype(str)).set_index("stay_id").loc[ids, "label"]
+        classes = labels.value_counts().sort_index()  # label -> count
+        share = max_stays * classes.to_numpy() / len(ids)
+        k = np.maximum(np.floor(share).astype(int), 1)
+        for j in np.argsort(-(share - np.floor(share)), kind="stable")[: max(0, max_stays - int(k.sum()))]:
+            k[j] += 1
+        rng = np.random.default_rng(seed)
+        chosen: set[str] = set()
+        for (label, count), kk in zip(classes.items(), k):  # the head of one seeded order per class
+            order = rng.permutation(labels.index[labels == label].to_numpy())
+            chosen |= set(order[:min(int(kk), count)].tolist())
+        return [s for s in ids if s in chosen]
+
     def tensors(self, split: str | None = None, normalized: bool = True) -> dict[str, np.ndarray]:
         """Padded arrays for the expert: x (B, T, F), mask (B, T), demo (B, 2), y (B,), lengths (B,).
 

@@ -25,29 +25,11 @@ STYLES_WITH_FEATURES = ("pqd",)  # vanilla and think responses name no features:
 
 
 def stay_ids(cohort: Cohort, split: str, max_stays: int | None, seed: int = 0) -> list[str]:
-    """The stays of ``split`` scored, in cohort order: all, or a seeded label-stratified sample of ``max_stays``.
-
-    Not the first ``max_stays``: a cohort's order can follow the outcome (the first 20 stays of the TJH
-    mortality test split are all survivors), and a head of one class has no AUROC. Each class gets its
-    proportional share (largest remainders), and at least one stay.
-    """
-    ids = [str(s) for s in cohort.split_ids(split)]
+    """The stays of ``split`` scored: :meth:`Cohort.sample_ids`, with an error for an empty split."""
+    ids = cohort.sample_ids(split, max_stays, seed)
     if not ids:
         raise DataError(f"the {cohort.dataset}/{cohort.task} cohort has no stays in split {split!r}")
-    if not max_stays or max_stays >= len(ids):
-        return ids
-    labels = cohort.stays.assign(stay_id=cohort.stays["stay_id"].astype(str)).set_index("stay_id").loc[ids, "label"]
-    classes = labels.value_counts().sort_index()  # label -> count
-    share = max_stays * classes.to_numpy() / len(ids)
-    k = np.maximum(np.floor(share).astype(int), 1)
-    for j in np.argsort(-(share - np.floor(share)), kind="stable")[: max(0, max_stays - int(k.sum()))]:
-        k[j] += 1
-    rng = np.random.default_rng(seed)
-    chosen: set[str] = set()
-    for (label, count), kk in zip(classes.items(), k):
-        pool = labels.index[labels == label].to_numpy()
-        chosen |= set(rng.choice(pool, size=min(int(kk), count), replace=False).tolist())
-    return [s for s in ids if s in chosen]
+    return ids
 
 
 def restricted(cohort: Cohort, split: str, ids: list[str]) -> Cohort:

@@ -47,7 +47,7 @@ def evaluate_zero_shot(
     model_cfg, gen_cfg = model_cfg or ModelConfig(), gen_cfg or GenerationConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stay_ids = cohort.split_ids(split)[:max_stays] if max_stays else cohort.split_ids(split)
+    stay_ids = cohort.sample_ids(split, max_stays, seed)  # all, or a label-stratified sample
     if not stay_ids:
         raise ValueError(f"the {cohort.dataset}/{cohort.task} cohort has no stays in split {split!r}")
     backend = backend or make_backend(model_cfg, gen_cfg)

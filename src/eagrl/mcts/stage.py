@@ -66,7 +66,7 @@ def run_mcts(
     stay_ids: list[str] | None = None,
     deadline: float | None = None,
 ) -> MCTSResult:
-    """Search every stay of ``split`` (the first ``max_stays``), resuming a previous run in ``out_dir``.
+    """Search every stay of ``split`` (or a label-stratified sample of ``max_stays``), resuming a previous run in ``out_dir``.
 
     ``stay_ids`` searches exactly those stays instead (e.g. one shard of a split run by parallel workers);
     ``deadline`` (a ``time.time()`` value) stops taking new stays once passed; the stored ones stay resumable.
@@ -75,8 +75,7 @@ def run_mcts(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if stay_ids is None:
-        stay_ids = cohort.split_ids(split)
-        stay_ids = stay_ids[:max_stays] if max_stays else stay_ids
+        stay_ids = cohort.sample_ids(split, max_stays, cfg.seed)  # all, or a label-stratified sample
     stay_ids = [str(s) for s in stay_ids]
     if not stay_ids:
         raise ValueError(f"the {cohort.dataset}/{cohort.task} cohort has no stays in split {split!r}")

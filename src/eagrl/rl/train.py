@@ -123,8 +123,7 @@ def prompt_table(cohort: Cohort, c_exp: dict[str, list[str]], rl_cfg: RLConfig, 
     """The chat-templated prompt ids of every stay RL samples from, and the dataset rows (no patient text)."""
     from eagrl.llm.prompt import build_prompt, encode
 
-    stay_ids = [str(s) for s in cohort.split_ids(rl_cfg.split)]
-    stay_ids = stay_ids[:rl_cfg.max_stays] if rl_cfg.max_stays else stay_ids
+    stay_ids = cohort.sample_ids(rl_cfg.split, rl_cfg.max_stays, rl_cfg.seed)  # all, or a label-stratified sample
     if len(stay_ids) < rl_cfg.prompts_per_batch:
         raise DataError(f"the {rl_cfg.split} split has {len(stay_ids)} stays, fewer than rl.prompts_per_batch "
                         f"({rl_cfg.prompts_per_batch})")
