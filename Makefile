@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE     := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND         := Agg
 
-.PHONY: setup services run test test-slow test-all bench compile lock clean
+.PHONY: setup services run run-tjh test test-slow test-all bench compile lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ services:
 run: $(STAMP)
 	$(BIN)/eagrl data pull mimic-iv-demo
 	$(BIN)/eagrl run --profile $(PROFILE) --out $(OUT)
+
+## the same pipeline on TJH mortality, the paper's dataset (read from ../shared/data/tjh or $$EAGRL_SHARED_DATA)
+run-tjh: $(STAMP)
+	$(BIN)/eagrl run --profile $(PROFILE) --dataset tjh --task mortality --out runs/tjh
 
 ## the test suite (under 15 minutes on 2 cores); slow tests run with `make test-slow`
 test: $(STAMP)
