@@ -108,6 +108,9 @@ def _trainer(cohort, c_exp, sft_adapter, out, **rl):
     loaded = load_model(mcfg)
     model = policy_model(loaded.model, cfg, sft_adapter, mcfg, out / "cache")
     prompts, rows = prompt_table(cohort, c_exp, cfg, GEN, loaded.tokenizer)
+    assert list(prompts) == cohort.sample_ids(cfg.split, cfg.max_stays, cfg.seed)  # a stratified sample, not a head
+    labels = cohort.stays.assign(stay_id=cohort.stays["stay_id"].astype(str)).set_index("stay_id")["label"]
+    assert labels[list(prompts)].nunique() == 2
     rollout = StructuredRollout(prompts, cohort.features, GEN, seed=cfg.seed)
     return build_trainer(model, loaded.tokenizer, cfg, rows, rollout, out / "ckpt", cuda=False), rollout
 
