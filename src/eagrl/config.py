@@ -137,7 +137,9 @@ class ZeroShotConfig(_Section):
         ["pqd"], description="Prompting baselines scored by the zero-shot stage (P_QD, direct answer, think-then-answer)."
     )
     split: Literal["train", "val", "test"] = Field("test", description="Which split the base model is scored on.")
-    max_stays: int | None = Field(None, ge=1, description="Score at most this many stays (label-stratified sample); None: all.")
+    max_stays: int | None = Field(
+        None, ge=1, description="Score at most this many stays (label-stratified sample); None: all."
+    )
     n_boot: int = Field(1000, ge=0, description="Bootstrap resamples for the intervals.")
 
 

@@ -43,7 +43,8 @@ class MCTSConfig(Section):
     seed: int = Field(0, description="Base seed; patient i's tree is seeded from (seed, stay_id).")
     split: Literal["train", "val", "test"] = Field("train", description="Which cohort split is searched (the SFT set).")
     max_stays: int | None = Field(
-        None, ge=1, description="Search at most this many stays of the split (a seeded, label-stratified sample); None: all."
+        None, ge=1,
+        description="Search at most this many stays of the split (a seeded, label-stratified sample); None: all."
     )
     n_boot: int = Field(1000, ge=0, description="Bootstrap resamples for the intervals of the reward statistics.")
 

@@ -66,7 +66,8 @@ def run_mcts(
     stay_ids: list[str] | None = None,
     deadline: float | None = None,
 ) -> MCTSResult:
-    """Search every stay of ``split`` (or a label-stratified sample of ``max_stays``), resuming a previous run in ``out_dir``.
+    """Search every stay of ``split`` (or a label-stratified sample of ``max_stays``), resuming a previous run in
+    ``out_dir``.
 
     ``stay_ids`` searches exactly those stays instead (e.g. one shard of a split run by parallel workers);
     ``deadline`` (a ``time.time()`` value) stops taking new stays once passed; the stored ones stay resumable.

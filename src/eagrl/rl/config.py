@@ -75,14 +75,18 @@ class RLConfig(Section):
     epochs: float = Field(1.0, gt=0.0, description="Passes over the training patients.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps; None: run all epochs.")
     split: Literal["train", "val", "test"] = Field("train", description="The patients RL samples prompts from.")
-    max_stays: int | None = Field(None, ge=1, description="Use at most this many stays of the split (a seeded, label-stratified sample); None: all.")
+    max_stays: int | None = Field(
+        None, ge=1, description="Use at most this many stays of the split (seeded, label-stratified sample); None: all."
+    )
     seed: int = Field(0, description="Seeds the data order, the LoRA init (no-stage1) and every rollout.")
     logging_steps: int = Field(1, ge=1, description="Optimiser steps between two logged points.")
     save_steps: int = Field(1, ge=1, description="Optimiser steps between two checkpoints (resume after a stop).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     # ---------------------------------------------------------------- held-out check after training
     eval_split: Literal["train", "val", "test"] = Field("test", description="Split the trained policy is scored on.")
-    eval_max_stays: int | None = Field(None, ge=1, description="Score at most this many stays (label-stratified sample); None: all.")
+    eval_max_stays: int | None = Field(
+        None, ge=1, description="Score at most this many stays (label-stratified sample); None: all."
+    )
     eval_n_boot: int = Field(1000, ge=0, description="Bootstrap resamples for the held-out intervals.")
     # ---------------------------------------------------------------- GPU path
     bf16: bool | None = Field(None, description="bf16 mixed precision; None: on when CUDA supports it, off on CPU.")

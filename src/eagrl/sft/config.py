@@ -52,7 +52,9 @@ class SFTConfig(Section):
     eval_split: Literal["train", "val", "test"] = Field(
         "test", description="Split the trained policy is scored on (P_QD, as the zero-shot stage scores the base)."
     )
-    eval_max_stays: int | None = Field(None, ge=1, description="Score at most this many stays (label-stratified sample); None: all.")
+    eval_max_stays: int | None = Field(
+        None, ge=1, description="Score at most this many stays (label-stratified sample); None: all."
+    )
     eval_n_boot: int = Field(1000, ge=0, description="Bootstrap resamples for the held-out intervals.")
     # ---------------------------------------------------------------- GPU path
     bf16: bool | None = Field(
