@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from eagrl.config import DataConfig, load_config
 from eagrl.data.cohort import build_cohort
 from eagrl.evaluate.models import registry_version
-from eagrl.evaluate.score import restricted, stay_ids
+from eagrl.evaluate.score import restricted
 from eagrl.evaluate.stage import evaluate_stage
 from eagrl.expert.attention import read_attention
 from eagrl.expert.run import _log_and_register, cohort_dir, expert_dir
@@ -130,7 +130,7 @@ def test_registered_models_are_scored_and_the_rest_visibly_skipped(evaluated):
 
 
 def test_every_model_is_scored_on_the_same_test_stays(evaluated):
-    ids = stay_ids(evaluated["cohort"], "test", 10, seed=0)
+    ids = evaluated["cohort"].sample_ids("test", 10, seed=0)
     labels = evaluated["cohort"].stays.set_index("stay_id").loc[ids, "label"]
     assert len(ids) == 10 and labels.nunique() == 2
     for name in ("vanilla", "think", "pqd", "sft", "eag-rl", "expert"):
@@ -288,15 +288,28 @@ def test_a_capped_split_is_a_seeded_stratified_sample_in_cohort_order():
     cohort = tjh_cohort()
     test = [str(s) for s in cohort.split_ids("test")]
     label = cohort.stays.assign(stay_id=cohort.stays["stay_id"].astype(str)).set_index("stay_id")["label"]
-    ids = stay_ids(cohort, "test", 4, seed=0)
+    ids = cohort.sample_ids("test", 4, seed=0)
     assert len(ids) == 4 and label[ids].nunique() == 2
     assert ids == [s for s in test if s in set(ids)]  # cohort order kept
-    assert ids == stay_ids(cohort, "test", 4, seed=0)
-    assert {tuple(stay_ids(cohort, "test", 4, seed=k)) for k in range(6)} != {tuple(ids)}
-    assert stay_ids(cohort, "test", None) == test == stay_ids(cohort, "test", 100)
+    assert ids == cohort.sample_ids("test", 4, seed=0)
+    assert {tuple(cohort.sample_ids("test", 4, seed=k)) for k in range(6)} != {tuple(ids)}
+    assert cohort.sample_ids("test", None) == test == cohort.sample_ids("test", 100)
     cut = restricted(cohort, "test", ids)
     assert [str(s) for s in cut.split_ids("test")] == ids
     assert cut.split_ids("train") == cohort.split_ids("train")
+
+
+def test_an_empty_split_is_a_data_error_naming_the_cohort_and_the_split(tmp_path):
+    from eagrl.errors import DataError
+    from eagrl.llm.config import GenerationConfig
+    from eagrl.llm.zeroshot import evaluate_zero_shot
+
+    no_test = restricted(tjh_cohort(), "test", [])
+    with pytest.raises(DataError, match="the tjh/mortality cohort has no stays in split 'test'"):
+        no_test.sample_ids("test", 4)
+    with pytest.raises(DataError, match="no stays in split 'test'"):  # before any model is loaded
+        evaluate_zero_shot(no_test, tmp_path, ModelConfig(source="tiny"), GenerationConfig())
+    assert no_test.sample_ids("train", 4)  # the other splits are kept
 
 
 def test_capped_samples_are_nested_and_keep_class_shares_where_the_head_is_one_class():

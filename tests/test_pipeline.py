@@ -79,6 +79,11 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     assert table.loc["sft", "uri"] == f"models:/{sft_version.name}/{sft_version.version}"
     assert table.loc["grpo", "status"] == "skipped"  # not trained by this run: a visible row, not a gap
     assert (out / "evaluate" / "report.html").is_file()
+    # every held-out check (all capped at 16 in smoke) scored the same stays as the evaluation
+    scored = pd.read_parquet(out / "evaluate" / "models" / "pqd" / "predictions.parquet")["stay_id"].astype(str).tolist()
+    assert len(scored) == 16
+    for check in ("zeroshot/pqd", "sft/heldout", "rl/heldout"):
+        assert pd.read_csv(out / check / "predictions.csv", dtype={"stay_id": str})["stay_id"].tolist() == scored, check
     promotion = json.loads((out / "promote" / "promotion.json").read_text())
     assert promotion["promoted"] and promotion["candidate_source"] == rl_uri  # the first candidate: no champion yet
     champion = client.get_model_version_by_alias("eagrl-policy", "champion")

@@ -68,8 +68,11 @@ class Cohort:
         mortality train split are all survivors, so a search of those found no positive trajectory). Each class
         gets its proportional share (largest remainders), and at least one stay. Samples are nested: with the
         same seed, a larger ``max_stays`` keeps every stay of a smaller one (a resumed search only adds stays).
+        An empty split is a :class:`DataError` naming the cohort and the split.
         """
         ids = [str(s) for s in self.split_ids(split)]
+        if not ids:
+            raise DataError(f"the {self.dataset}/{self.task} cohort has no stays in split {split!r}")
         if not max_stays or max_stays >= len(ids):
             return ids
         labels = self.stays.assign(stay_id=self.stays["stay_id"].astype(str)).set_index("stay_id").loc[ids, "label"]

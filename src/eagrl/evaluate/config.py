@@ -132,7 +132,9 @@ class EvaluateConfig(Section):
     max_stays: int | None = Field(None, ge=1, description="Score at most this many stays of the split; None: all.")
     n_boot: int = Field(1000, ge=0, description="Bootstrap resamples of every interval (0: none).")
     ci: float = Field(0.95, gt=0.0, lt=1.0, description="Coverage of the bootstrap intervals.")
-    seed: int = Field(0, description="Seed of the bootstrap resamples (shared by all models: paired).")
+    seed: int = Field(0, description="Seed of the bootstrap resamples (shared by all models: paired) and of a capped "
+                      "split's sample, which the zero-shot, SFT and RL held-out checks take too: capped alike, they "
+                      "score the evaluation's stays (a smaller cap, a subset of them).")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Decision threshold of F1.")
     n_bins: int = Field(10, ge=2, description="Equal-width probability bins of ECE and the calibration plot.")
     models: list[ModelEntry] = Field(

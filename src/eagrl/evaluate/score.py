@@ -24,14 +24,6 @@ from eagrl.llm.rewards import r_att
 STYLES_WITH_FEATURES = ("pqd",)  # vanilla and think responses name no features: R_att does not apply
 
 
-def stay_ids(cohort: Cohort, split: str, max_stays: int | None, seed: int = 0) -> list[str]:
-    """The stays of ``split`` scored: :meth:`Cohort.sample_ids`, with an error for an empty split."""
-    ids = cohort.sample_ids(split, max_stays, seed)
-    if not ids:
-        raise DataError(f"the {cohort.dataset}/{cohort.task} cohort has no stays in split {split!r}")
-    return ids
-
-
 def restricted(cohort: Cohort, split: str, ids: list[str]) -> Cohort:
     """The cohort with ``split`` cut down to ``ids`` (other splits kept: the noise scale reads train)."""
     import dataclasses

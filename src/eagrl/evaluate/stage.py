@@ -31,8 +31,7 @@ from eagrl.evaluate.config import EvaluateConfig
 from eagrl.evaluate.metrics import paired_bootstrap
 from eagrl.evaluate.models import READY, Resolved, resolve
 from eagrl.evaluate.perturb import shuffled, with_value_noise
-from eagrl.evaluate.score import (aligned, read_c_exp, restricted, score_expert, score_llm, stay_ids,
-                                  summarise)
+from eagrl.evaluate.score import aligned, read_c_exp, restricted, score_expert, score_llm, summarise
 from eagrl.expert.run import cohort_dir
 from eagrl.stage import StageResult, records_failure, stage_dir
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
@@ -93,7 +92,7 @@ def evaluate_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None =
     ecfg = _pinned(_restricted(cfg.evaluate, only), versions or {})
     out = stage_dir(out_dir, "evaluate")
     cohort = Cohort.load(cohort_path or cohort_dir(cfg))
-    ids = stay_ids(cohort, ecfg.split, ecfg.max_stays, ecfg.seed)
+    ids = cohort.sample_ids(ecfg.split, ecfg.max_stays, ecfg.seed)
     cohort = restricted(cohort, ecfg.split, ids)  # every model, perturbation and the expert: these stays
     with stage_run(cfg, "evaluate", parent_run_id) as run:
         ev = run_evaluation(cfg, ecfg, cohort, ids, out)
@@ -321,7 +320,7 @@ def _targets(cfg: Config, ecfg: EvaluateConfig, ev: Evaluation) -> list[tuple[st
                                             f"(eagrl data prepare --dataset {t.dataset} --task {t.task})"))
             continue
         target = Cohort.load(path)
-        target = restricted(target, ecfg.split, stay_ids(target, ecfg.split, ecfg.generalisation.max_stays, ecfg.seed))
+        target = restricted(target, ecfg.split, target.sample_ids(ecfg.split, ecfg.generalisation.max_stays, ecfg.seed))
         found.append((key, target, read_c_exp(expert_dir(tcfg) / "attention.parquet"), ""))
     return found
 

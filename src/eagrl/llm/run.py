@@ -43,7 +43,7 @@ def zeroshot_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None =
             with mlflow.start_run(run_name=f"zeroshot-{style}", nested=True):
                 m = evaluate_zero_shot(cohort, out / style, mcfg, gen, split=cfg.zeroshot.split,
                                        max_stays=cfg.zeroshot.max_stays, n_boot=cfg.zeroshot.n_boot,
-                                       seed=cfg.data.seed, backend=backend)
+                                       seed=cfg.evaluate.seed, backend=backend)
                 mlflow.log_artifacts(str(out / style), artifact_path=style)
             metrics.update({f"{style}_{k}": v for k, v in m.items()})
             if style == "pqd":

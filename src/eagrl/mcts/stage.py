@@ -79,7 +79,7 @@ def run_mcts(
         stay_ids = cohort.sample_ids(split, max_stays, cfg.seed)  # all, or a label-stratified sample
     stay_ids = [str(s) for s in stay_ids]
     if not stay_ids:
-        raise ValueError(f"the {cohort.dataset}/{cohort.task} cohort has no stays in split {split!r}")
+        raise DataError(f"run_mcts was given an empty stay_ids list for the {cohort.dataset}/{cohort.task} cohort")
     c_exp = c_exp_lookup(attention_table, stay_ids)
 
     store = TrajectoryStore(out / "trajectories.jsonl", search_header(cohort, model_cfg, gen_cfg, cfg, split))

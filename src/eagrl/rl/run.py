@@ -97,7 +97,7 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
 
         held = evaluate_trained(res.model, res.tokenizer, cohort, out / "heldout", mcfg, cfg.generation,
                                 split=cfg.rl.eval_split, max_stays=cfg.rl.eval_max_stays,
-                                n_boot=cfg.rl.eval_n_boot, seed=cfg.data.seed)
+                                n_boot=cfg.rl.eval_n_boot, seed=cfg.evaluate.seed)
         metrics = {**res.metrics, **held}
         log_metrics(metrics)
         for path in (*plots, train_dir / "train_history.json"):

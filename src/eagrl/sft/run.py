@@ -69,7 +69,7 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
 
         held = evaluate_trained(res.model, res.tokenizer, cohort, out / "heldout", mcfg, cfg.generation,
                                 split=cfg.sft.eval_split, max_stays=cfg.sft.eval_max_stays,
-                                n_boot=cfg.sft.eval_n_boot, seed=cfg.data.seed)
+                                n_boot=cfg.sft.eval_n_boot, seed=cfg.evaluate.seed)
         metrics = {**res.metrics, **held}
         log_metrics(metrics)
         for path in (plot, out / "train" / "train_history.json"):
