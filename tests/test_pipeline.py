@@ -11,7 +11,7 @@ from conftest import run_cli
 def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     out = workspace / "out"
     res = run_cli("run", "--profile", "smoke", "--data-path", str(shared_data / "mimic-iv-demo-clif"),
-                  "--workspace", str(workspace), "--out", str(out))
+                  "--workspace", str(workspace), "--out", str(out), timeout=600)  # ~3 min quiet; 284 s on shared cores
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "succeeded" and [s["stage"] for s in summary["stages"]] == STAGES
@@ -80,7 +80,8 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     assert table.loc["grpo", "status"] == "skipped"  # not trained by this run: a visible row, not a gap
     assert (out / "evaluate" / "report.html").is_file()
     # every held-out check (all capped at 16 in smoke) scored the same stays as the evaluation
-    scored = pd.read_parquet(out / "evaluate" / "models" / "pqd" / "predictions.parquet")["stay_id"].astype(str).tolist()
+    scored = pd.read_parquet(out / "evaluate" / "models" / "pqd" / "predictions.parquet")["stay_id"]
+    scored = scored.astype(str).tolist()
     assert len(scored) == 16
     for check in ("zeroshot/pqd", "sft/heldout", "rl/heldout"):
         assert pd.read_csv(out / check / "predictions.csv", dtype={"stay_id": str})["stay_id"].tolist() == scored, check
