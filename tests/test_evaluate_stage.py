@@ -330,3 +330,38 @@ def test_capped_samples_are_nested_and_keep_class_shares_where_the_head_is_one_c
         assert abs(int(label[ids].sum()) - n * share) < 1.0 + 1e-9  # each class its proportional share
         assert previous <= set(ids)  # nested: a larger cap only adds stays
         previous = set(ids)
+
+
+def test_the_scoring_key_changes_with_what_decides_the_responses_and_not_with_throughput(tmp_path):
+    from eagrl.evaluate.reuse import adapter_digest, scoring_key
+    from eagrl.llm.config import GenerationConfig
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 4}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights-1")
+    model = ModelConfig(source="tiny", adapter=str(adapter))
+    gen = GenerationConfig(temperature=0)
+    key = scoring_key(model, gen, "cohort-a.dir", "test")
+    assert key is not None and key == scoring_key(model.model_copy(update={"cache_dir": "/elsewhere"}), gen,
+                                                  "cohort-a.dir", "test")
+    for throughput in ({"batch_size": 1}, {"cpu_threads": 2}, {"prefix_cache_tokens": 0}):
+        assert scoring_key(model, gen.model_copy(update=throughput), "cohort-a.dir", "test") == key, throughput
+    for content in ({"max_answer_tokens": 3}, {"prompt_style": "vanilla"}, {"backend": "vllm"},
+                    {"shuffle_fraction": 0.6}):
+        assert scoring_key(model, gen.model_copy(update=content), "cohort-a.dir", "test") != key, content
+    assert scoring_key(model, gen, "cohort-b.dir", "test") != key
+    assert scoring_key(model, gen, "cohort-a.dir", "val") != key
+    assert scoring_key(model.model_copy(update={"dtype": "bfloat16"}), gen, "cohort-a.dir", "test") != key
+    assert scoring_key(model.model_copy(update={"adapter": None}), gen, "cohort-a.dir", "test") != key
+    before = adapter_digest(adapter)
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights-2")  # retrained: other weights, same folder
+    assert adapter_digest(adapter) != before and scoring_key(model, gen, "cohort-a.dir", "test") != key
+    # sampled decoding, a sampled read-out, or a model known only by its folder: never reused
+    assert scoring_key(model, gen.model_copy(update={"temperature": 0.7}), "cohort-a.dir", "test") is None
+    assert scoring_key(model, gen.model_copy(update={"sample_readout": True}), "cohort-a.dir", "test") is None
+    assert scoring_key(ModelConfig(source=str(adapter)), gen, "cohort-a.dir", "test") is None
+    (adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no adapter weights"):
+        adapter_digest(adapter)
+    assert scoring_key(model, gen, "cohort-a.dir", "test") is None  # the evaluation then loads it and says why

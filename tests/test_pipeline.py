@@ -85,6 +85,16 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     assert len(scored) == 16
     for check in ("zeroshot/pqd", "sft/heldout", "rl/heldout"):
         assert pd.read_csv(out / check / "predictions.csv", dtype={"stay_id": str})["stay_id"].tolist() == scored, check
+    # ... with the same settings, so the table's rows are read back from those runs, not generated a second time
+    assert table.loc["sft", "reused_from"] == sft_version.run_id
+    assert table.loc["eag-rl", "reused_from"] == rl_run_id(client, rl_uri)
+    zeroshot_pqd = client.get_run(table.loc["pqd", "reused_from"])  # a child run, kept in its parent's experiment
+    assert zeroshot_pqd.data.tags["mlflow.runName"] == "zeroshot-pqd"
+    assert zeroshot_pqd.info.experiment_id == client.get_run(sft_version.run_id).info.experiment_id
+    for name, check in (("pqd", "zeroshot/pqd"), ("sft", "sft/heldout"), ("eag-rl", "rl/heldout")):
+        mine = pd.read_parquet(out / "evaluate" / "models" / name / "predictions.parquet")["probability"]
+        theirs = pd.read_csv(out / check / "predictions.csv")["probability"]
+        assert mine.tolist() == theirs.tolist(), name
     promotion = json.loads((out / "promote" / "promotion.json").read_text())
     assert promotion["promoted"] and promotion["candidate_source"] == rl_uri  # the first candidate: no champion yet
     champion = client.get_model_version_by_alias("eagrl-policy", "champion")

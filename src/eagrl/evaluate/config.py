@@ -146,6 +146,11 @@ class EvaluateConfig(Section):
     paired_metrics: list[Literal["auroc", "auprc"]] = Field(
         ["auroc", "auprc"], description="Metrics of the paired comparisons."
     )
+    reuse_predictions: bool = Field(
+        True, description="Read a table row's predictions back from the zero-shot, SFT or RL stage run that scored "
+        "the same model with the same settings on these stays (greedy decoding only; eagrl.evaluate.reuse) instead "
+        "of generating them again; false: score every row afresh."
+    )
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
     generalisation: GeneralisationConfig = Field(default_factory=GeneralisationConfig)
 

@@ -52,6 +52,12 @@ def score_llm(cohort: Cohort, out_dir: str | Path, model_cfg: ModelConfig, gen_c
     out = Path(out_dir)
     evaluate_zero_shot(cohort, out, model_cfg, gen_cfg, split=split, max_stays=max_stays, n_boot=0, seed=seed,
                        backend=backend)
+    return read_scored(out, gen_cfg, c_exp, cohort.dataset)
+
+
+def read_scored(out: Path, gen_cfg: GenerationConfig, c_exp: Mapping[str, list[str]] | None,
+                dataset: str) -> pd.DataFrame:
+    """The scorer's ``predictions.csv`` in ``out`` as the evaluation's table (with R_att), also as parquet."""
     pred = pd.read_csv(out / "predictions.csv", dtype={"stay_id": str}, keep_default_na=False,
                        na_values={"probability": ["", "nan"]})
     pred["well_formed"] = pred["well_formed"].astype(str).str.lower().eq("true")
@@ -59,7 +65,7 @@ def score_llm(cohort: Cohort, out_dir: str | Path, model_cfg: ModelConfig, gen_c
     if c_exp is not None and gen_cfg.prompt_style in STYLES_WITH_FEATURES:
         missing = [s for s in pred["stay_id"] if s not in c_exp]
         if missing:
-            raise DataError(f"the expert attention table has no C_exp for stays {missing[:5]} of {cohort.dataset}; "
+            raise DataError(f"the expert attention table has no C_exp for stays {missing[:5]} of {dataset}; "
                             "export it for this cohort (eagrl expert export-attention)")
         pred["r_att"] = [r_att(f, c_exp[s]) if ok else 0.0
                          for s, f, ok in zip(pred["stay_id"], pred["features"], pred["well_formed"])]

@@ -31,10 +31,11 @@ from eagrl.evaluate.config import EvaluateConfig
 from eagrl.evaluate.metrics import paired_bootstrap
 from eagrl.evaluate.models import READY, Resolved, resolve
 from eagrl.evaluate.perturb import shuffled, with_value_noise
-from eagrl.evaluate.score import aligned, read_c_exp, restricted, score_expert, score_llm, summarise
+from eagrl.evaluate.score import aligned, read_c_exp, read_scored, restricted, score_expert, score_llm, summarise
 from eagrl.expert.run import cohort_dir
 from eagrl.stage import StageResult, records_failure, stage_dir
-from eagrl.tracking.mlflow_run import log_metrics, stage_run
+from eagrl.tracking.dvc_store import tree_md5
+from eagrl.tracking.mlflow_run import log_metrics, nested_run, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Evaluation:
                 key = f"{g['entry']}_on_{g['target']}"
                 out.update({f"{key}_{k}": g[k] for k in ("auroc", "auroc_ci", "auprc", "auprc_ci") if k in g})
         out.update({f"n_models_{s}": sum(r["status"] == s for r in self.table) for s in (SCORED, SKIPPED, FAILED)})
+        out["n_models_reused"] = sum(bool(r.get("reused_from")) for r in self.table)
         return out
 
 
@@ -91,11 +93,12 @@ def evaluate_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None =
 
     ecfg = _pinned(_restricted(cfg.evaluate, only), versions or {})
     out = stage_dir(out_dir, "evaluate")
-    cohort = Cohort.load(cohort_path or cohort_dir(cfg))
+    source = Path(cohort_path or cohort_dir(cfg))
+    cohort = Cohort.load(source)
     ids = cohort.sample_ids(ecfg.split, ecfg.max_stays, ecfg.seed)
     cohort = restricted(cohort, ecfg.split, ids)  # every model, perturbation and the expert: these stays
     with stage_run(cfg, "evaluate", parent_run_id) as run:
-        ev = run_evaluation(cfg, ecfg, cohort, ids, out)
+        ev = run_evaluation(cfg, ecfg, cohort, ids, out, cohort_md5=tree_md5(source))
         metrics = ev.metrics(ecfg.split)
         metrics[f"{ecfg.split}_n_stays"] = len(ids)
         write_tables(ev, out)
@@ -149,8 +152,14 @@ def _pinned(ecfg: EvaluateConfig, versions: dict[str, str]) -> EvaluateConfig:
 
 
 # ====================================================================== the work
-def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[str], out: Path) -> Evaluation:
-    """Resolve, score and compare every entry; the robustness and generalisation runs reuse each loaded model."""
+def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[str], out: Path,
+                   cohort_md5: str | None = None) -> Evaluation:
+    """Resolve, score and compare every entry; the robustness and generalisation runs reuse each loaded model.
+
+    With ``cohort_md5`` (the content digest of the cohort folder) and ``evaluate.reuse_predictions``, a row whose
+    model was already scored on these stays with these settings (by the zero-shot, SFT or RL stage) is read back
+    from that run (:mod:`eagrl.evaluate.reuse`); its model is loaded only for the robustness and transfer runs.
+    """
     ev = Evaluation()
     resolved = [resolve(entry, cfg) for entry in ecfg.models]
     c_exp = _c_exp(cfg, cohort, resolved, out, ev)
@@ -158,7 +167,8 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
     base_backend = None
     for res in resolved:
         row = {"name": res.name, "label": res.entry.title, "group": res.entry.group, "note": res.note,
-               "uri": res.uri or "", "status": SCORED if res.status == READY else res.status, "metrics": {}}
+               "uri": res.uri or "", "status": SCORED if res.status == READY else res.status, "reused_from": "",
+               "metrics": {}}
         ev.table.append(row)
         if res.status != READY:
             ev.notes.append(f"{res.entry.title}: {res.status}, {res.note}")
@@ -168,12 +178,16 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
             if not res.is_llm:
                 pred = score_expert(res.expert, res.expert_features, cohort, ids, out / "models" / res.name)
             else:
-                if res.entry.kind == "prompt":
-                    base_backend = base_backend or _backend(res, cfg)
-                    backend = base_backend
-                else:
-                    backend = _backend(res, cfg)
-                pred = _score(cfg, ecfg, res, cohort, out / "models" / res.name, c_exp, backend)
+                where = out / "models" / res.name
+                pred = _reused(cfg, ecfg, res, cohort, ids, cohort_md5, where, c_exp, row)
+                if pred is None or _needs_model(ecfg, res, targets):
+                    if res.entry.kind == "prompt":
+                        base_backend = base_backend or _backend(res, cfg)
+                        backend = base_backend
+                    else:
+                        backend = _backend(res, cfg)
+                if pred is None:
+                    pred = _score(cfg, ecfg, res, cohort, where, c_exp, backend)
             row["metrics"] = summarise(pred, ecfg)
             ev.predictions[res.name] = pred
             if backend is not None:
@@ -224,10 +238,40 @@ def _score(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, out
     """One LLM on one cohort, in its own nested MLflow run (the zero-shot routine logs its numbers there)."""
     import mlflow
 
-    with mlflow.start_run(run_name=run_name or f"evaluate-{res.name}", nested=True):
+    with nested_run(run_name or f"evaluate-{res.name}"):
         mlflow.set_tag("eagrl.model_uri", res.uri or res.model_cfg.source)
         return score_llm(cohort, out, res.model_cfg, gen or _gen(cfg, res), split=ecfg.split, max_stays=None,
                          c_exp=c_exp, backend=backend, seed=ecfg.seed)
+
+
+def _needs_model(ecfg: EvaluateConfig, res: Resolved, targets) -> bool:
+    """Whether the entry is scored again beyond the table (robustness, transfer to a prepared cohort)."""
+    return res.name in ecfg.robustness.models or (
+        res.name in ecfg.generalisation.models and any(t[1] is not None for t in targets))
+
+
+def _reused(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, ids: list[str], cohort_md5, where: Path,
+            c_exp, row: dict) -> pd.DataFrame | None:
+    """The entry's predictions read back from the stage run that scored it on these stays, or None."""
+    import mlflow
+
+    from eagrl.evaluate.reuse import find_scored, scoring_key
+
+    active = mlflow.active_run()
+    if not ecfg.reuse_predictions or cohort_md5 is None or active is None:
+        return None
+    gen = _gen(cfg, res)
+    found = find_scored(active.info.experiment_id, scoring_key(res.model_cfg, gen, cohort_md5, ecfg.split), ids,
+                        where)
+    if found is None:
+        return None
+    with nested_run(f"evaluate-{res.name}"):
+        mlflow.set_tags({"eagrl.model_uri": res.uri or res.model_cfg.source, "eagrl.reused_from": found.run_id})
+    row["reused_from"] = found.run_id
+    row["note"] = (f"{row['note']}; predictions reused from MLflow run {found.run_id} "
+                   f"({len(ids)} of the {found.n_scored} stays it scored)")
+    log.info("%s: predictions of run %s reused", res.name, found.run_id)
+    return read_scored(where, gen, c_exp, cohort.dataset)
 
 
 def _c_exp(cfg: Config, cohort: Cohort, resolved: list[Resolved], out: Path, ev: Evaluation):
@@ -411,5 +455,8 @@ def _message(cohort: Cohort, ecfg: EvaluateConfig, ids, ev: Evaluation, report: 
         names = [r["name"] for r in ev.table if r["status"] == status]
         if names:
             parts.append(f"{status}: {', '.join(names)}")
+    reused = [r["name"] for r in ev.table if r.get("reused_from")]
+    if reused:
+        parts.append(f"predictions reused from the stage runs: {', '.join(reused)}")
     parts.append(f"report: {report}")
     return "; ".join(parts)

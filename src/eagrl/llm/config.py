@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -122,6 +122,11 @@ class GenerationConfig(_Section):
     )
     vllm_gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM: share of GPU memory used.")
     vllm_max_model_len: int | None = Field(None, ge=256, description="vLLM: context length; None: the model's.")
+
+    # Settings that change how fast responses come, not what they say: left out of every content key (the MCTS
+    # store header, the scoring key that lets the evaluation reuse a stage's predictions).
+    THROUGHPUT_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"batch_size", "cpu_threads", "prefix_cache_tokens", "vllm_gpu_memory_utilization"})
 
     @model_validator(mode="after")
     def _check(self) -> "GenerationConfig":

@@ -13,7 +13,7 @@ from eagrl.config import Config
 from eagrl.data.cohort import Cohort
 from eagrl.expert.run import cohort_dir
 from eagrl.stage import StageResult, records_failure, stage_dir
-from eagrl.tracking.mlflow_run import log_metrics, stage_run
+from eagrl.tracking.mlflow_run import log_metrics, nested_run, stage_run
 
 
 def model_config(cfg: Config):
@@ -29,22 +29,27 @@ def zeroshot_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None =
                    cohort_path: str | Path | None = None) -> StageResult:
     import mlflow
 
+    from eagrl.evaluate.reuse import scoring_key, tag_scored
     from eagrl.llm.backends import make_backend
     from eagrl.llm.zeroshot import evaluate_zero_shot
+    from eagrl.tracking.dvc_store import tree_md5
 
     out = stage_dir(out_dir, "zeroshot")
-    cohort = Cohort.load(cohort_path or cohort_dir(cfg))
+    source = Path(cohort_path or cohort_dir(cfg))
+    cohort = Cohort.load(source)
+    cohort_md5 = tree_md5(source)
     mcfg = model_config(cfg)
     metrics: dict = {}
     with stage_run(cfg, "zeroshot", parent_run_id) as run:
         backend = make_backend(mcfg, cfg.generation)
         for style in cfg.zeroshot.styles:
             gen = cfg.generation.model_copy(update={"prompt_style": style})
-            with mlflow.start_run(run_name=f"zeroshot-{style}", nested=True):
+            with nested_run(f"zeroshot-{style}"):
                 m = evaluate_zero_shot(cohort, out / style, mcfg, gen, split=cfg.zeroshot.split,
                                        max_stays=cfg.zeroshot.max_stays, n_boot=cfg.zeroshot.n_boot,
                                        seed=cfg.evaluate.seed, backend=backend)
                 mlflow.log_artifacts(str(out / style), artifact_path=style)
+                tag_scored(scoring_key(mcfg, gen, cohort_md5, cfg.zeroshot.split), style)  # for the evaluation
             metrics.update({f"{style}_{k}": v for k, v in m.items()})
             if style == "pqd":
                 metrics.update(m)

@@ -125,7 +125,12 @@ def evaluate_trained(peft_model, tokenizer, cohort: Cohort, out_dir: str | Path,
 
     merged = peft_model.merge_and_unload()  # training is over: fold the adapter in for fast generation
     merged.eval()
-    backend = make_backend(model_cfg, gen_cfg.model_copy(update={"backend": "transformers"}),
-                           loaded=LoadedModel(merged, tokenizer, model_cfg.source, None))
-    return evaluate_zero_shot(cohort, out_dir, model_cfg, gen_cfg.model_copy(update={"prompt_style": "pqd"}),
-                              split=split, max_stays=max_stays, n_boot=n_boot, seed=seed, backend=backend)
+    gen_cfg = heldout_generation(gen_cfg)
+    backend = make_backend(model_cfg, gen_cfg, loaded=LoadedModel(merged, tokenizer, model_cfg.source, None))
+    return evaluate_zero_shot(cohort, out_dir, model_cfg, gen_cfg, split=split, max_stays=max_stays, n_boot=n_boot,
+                              seed=seed, backend=backend)
+
+
+def heldout_generation(gen_cfg: GenerationConfig) -> GenerationConfig:
+    """The settings of a just-trained policy's held-out check: P_QD on the in-process transformers model."""
+    return gen_cfg.model_copy(update={"prompt_style": "pqd", "backend": "transformers"})

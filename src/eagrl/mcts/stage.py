@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # Settings that do not change what the search writes (throughput and selection only): left out of the header.
 _NOT_SEARCH = {"mcts": {"top_k_per_patient", "balance", "dedupe", "n_boot", "split", "max_stays"},
-               "generation": {"batch_size", "cpu_threads", "prefix_cache_tokens", "vllm_gpu_memory_utilization"}}
+               "generation": set(GenerationConfig.THROUGHPUT_ONLY)}
 
 
 @dataclass

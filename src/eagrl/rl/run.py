@@ -68,6 +68,7 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
     import mlflow
 
     from eagrl.expert.attention import read_attention
+    from eagrl.evaluate.reuse import tag_heldout
     from eagrl.llm.registry import log_policy
     from eagrl.llm.zeroshot import evaluate_trained
     from eagrl.mcts.run import default_attention_path
@@ -103,6 +104,7 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         for path in (*plots, train_dir / "train_history.json"):
             mlflow.log_artifact(str(path))
         mlflow.log_artifacts(str(out / "heldout"), artifact_path="heldout")
+        tag_heldout(mcfg, res.adapter_dir, cfg.generation, tree_md5(source), cfg.rl.eval_split)  # for the evaluation
         info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered_name(cfg),
                           metadata={"stage": "rl", "variant": cfg.rl.variant, "dataset": cfg.data.dataset,
                                     "task": cfg.data.task, "start_adapter": adapter or ""})

@@ -48,6 +48,7 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
     """Train the LoRA adapter, score it on held-out stays, log and register it."""
     import mlflow
 
+    from eagrl.evaluate.reuse import tag_heldout
     from eagrl.llm.registry import log_policy
     from eagrl.llm.zeroshot import evaluate_trained
     from eagrl.sft.train import run_sft
@@ -75,6 +76,7 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
         for path in (plot, out / "train" / "train_history.json"):
             mlflow.log_artifact(str(path))
         mlflow.log_artifacts(str(out / "heldout"), artifact_path="heldout")
+        tag_heldout(mcfg, res.adapter_dir, cfg.generation, tree_md5(source), cfg.sft.eval_split)  # for the evaluation
         info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered_name(cfg),
                           metadata={"stage": "sft", "dataset": cfg.data.dataset, "task": cfg.data.task})
         split = cfg.sft.eval_split

@@ -48,6 +48,16 @@ def stage_run(cfg: Config, stage: str, parent_run_id: str | None = None) -> Iter
             yield run
 
 
+def nested_run(run_name: str):
+    """A child run of the active one, in the same experiment (``mlflow.start_run(nested=True)`` alone opens it in
+    the active experiment, which is the Default one unless set: the child would be kept away from its parent)."""
+    import mlflow
+
+    parent = mlflow.active_run()
+    return mlflow.start_run(run_name=run_name, nested=True,
+                            experiment_id=parent.info.experiment_id if parent is not None else None)
+
+
 @contextlib.contextmanager
 def _tracking_uri_set(uri: str) -> Iterator[None]:
     """``mlflow.set_tracking_uri`` for the block only: it is process-global and exports MLFLOW_TRACKING_URI,
