@@ -89,7 +89,8 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
     train_dir = out / f"{cfg.rl.variant}-{_run_key(cfg, source, attention, adapter)}"
 
     with stage_run(cfg, "rl", parent_run_id) as run:
-        mlflow.set_tags({"eagrl.cohort_md5": tree_md5(source), "eagrl.rl_variant": cfg.rl.variant,
+        cohort_md5 = tree_md5(source)
+        mlflow.set_tags({"eagrl.cohort_md5": cohort_md5, "eagrl.rl_variant": cfg.rl.variant,
                          "eagrl.start_adapter": adapter or "none (fresh adapter on the base model)"})
         res = run_rl(mcfg, cfg.generation, cfg.rl, cohort, c_exp, train_dir, sft_adapter=adapter,
                      lora_cfg=cfg.sft.lora_model_config(mcfg))
@@ -104,7 +105,7 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         for path in (*plots, train_dir / "train_history.json"):
             mlflow.log_artifact(str(path))
         mlflow.log_artifacts(str(out / "heldout"), artifact_path="heldout")
-        tag_heldout(mcfg, res.adapter_dir, cfg.generation, tree_md5(source), cfg.rl.eval_split)  # for the evaluation
+        tag_heldout(mcfg, res.adapter_dir, cfg.generation, cohort_md5, cfg.rl.eval_split)  # for the evaluation
         info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered_name(cfg),
                           metadata={"stage": "rl", "variant": cfg.rl.variant, "dataset": cfg.data.dataset,
                                     "task": cfg.data.task, "start_adapter": adapter or ""})

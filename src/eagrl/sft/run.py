@@ -60,7 +60,8 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
     mcfg = model_config(cfg)
 
     with stage_run(cfg, "sft", parent_run_id) as run:
-        mlflow.set_tags({"eagrl.cohort_md5": tree_md5(source),
+        cohort_md5 = tree_md5(source)
+        mlflow.set_tags({"eagrl.cohort_md5": cohort_md5,
                          "eagrl.trajectories_md5": hashlib.md5(trajectories.read_bytes()).hexdigest()})
         res = run_sft(mcfg, cfg.sft, trajectories, out / "train")
         for row in res.history:
@@ -76,7 +77,7 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
         for path in (plot, out / "train" / "train_history.json"):
             mlflow.log_artifact(str(path))
         mlflow.log_artifacts(str(out / "heldout"), artifact_path="heldout")
-        tag_heldout(mcfg, res.adapter_dir, cfg.generation, tree_md5(source), cfg.sft.eval_split)  # for the evaluation
+        tag_heldout(mcfg, res.adapter_dir, cfg.generation, cohort_md5, cfg.sft.eval_split)  # for the evaluation
         info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered_name(cfg),
                           metadata={"stage": "sft", "dataset": cfg.data.dataset, "task": cfg.data.task})
         split = cfg.sft.eval_split
