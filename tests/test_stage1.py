@@ -166,7 +166,9 @@ def rl_trained(prepared):
     return cfg, sft, result, grpo
 
 
-def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(prepared, rl_trained):
+def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(prepared, rl_trained, tmp_path):
+    import pandas as pd
+
     ws, _ = prepared
     cfg, sft, result, grpo = rl_trained
     assert result.metrics["train_steps"] == 2 and result.metrics["test_n_stays"] == 6
@@ -188,6 +190,13 @@ def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(pre
 
     assert grpo.outputs["registered_model"] == "eagrl-grpo-mimic-iv-demo-readmission_30d"
     assert Path(grpo.outputs["adapter"]).parent != Path(result.outputs["adapter"]).parent
+    # trained into the same out_dir, each variant keeps its own held-out files and plots (GRPO came second)
+    assert Path(grpo.outputs["heldout"]) != Path(result.outputs["heldout"])
+    assert Path(grpo.outputs["curves"]) != Path(result.outputs["curves"])
+    mine = pd.read_csv(Path(result.outputs["heldout"]) / "predictions.csv", dtype={"stay_id": str})
+    logged = pd.read_csv(client.download_artifacts(result.mlflow_run_id, "heldout/predictions.csv", str(tmp_path)),
+                         dtype={"stay_id": str})
+    assert mine.equals(logged)
     assert client.get_latest_versions("eagrl-grpo-mimic-iv-demo-readmission_30d")
 
 
@@ -249,7 +258,7 @@ def test_the_evaluation_reuses_a_stage_s_held_out_predictions_only_for_the_same_
     ws, _ = prepared
     cfg, sft, result, _ = rl_trained
     version = {"eag-rl": result.outputs["model_version"]}
-    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")  # the RL run's own copy (GRPO shares rl/heldout/)
+    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")  # the copy logged with the RL run
     held = pd.read_csv(client.download_artifacts(result.mlflow_run_id, "heldout/predictions.csv", str(ws)),
                        dtype={"stay_id": str})
 

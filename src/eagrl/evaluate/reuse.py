@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 KEY_TAG = "eagrl.predictions_key"
 PATH_TAG = "eagrl.predictions_path"  # the artifact folder of the tagged run that holds predictions.csv
 FILES = ("predictions.csv", "responses.jsonl")
-_MODEL_FIELDS = ("source", "gguf_file", "dtype", "trust_remote_code", "smollm2_wheel")
 _WEIGHT_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -62,7 +61,7 @@ def scoring_key(model_cfg: ModelConfig, gen_cfg: GenerationConfig, cohort_md5: s
 
     if not deterministic(gen_cfg):
         return None
-    model = {k: getattr(model_cfg, k) for k in _MODEL_FIELDS}
+    model = model_cfg.weights()
     if Path(model_cfg.source).is_dir():
         return None  # a folder's name says nothing about the weights in it
     adapter = None

@@ -52,8 +52,16 @@ class ModelConfig(_Section):
         list(LORA_TARGETS), description="Module names that get LoRA (all attention and MLP projections)."
     )
 
+    # The fields that decide which weights compute, and in what precision (an adapter aside): part of every content
+    # key (the MCTS store header, the scoring key that lets the evaluation reuse a stage's predictions).
+    WEIGHT_FIELDS: ClassVar[tuple[str, ...]] = ("source", "gguf_file", "dtype", "trust_remote_code", "smollm2_wheel")
+
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir or os.environ.get("EAGRL_MODEL_CACHE") or ".cache/models")
+
+    def weights(self) -> dict:
+        """The :attr:`WEIGHT_FIELDS` and their values."""
+        return {k: getattr(self, k) for k in self.WEIGHT_FIELDS}
 
 
 class GenerationConfig(_Section):

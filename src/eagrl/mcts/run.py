@@ -6,8 +6,8 @@ statistics with intervals, a plot of the reward distributions, the selected set)
 trajectories.
 
 The store lives at ``<workspace>/data/trajectories/<dataset>-<task>/<guided|unguided>-<key>/`` where ``key``
-digests everything that changes what the search writes (its settings, the model, the cohort version and the
-expert's C_exp). The same settings therefore find and resume their own store after an interruption, and other
+digests everything that changes what the search writes (its settings, the model and its dtype, the cohort version
+and the expert's C_exp). The same settings therefore find and resume their own store after an interruption, and other
 settings (the unguided ablation, another expert) start a new one beside it instead of overwriting it.
 """
 from __future__ import annotations

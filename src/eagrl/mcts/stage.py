@@ -174,7 +174,7 @@ def c_exp_lookup(table: pd.DataFrame, stay_ids: list[str]) -> dict[str, list[str
 
 def search_header(cohort: Cohort, model_cfg: ModelConfig, gen_cfg: GenerationConfig, cfg: MCTSConfig, split: str) -> dict:
     return {
-        "dataset": cohort.dataset, "task": cohort.task, "split": split, "model": model_cfg.source,
+        "dataset": cohort.dataset, "task": cohort.task, "split": split, "model": model_cfg.weights(),
         "adapter": model_cfg.adapter,
         "mcts": cfg.model_dump(exclude=_NOT_SEARCH["mcts"]),
         "generation": gen_cfg.model_dump(exclude=_NOT_SEARCH["generation"]),

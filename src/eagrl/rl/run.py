@@ -86,25 +86,27 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         raise DataError(f"rl.variant={cfg.rl.variant!r} starts from the SFT policy, but there is no SFT adapter in "
                         f"{out_dir} nor a registered one: run `eagrl sft` first or pass --adapter")
     mcfg = model_config(cfg)
-    train_dir = out / f"{cfg.rl.variant}-{_run_key(cfg, source, attention, adapter)}"
+    cohort_md5 = tree_md5(source)
+    # every output of this variant and these settings goes in its own folder: another variant trained into the same
+    # out_dir keeps its held-out files and plots
+    train_dir = out / f"{cfg.rl.variant}-{_run_key(cfg, cohort_md5, attention, adapter)}"
 
     with stage_run(cfg, "rl", parent_run_id) as run:
-        cohort_md5 = tree_md5(source)
         mlflow.set_tags({"eagrl.cohort_md5": cohort_md5, "eagrl.rl_variant": cfg.rl.variant,
                          "eagrl.start_adapter": adapter or "none (fresh adapter on the base model)"})
         res = run_rl(mcfg, cfg.generation, cfg.rl, cohort, c_exp, train_dir, sft_adapter=adapter,
                      lora_cfg=cfg.sft.lora_model_config(mcfg))
-        plots = [training_curves(res.history, cfg.rl.variant, out / "curves.png"),
-                 eps_histogram(res.eps_values, cfg.rl, out / "eps_distribution.png")]
+        plots = [training_curves(res.history, cfg.rl.variant, train_dir / "curves.png"),
+                 eps_histogram(res.eps_values, cfg.rl, train_dir / "eps_distribution.png")]
 
-        held = evaluate_trained(res.model, res.tokenizer, cohort, out / "heldout", mcfg, cfg.generation,
+        held = evaluate_trained(res.model, res.tokenizer, cohort, train_dir / "heldout", mcfg, cfg.generation,
                                 split=cfg.rl.eval_split, max_stays=cfg.rl.eval_max_stays,
                                 n_boot=cfg.rl.eval_n_boot, seed=cfg.evaluate.seed)
         metrics = {**res.metrics, **held}
         log_metrics(metrics)
         for path in (*plots, train_dir / "train_history.json"):
             mlflow.log_artifact(str(path))
-        mlflow.log_artifacts(str(out / "heldout"), artifact_path="heldout")
+        mlflow.log_artifacts(str(train_dir / "heldout"), artifact_path="heldout")
         tag_heldout(mcfg, res.adapter_dir, cfg.generation, cohort_md5, cfg.rl.eval_split)  # for the evaluation
         info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered_name(cfg),
                           metadata={"stage": "rl", "variant": cfg.rl.variant, "dataset": cfg.data.dataset,
@@ -119,7 +121,7 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                    + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}; registered {registered_name(cfg)}"
                    + (f" v{version}" if version else ""))
         result = StageResult("rl", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
-                             outputs={"adapter": str(res.adapter_dir), "heldout": str(out / "heldout"),
+                             outputs={"adapter": str(res.adapter_dir), "heldout": str(train_dir / "heldout"),
                                       "curves": str(plots[0]), "eps_plot": str(plots[1]),
                                       "registered_model": registered_name(cfg), "model_uri": str(info.model_uri),
                                       "model_version": str(version or "")})
@@ -127,12 +129,12 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
     return result
 
 
-def _run_key(cfg: Config, cohort_path: Path, attention: Path, adapter: str | None) -> str:
+def _run_key(cfg: Config, cohort_md5: str, attention: Path, adapter: str | None) -> str:
     start = adapter or ""
     if adapter and Path(adapter).is_dir():
         start = tree_md5(adapter)
     key = {"sections": {s: getattr(cfg, s).model_dump(mode="json") for s in ("model", "generation", "rl")},
-           "cohort": tree_md5(cohort_path), "c_exp": hashlib.md5(attention.read_bytes()).hexdigest(), "start": start}
+           "cohort": cohort_md5, "c_exp": hashlib.md5(attention.read_bytes()).hexdigest(), "start": start}
     return hashlib.md5(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
