@@ -98,7 +98,8 @@ def evaluate_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None =
     ids = cohort.sample_ids(ecfg.split, ecfg.max_stays, ecfg.seed)
     cohort = restricted(cohort, ecfg.split, ids)  # every model, perturbation and the expert: these stays
     with stage_run(cfg, "evaluate", parent_run_id) as run:
-        ev = run_evaluation(cfg, ecfg, cohort, ids, out, cohort_md5=tree_md5(source))
+        ev = run_evaluation(cfg, ecfg, cohort, ids, out,
+                            cohort_md5=tree_md5(source) if ecfg.reuse_predictions else None)
         metrics = ev.metrics(ecfg.split)
         metrics[f"{ecfg.split}_n_stays"] = len(ids)
         write_tables(ev, out)
