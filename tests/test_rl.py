@@ -247,3 +247,31 @@ def test_bad_settings_and_inputs_are_named(cohort, c_exp, tmp_path):
     with pytest.raises(DataError, match="no C_exp"):
         run_rl(ModelConfig(source="tiny"), GEN, RLConfig(max_steps=1, variant="eag-rl-no-stage1"), cohort, {},
                tmp_path / "c")
+
+
+@pytest.mark.parametrize("setting, value, resumes", [
+    ("generation.cpu_threads", 1, True),          # throughput
+    ("generation.batch_size", 3, True),
+    ("model.cache_dir", "elsewhere", True),       # where the weights are kept, not which they are
+    ("rl.save_steps", 5, True),                   # checkpointing, logging, the held-out check after training
+    ("rl.eval_max_stays", 7, True),
+    ("rl.logging_steps", 3, True),
+    ("rl.lam", 0.5, False),                       # what is trained
+    ("rl.temperature", 0.7, False),
+    ("generation.depth", 3, False),
+    ("model.dtype", "bfloat16", False),
+])
+def test_the_run_folder_changes_with_what_is_trained_not_with_throughput_or_logging(setting, value, resumes,
+                                                                                     tmp_path):
+    from eagrl.config import load_config
+    from eagrl.rl.run import _run_key
+
+    attention = tmp_path / "attention.parquet"
+    attention.write_bytes(b"c_exp table")
+    base = _run_key(load_config("smoke"), "cohort-md5", attention, None)
+    assert _run_key(load_config("smoke"), "cohort-md5", attention, None) == base  # stable
+    changed = _run_key(load_config("smoke", {setting: value}), "cohort-md5", attention, None)
+    assert (changed == base) is resumes
+    assert _run_key(load_config("smoke"), "another-cohort", attention, None) != base
+    attention.write_bytes(b"another c_exp table")
+    assert _run_key(load_config("smoke"), "cohort-md5", attention, None) != base

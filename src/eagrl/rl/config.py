@@ -23,7 +23,7 @@ therefore make every variant the same plain policy gradient.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -97,6 +97,11 @@ class RLConfig(Section):
     use_vllm: bool = Field(
         False, description="Roll out with TRL's colocated vLLM engine (GPU extra, CUDA only; TRL syncs its weights)."
     )
+
+    # Settings that change neither the rollouts nor the updates (logging, checkpoints, the held-out check after
+    # training): left out of the run key, so changing them still resumes an interrupted run.
+    NOT_TRAINING: ClassVar[frozenset[str]] = frozenset(
+        {"logging_steps", "save_steps", "save_total_limit", "eval_split", "eval_max_stays", "eval_n_boot"})
 
     @model_validator(mode="after")
     def _check(self) -> "RLConfig":

@@ -10,8 +10,10 @@ generation the zero-shot and SFT stages score with) and the adapter registered a
 evaluation table looks up.
 
 Training state lives in ``DIR/rl/<variant>-<key>/`` with ``key`` a digest of everything that changes the
-run (the sections, the start adapter, the cohort, C_exp): an interrupted run with the same settings resumes
-from its last checkpoint, and other settings or variants never resume from it.
+run (the model's weights, the generation and RL settings that change what is trained, the start adapter, the
+cohort, C_exp): an interrupted run with the same settings resumes from its last checkpoint, and other settings
+or variants never resume from it. Throughput, logging, checkpointing and held-out settings are left out, so a
+rerun with more threads or another held-out cap still resumes.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from eagrl.config import Config
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
 from eagrl.expert.run import cohort_dir
+from eagrl.llm.config import GenerationConfig
 from eagrl.llm.run import model_config
+from eagrl.rl.config import RLConfig
 from eagrl.stage import StageResult, records_failure, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
@@ -133,7 +137,9 @@ def _run_key(cfg: Config, cohort_md5: str, attention: Path, adapter: str | None)
     start = adapter or ""
     if adapter and Path(adapter).is_dir():
         start = tree_md5(adapter)
-    key = {"sections": {s: getattr(cfg, s).model_dump(mode="json") for s in ("model", "generation", "rl")},
+    key = {"model": cfg.model.weights(),
+           "generation": cfg.generation.model_dump(mode="json", exclude=set(GenerationConfig.THROUGHPUT_ONLY)),
+           "rl": cfg.rl.model_dump(mode="json", exclude=set(RLConfig.NOT_TRAINING)),
            "cohort": cohort_md5, "c_exp": hashlib.md5(attention.read_bytes()).hexdigest(), "start": start}
     return hashlib.md5(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
