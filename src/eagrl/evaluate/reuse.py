@@ -71,7 +71,7 @@ def scoring_key(model_cfg: ModelConfig, gen_cfg: GenerationConfig, cohort_md5: s
         except FileNotFoundError:  # a models:/ URI, or no weights: loading it says what is wrong
             return None
     spec = {"eagrl": __version__, "model": model, "adapter": adapter,
-            "generation": gen_cfg.model_dump(mode="json", exclude=set(GenerationConfig.THROUGHPUT_ONLY)),
+            "generation": gen_cfg.content(),
             "cohort": cohort_md5, "split": split}
     return hashlib.md5(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -136,6 +136,10 @@ class GenerationConfig(_Section):
     THROUGHPUT_ONLY: ClassVar[frozenset[str]] = frozenset(
         {"batch_size", "cpu_threads", "prefix_cache_tokens", "vllm_gpu_memory_utilization"})
 
+    def content(self) -> dict:
+        """The settings that change what is written (all but :attr:`THROUGHPUT_ONLY`), for content keys."""
+        return self.model_dump(mode="json", exclude=set(self.THROUGHPUT_ONLY))
+
     @model_validator(mode="after")
     def _check(self) -> "GenerationConfig":
         if self.min_steps > self.depth:

@@ -25,7 +25,6 @@ from eagrl.config import Config
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
 from eagrl.expert.run import cohort_dir
-from eagrl.llm.config import GenerationConfig
 from eagrl.llm.run import model_config
 from eagrl.rl.config import RLConfig
 from eagrl.stage import StageResult, records_failure, stage_dir
@@ -138,7 +137,7 @@ def _run_key(cfg: Config, cohort_md5: str, attention: Path, adapter: str | None)
     if adapter and Path(adapter).is_dir():
         start = tree_md5(adapter)
     key = {"model": cfg.model.weights(),
-           "generation": cfg.generation.model_dump(mode="json", exclude=set(GenerationConfig.THROUGHPUT_ONLY)),
+           "generation": cfg.generation.content(),
            "rl": cfg.rl.model_dump(mode="json", exclude=set(RLConfig.NOT_TRAINING)),
            "cohort": cohort_md5, "c_exp": hashlib.md5(attention.read_bytes()).hexdigest(), "start": start}
     return hashlib.md5(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
