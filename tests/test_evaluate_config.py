@@ -40,6 +40,8 @@ def test_default_profile_runs_the_paper_robustness_levels():
     ({"evaluate.models": [{"name": "x", "kind": "registered", "registered": "m", "version": "newest"}]},
      "'newest'"),
     ({"evaluate.generalisation.targets": [{"dataset": "nowhere"}]}, "nowhere"),
+    ({"evaluate.tune_threshold": True, "evaluate.split": "val"}, "cannot score that split too"),
+    ({"evaluate.tune_max_stays": 0}, "tune_max_stays"),
 ])
 def test_bad_evaluate_values_are_named(override, fragment):
     with pytest.raises(ConfigError) as err:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import f1_score, roc_auc_score
 
 from eagrl.evaluate import metrics as M
 
@@ -67,3 +67,19 @@ def test_paired_relative_gain_and_its_interval(sample):
     assert res["rel_diff_ci"][0] > 0  # the better model's gain is clear of zero
     same = M.paired_bootstrap(y, s, s.copy())
     assert same["rel_diff"] == 0 and same["rel_diff_ci"] == [0.0, 0.0]
+
+
+def test_max_f1_threshold_is_the_highest_best_candidate_of_a_loop(sample):
+    y, s, _, _ = sample  # scores rounded to 2 decimals: many ties
+    cands = np.unique(s)
+    f1 = np.array([f1_score(y, s >= t, zero_division=0) for t in cands])
+    t, best = M.max_f1_threshold(y, s)
+    assert best == pytest.approx(f1.max(), abs=1e-12)
+    assert t == cands[np.flatnonzero(np.isclose(f1, f1.max(), atol=1e-12))[-1]]
+    assert M.f1_at(y, s, t) == pytest.approx(best, abs=1e-12)
+    # a perfect separation: the lowest positive score, F1 = 1
+    assert M.max_f1_threshold([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.9]) == (0.3, 1.0)
+    t, best = M.max_f1_threshold([0, 0, 0], [0.1, 0.2, 0.3])  # no positive: no threshold gives F1 > 0
+    assert np.isnan(t) and best == 0.0
+    with pytest.raises(ValueError, match="non-finite"):
+        M.max_f1_threshold([0, 1], [0.1, float("nan")])

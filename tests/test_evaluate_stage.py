@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from eagrl.config import DataConfig, load_config
 from eagrl.data.cohort import build_cohort
@@ -219,6 +219,52 @@ def test_generalisation_to_another_dataset(evaluated):
     assert rl["auroc"] == pytest.approx(roc_auc_score(p["label"], p["probability"]), abs=1e-12)
     assert rl["diff_vs_pqd"] == pytest.approx(rl["auroc"] - roc_auc_score(base["label"], base["probability"]))
     assert rl["diff_vs_pqd_ci_low"] <= rl["diff_vs_pqd"] <= rl["diff_vs_pqd_ci_high"]
+
+
+def test_f1_at_each_models_threshold_tuned_on_val_stays(evaluated):
+    """The smoke profile tunes the threshold on at most 8 val stays; F1 on the test stays at it, pinned to a loop."""
+    table, cohort = _table(evaluated), evaluated["cohort"]
+    val_ids = cohort.sample_ids("val", 8, seed=0)  # the 60-stay cohort's whole val split (4 stays, both labels)
+    assert not set(val_ids) & set(cohort.sample_ids("test", 10, seed=0))
+    for name in ("vanilla", "pqd", "eag-rl", "expert"):
+        val = pd.read_parquet(evaluated["out"] / "models" / name / "val" / "predictions.parquet")
+        assert val["stay_id"].tolist() == val_ids and val["label"].sum() > 0
+        cands = np.unique(val["probability"])
+        f1 = [f1_score(val["label"], val["probability"] >= c, zero_division=0) for c in cands]
+        t = max(c for c, f in zip(cands, f1) if f == max(f1))
+        assert table.loc[name, "threshold_tuned"] == pytest.approx(t, abs=1e-12)
+        assert table.loc[name, "f1_tuned_val"] == pytest.approx(max(f1), abs=1e-12)
+        test = _pred(evaluated, name)
+        assert table.loc[name, "f1_tuned"] == pytest.approx(
+            f1_score(test["label"], test["probability"] >= t, zero_division=0), abs=1e-12)
+        assert table.loc[name, "f1_tuned_ci_low"] <= table.loc[name, "f1_tuned"] <= table.loc[name, "f1_tuned_ci_high"]
+        assert table.loc[name, "n_tune"] == len(val_ids)
+    html = (evaluated["out"] / "report.html").read_text()
+    assert "F1 at the val max-F1 threshold" in html
+    run = mlflow.MlflowClient().get_run(evaluated["result"].mlflow_run_id)
+    assert run.data.metrics["pqd_test_f1_tuned"] == pytest.approx(table.loc["pqd", "f1_tuned"])
+
+
+def test_a_second_evaluation_reads_back_the_first_ones_passes(evaluated):
+    """The evaluation's own passes (table and val) are tagged with their scoring key: a later evaluation of the same
+    model on (a subset of) the same stays reads them back instead of generating them again."""
+    cfg, root = evaluated["cfg"], evaluated["root"]
+    client = mlflow.MlflowClient()
+    again = evaluate_stage(cfg, root / "again", only=["think", "expert"])
+    table = pd.read_csv(root / "again" / "evaluate" / "table.csv").set_index("name")
+    source = client.get_run(table.loc["think", "reused_from"])
+    assert source.data.tags["mlflow.runName"] == "evaluate-think"
+    assert source.data.tags["mlflow.parentRunId"] == evaluated["result"].mlflow_run_id
+    assert "val predictions reused from MLflow run" in table.loc["think", "note"]
+    for part in ("", "val"):
+        first = pd.read_parquet(evaluated["out"] / "models" / "think" / part / "predictions.parquet")
+        second = pd.read_parquet(root / "again" / "evaluate" / "models" / "think" / part / "predictions.parquet")
+        pd.testing.assert_frame_equal(first, second)
+    assert table.loc["think", "f1_tuned"] == pytest.approx(_table(evaluated).loc["think", "f1_tuned"])
+    assert again.metrics["n_models_reused"] == 1
+    fresh = evaluate_stage(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(
+        update={"reuse_predictions": False})}), root / "fresh", only=["think"])
+    assert fresh.metrics["n_models_reused"] == 0
 
 
 def test_report_has_its_sections_and_images(evaluated):

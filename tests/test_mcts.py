@@ -197,3 +197,22 @@ def test_run_mcts_resumes_and_reports(tiny, tmp_path):
                  progress=False)  # the same model in another precision writes other trajectories: not resumed
     with pytest.raises(DataError, match="no C_exp"):
         run_mcts(cohort, table.iloc[:1], None, gen, cfg, tmp_path / "x", max_stays=3, backend=backend, progress=False)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+def test_a_store_written_with_the_earlier_header_form_still_resumes(profile, tmp_path):
+    """The header's generation part is GenerationConfig.content() (JSON mode); stores written before it held the
+    Python-mode dump without the throughput-only fields. Both must open the same store and key the same folder."""
+    from eagrl.config import load_config
+    from eagrl.mcts.stage import search_header
+
+    cfg = load_config(profile)
+    cohort = tjh_cohort()
+    header = search_header(cohort, cfg.model, cfg.generation, cfg.mcts, cfg.mcts.split)
+    earlier = {**header, "generation": cfg.generation.model_dump(exclude=set(GenerationConfig.THROUGHPUT_ONLY))}
+    TrajectoryStore(tmp_path / "t.jsonl", earlier)
+    assert TrajectoryStore(tmp_path / "t.jsonl", header).done() == set()  # no ConfigError: the settings match
+    assert json.dumps(header, sort_keys=True, default=str) == json.dumps(earlier, sort_keys=True, default=str)
+    with pytest.raises(ConfigError, match="temperature"):  # and a real change is still refused
+        changed = cfg.generation.model_copy(update={"temperature": cfg.generation.temperature + 0.5})
+        TrajectoryStore(tmp_path / "t.jsonl", search_header(cohort, cfg.model, changed, cfg.mcts, cfg.mcts.split))

@@ -228,6 +228,23 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(cohort, c_exp, sft_
     assert len(res.eps_values) == 4  # one generation batch (2 stays x G = 2) sampled in this call
 
 
+def test_a_finished_run_rerun_trains_no_further_step(cohort, c_exp, sft_adapter, tmp_path):
+    """A rerun of a run that reached max_steps (e.g. to re-score it with another held-out cap) resumes from the last
+    checkpoint and trains nothing more: the same steps, the same adapter."""
+    from safetensors.torch import load_file
+
+    from eagrl.rl.train import run_rl
+
+    cfg = RLConfig(max_steps=2, num_generations=2, prompts_per_batch=2, micro_batch_size=2, updates_per_batch=2,
+                   max_stays=4, learning_rate=1e-3)
+    first = run_rl(ModelConfig(source="tiny"), GEN, cfg, cohort, c_exp, tmp_path / "rl", sft_adapter=sft_adapter)
+    weights = load_file(first.adapter_dir / "adapter_model.safetensors")
+    again = run_rl(ModelConfig(source="tiny"), GEN, cfg, cohort, c_exp, tmp_path / "rl", sft_adapter=sft_adapter)
+    assert again.metrics["train_steps"] == 2 and [r["step"] for r in again.history] == [1.0, 2.0]
+    after = load_file(again.adapter_dir / "adapter_model.safetensors")
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+
+
 def test_bad_settings_and_inputs_are_named(cohort, c_exp, tmp_path):
     from eagrl.errors import DataError
     from eagrl.rl.train import run_rl
@@ -275,3 +292,18 @@ def test_the_run_folder_changes_with_what_is_trained_not_with_throughput_or_logg
     assert _run_key(load_config("smoke"), "another-cohort", attention, None) != base
     attention.write_bytes(b"another c_exp table")
     assert _run_key(load_config("smoke"), "cohort-md5", attention, None) != base
+
+
+def test_the_reward_trend_averages_halves_of_the_steps_and_the_message_says_so():
+    from types import SimpleNamespace
+
+    from eagrl.rl.run import _reward_trend
+    from eagrl.rl.train import summary_metrics
+
+    history = [{"step": float(i + 1), "reward": r} for i, r in enumerate([0.4, 0.2, 0.6, 0.1, 0.5])]
+    m = summary_metrics(history, SimpleNamespace(global_step=5, training_loss=0.0), 10.0, 8, [])
+    assert (m["first_reward"], m["last_reward"]) == (0.4, 0.5)
+    assert m["early_reward"] == pytest.approx(0.3) and m["late_reward"] == pytest.approx(0.3)  # steps 1-2, 4-5
+    assert _reward_trend(m) == "mean reward 0.300 over the first half of the steps -> 0.300 over the last"
+    one = summary_metrics(history[:1], SimpleNamespace(global_step=1, training_loss=0.0), 1.0, 8, [])
+    assert "early_reward" not in one and _reward_trend(one) == "reward 0.400"

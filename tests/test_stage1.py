@@ -200,6 +200,63 @@ def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(pre
     assert client.get_latest_versions("eagrl-grpo-mimic-iv-demo-readmission_30d")
 
 
+def test_rl_rescored_with_another_cap_resumes_and_keeps_the_earlier_heldout_files(prepared, rl_trained):
+    from eagrl.rl.run import rl_stage
+
+    ws, _ = prepared
+    cfg, _, result, _ = rl_trained
+    before = Path(result.outputs["heldout"]) / "predictions.csv"
+    text = before.read_text()
+    again = rl_stage(cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"eval_max_stays": 4})}), ws / "out-rl")
+    assert Path(again.outputs["adapter"]) == Path(result.outputs["adapter"])  # the same run folder: resumed
+    assert again.metrics["train_steps"] == 2 and again.metrics["test_n_stays"] == 4
+    assert Path(again.outputs["heldout"]) != Path(result.outputs["heldout"])
+    assert Path(again.outputs["heldout"]).name == "heldout-test-4-seed0"
+    assert before.read_text() == text  # the 6-stay check is still there, unchanged
+
+
+def test_the_evaluation_reuses_a_stage_s_held_out_predictions_only_for_the_same_model_stays_and_settings(
+        prepared, rl_trained):
+    import pandas as pd
+
+    from eagrl.evaluate.stage import evaluate_stage
+
+    ws, _ = prepared
+    cfg, sft, result, _ = rl_trained
+    version = {"eag-rl": result.outputs["model_version"]}
+    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")  # the copy logged with the RL run
+    held = pd.read_csv(client.download_artifacts(result.mlflow_run_id, "heldout/predictions.csv", str(ws)),
+                       dtype={"stay_id": str})
+
+    def evaluated(tag: str, *sets: str):
+        c = _cfg(ws, "evaluate.max_stays=6", "evaluate.robustness.models=[]", "evaluate.generalisation.models=[]",
+                 "evaluate.n_boot=50", *sets)
+        res = evaluate_stage(c, ws / f"out-reuse-{tag}", only=["eag-rl"], versions=version)
+        table = pd.read_csv(ws / f"out-reuse-{tag}" / "evaluate" / "table.csv", keep_default_na=False)
+        pred = pd.read_parquet(ws / f"out-reuse-{tag}" / "evaluate" / "models" / "eag-rl" / "predictions.parquet")
+        return res, table.set_index("name").loc["eag-rl"], pred
+
+    # the RL stage scored the same 6 stays (evaluate.seed's sample) with the same settings: read back, not generated
+    # (this test precedes the promotion test, whose evaluation scores 16 stays, a set an evaluation reuses too)
+    res, row, pred = evaluated("same")
+    assert row["reused_from"] == result.mlflow_run_id and result.mlflow_run_id in row["note"]
+    assert res.metrics["n_models_reused"] == 1 and "reused from the stage runs: eag-rl" in res.message
+    assert pred["stay_id"].tolist() == held["stay_id"].tolist()
+    assert pred["probability"].tolist() == held["probability"].tolist()
+
+    # scored afresh it gives the same answers (the tiny model in float32 is batch-invariant)
+    _, fresh_row, fresh = evaluated("fresh", "evaluate.reuse_predictions=false")
+    assert fresh_row["reused_from"] == "" and fresh["stay_id"].tolist() == pred["stay_id"].tolist()
+    assert (fresh["probability"] - pred["probability"]).abs().max() < 1e-6
+
+    # another content setting, or stays the stage never scored, or sampled decoding: generated again
+    for tag, sets in (("tokens", ["generation.max_answer_tokens=6"]), ("more", ["evaluate.max_stays=10"]),
+                      ("sampled", ["generation.temperature=0.7"])):
+        res, row, _ = evaluated(tag, *sets)
+        assert row["reused_from"] == "" and row["status"] == "scored", tag
+        assert res.metrics["n_models_reused"] == 0, tag
+
+
 def test_evaluation_then_promotion_moves_champion_only_on_a_win(prepared, rl_trained):
     from eagrl.evaluate.stage import evaluate_stage
     from eagrl.serve.promote_stage import SOURCE_TAG, promote_stage
@@ -247,47 +304,6 @@ def test_evaluation_then_promotion_moves_champion_only_on_a_win(prepared, rl_tra
         promote_stage(_cfg(ws, "promote.entry=dapo"), out)
     with pytest.raises(DataError, match="no evaluation table"):
         promote_stage(cfg, ws / "out-nothing")
-
-
-def test_the_evaluation_reuses_a_stage_s_held_out_predictions_only_for_the_same_model_stays_and_settings(
-        prepared, rl_trained):
-    import pandas as pd
-
-    from eagrl.evaluate.stage import evaluate_stage
-
-    ws, _ = prepared
-    cfg, sft, result, _ = rl_trained
-    version = {"eag-rl": result.outputs["model_version"]}
-    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")  # the copy logged with the RL run
-    held = pd.read_csv(client.download_artifacts(result.mlflow_run_id, "heldout/predictions.csv", str(ws)),
-                       dtype={"stay_id": str})
-
-    def evaluated(tag: str, *sets: str):
-        c = _cfg(ws, "evaluate.max_stays=6", "evaluate.robustness.models=[]", "evaluate.generalisation.models=[]",
-                 "evaluate.n_boot=50", *sets)
-        res = evaluate_stage(c, ws / f"out-reuse-{tag}", only=["eag-rl"], versions=version)
-        table = pd.read_csv(ws / f"out-reuse-{tag}" / "evaluate" / "table.csv", keep_default_na=False)
-        pred = pd.read_parquet(ws / f"out-reuse-{tag}" / "evaluate" / "models" / "eag-rl" / "predictions.parquet")
-        return res, table.set_index("name").loc["eag-rl"], pred
-
-    # the RL stage scored the same 6 stays (evaluate.seed's sample) with the same settings: read back, not generated
-    res, row, pred = evaluated("same")
-    assert row["reused_from"] == result.mlflow_run_id and result.mlflow_run_id in row["note"]
-    assert res.metrics["n_models_reused"] == 1 and "reused from the stage runs: eag-rl" in res.message
-    assert pred["stay_id"].tolist() == held["stay_id"].tolist()
-    assert pred["probability"].tolist() == held["probability"].tolist()
-
-    # scored afresh it gives the same answers (the tiny model in float32 is batch-invariant)
-    _, fresh_row, fresh = evaluated("fresh", "evaluate.reuse_predictions=false")
-    assert fresh_row["reused_from"] == "" and fresh["stay_id"].tolist() == pred["stay_id"].tolist()
-    assert (fresh["probability"] - pred["probability"]).abs().max() < 1e-6
-
-    # another content setting, or stays the stage never scored, or sampled decoding: generated again
-    for tag, sets in (("tokens", ["generation.max_answer_tokens=6"]), ("more", ["evaluate.max_stays=10"]),
-                      ("sampled", ["generation.temperature=0.7"])):
-        res, row, _ = evaluated(tag, *sets)
-        assert row["reused_from"] == "" and row["status"] == "scored", tag
-        assert res.metrics["n_models_reused"] == 0, tag
 
 
 def test_rl_without_an_sft_adapter_says_what_to_run(prepared):

@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from eagrl.section import Section
 
 Style = Literal["pqd", "vanilla", "think"]
+TUNE_SPLIT = "val"  # where evaluate.tune_threshold picks each model's threshold
 Group = Literal["prompting", "training", "ablation", "expert"]
 
 
@@ -136,6 +137,14 @@ class EvaluateConfig(Section):
                       "split's sample, which the zero-shot, SFT and RL held-out checks take too: capped alike, they "
                       "score the evaluation's stays (a smaller cap, a subset of them).")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Decision threshold of F1.")
+    tune_threshold: bool = Field(
+        False, description="Also report F1 at each model's own threshold: the one that maximises F1 on the val "
+        "split (tune_max_stays of its stays, one more pass of each LLM), applied to the scored split as f1_tuned "
+        "(with threshold_tuned); for models whose probabilities never reach evaluate.threshold."
+    )
+    tune_max_stays: int | None = Field(
+        30, ge=1, description="Val stays the threshold is tuned on (a label-stratified sample); None: all."
+    )
     n_bins: int = Field(10, ge=2, description="Equal-width probability bins of ECE and the calibration plot.")
     models: list[ModelEntry] = Field(
         default_factory=lambda: [m.model_copy() for m in DEFAULT_MODELS], description="Rows of the comparison table."
@@ -156,6 +165,9 @@ class EvaluateConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "EvaluateConfig":
+        if self.tune_threshold and self.split == TUNE_SPLIT:
+            raise ValueError(f"evaluate.tune_threshold picks the threshold on the {TUNE_SPLIT} split, so it cannot "
+                             f"score that split too (evaluate.split={self.split!r})")
         names = [m.name for m in self.models]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -11,7 +11,8 @@ few array passes instead of 1,000 sklearn calls. No (R, n) weight matrix is form
   ``average_precision_score`` (no interpolation).
   Both read one (R, G, 2) table: how many negatives and positives of each tie group of the scores (G
   distinct scores) each resample drew.
-* F1 at a threshold (default 0.5, predicted positive when ``score >= threshold``), zero when undefined.
+* F1 at a threshold (default 0.5, predicted positive when ``score >= threshold``), zero when undefined;
+  ``max_f1_threshold`` picks a model's own threshold on another split (validation).
 * Brier: mean squared error of the probability.
 * ECE: expected calibration error over equal-width probability bins.
 
@@ -161,6 +162,26 @@ def brier(y_true, y_score) -> float:
 def ece(y_true, y_score, n_bins: int = 10) -> float:
     """Expected calibration error over ``n_bins`` equal-width bins of the predicted probability."""
     return _point("ece", y_true, y_score, n_bins=n_bins)
+
+
+def max_f1_threshold(y_true, y_score) -> tuple[float, float]:
+    """The threshold that maximises F1 of ``y_score >= threshold`` on these labels, and that F1.
+
+    The candidates are the distinct scores (scikit-learn's ``precision_recall_curve``); among equal F1 the
+    highest threshold wins (fewer positive calls for the same F1). Without a positive label no threshold gives
+    F1 > 0: ``(nan, 0.0)``. Used to pick an operating point on a validation split, never on the split scored.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    y, s = _as_arrays(y_true, y_score)
+    if not y.any():
+        return float("nan"), 0.0
+    precision, recall, thresholds = precision_recall_curve(y, s)  # thresholds ascending; last (p, r) = (1, 0)
+    p, r = precision[:-1], recall[:-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    best = int(np.flatnonzero(f1 == f1.max())[-1])  # ascending thresholds: the last maximiser is the highest
+    return float(thresholds[best]), float(f1[best])
 
 
 # ====================================================================== bootstrap

@@ -17,7 +17,7 @@ import pandas as pd
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
 from eagrl.evaluate.config import EvaluateConfig
-from eagrl.evaluate.metrics import METRICS, evaluate_binary, evaluate_means
+from eagrl.evaluate.metrics import METRICS, evaluate_binary, evaluate_means, max_f1_threshold
 from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.rewards import r_att
 
@@ -106,6 +106,20 @@ def summarise(pred: pd.DataFrame, ecfg: EvaluateConfig, prefix: str = "",
     if "r_att" in pred:
         per_stay["r_att_mean"] = pred["r_att"].to_numpy(dtype=np.float64)
     out.update(evaluate_means(per_stay, prefix=prefix, n_boot=ecfg.n_boot, ci=ecfg.ci, seed=ecfg.seed))
+    return out
+
+
+def tuned_f1(pred: pd.DataFrame, val: pd.DataFrame, ecfg: EvaluateConfig) -> dict[str, float | list[float]]:
+    """F1 on ``pred`` at the threshold that maximises F1 on ``val`` (the model's own operating point, picked
+    without the scored labels): ``f1_tuned`` with its interval, ``threshold_tuned``, ``f1_tuned_val`` (F1 on val
+    at it) and ``n_tune``; no ``f1_tuned`` when val has no positive stay (no threshold gives F1 > 0 there)."""
+    t, f1_val = max_f1_threshold(val["label"].to_numpy(dtype=np.float64),
+                                 val["probability"].to_numpy(dtype=np.float64))
+    out: dict[str, float | list[float]] = {"threshold_tuned": t, "f1_tuned_val": f1_val, "n_tune": len(val)}
+    if np.isfinite(t):
+        res = evaluate_binary(pred["label"].to_numpy(dtype=np.float64), pred["probability"].to_numpy(dtype=np.float64),
+                              metrics=("f1",), n_boot=ecfg.n_boot, ci=ecfg.ci, seed=ecfg.seed, threshold=t)
+        out.update({"f1_tuned": res["f1"], **({"f1_tuned_ci": res["f1_ci"]} if "f1_ci" in res else {})})
     return out
 
 

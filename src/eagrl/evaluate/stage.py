@@ -6,7 +6,8 @@ generalisation, and the HTML report.
 1. resolves each entry of ``cfg.evaluate.models`` (prompting baselines on the base model, the policies
    registered in MLflow, the ConCare expert); an entry that is not registered is a visible ``skipped`` row;
 2. scores every resolved model on the same stays of ``cfg.evaluate.split`` and summarises it (AUROC, AUPRC,
-   F1, Brier, ECE, well-formed rate, mean R_att against the expert's C_exp, each with its interval);
+   F1, Brier, ECE, well-formed rate, mean R_att against the expert's C_exp, each with its interval); with
+   ``evaluate.tune_threshold`` also on val stays, whose max-F1 threshold gives the model's ``f1_tuned``;
 3. compares each model with every reference (``evaluate.references``, default P_QD and SFT) by paired
    bootstrap, difference and relative gain with intervals;
 4. re-scores the robustness models under feature-order shuffles and value noise (AUROC against the level,
@@ -27,11 +28,13 @@ import pandas as pd
 
 from eagrl.config import Config
 from eagrl.data.cohort import Cohort
-from eagrl.evaluate.config import EvaluateConfig
+from eagrl.errors import DataError
+from eagrl.evaluate.config import TUNE_SPLIT, EvaluateConfig
 from eagrl.evaluate.metrics import paired_bootstrap
 from eagrl.evaluate.models import READY, Resolved, resolve
 from eagrl.evaluate.perturb import shuffled, with_value_noise
-from eagrl.evaluate.score import aligned, read_c_exp, read_scored, restricted, score_expert, score_llm, summarise
+from eagrl.evaluate.score import (aligned, read_c_exp, read_scored, restricted, score_expert, score_llm, summarise,
+                                  tuned_f1)
 from eagrl.expert.run import cohort_dir
 from eagrl.stage import StageResult, records_failure, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
@@ -158,13 +161,15 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
     """Resolve, score and compare every entry; the robustness and generalisation runs reuse each loaded model.
 
     With ``cohort_md5`` (the content digest of the cohort folder) and ``evaluate.reuse_predictions``, a row whose
-    model was already scored on these stays with these settings (by the zero-shot, SFT or RL stage) is read back
-    from that run (:mod:`eagrl.evaluate.reuse`); its model is loaded only for the robustness and transfer runs.
+    model was already scored on these stays with these settings (by the zero-shot, SFT or RL stage, or an earlier
+    evaluation) is read back from that run (:mod:`eagrl.evaluate.reuse`); its model is loaded only for what is left
+    (robustness, transfer, a validation pass for the tuned threshold).
     """
     ev = Evaluation()
     resolved = [resolve(entry, cfg) for entry in ecfg.models]
     c_exp = _c_exp(cfg, cohort, resolved, out, ev)
     targets = _targets(cfg, ecfg, ev)
+    tune = _tuning_stays(ecfg, cohort, ev)
     base_backend = None
     for res in resolved:
         row = {"name": res.name, "label": res.entry.title, "group": res.entry.group, "note": res.note,
@@ -174,23 +179,36 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
         if res.status != READY:
             ev.notes.append(f"{res.entry.title}: {res.status}, {res.note}")
             continue
-        backend, step = None, "scoring"
+        backend, step, val = None, "scoring", None
+        where = out / "models" / res.name
         try:
             if not res.is_llm:
-                pred = score_expert(res.expert, res.expert_features, cohort, ids, out / "models" / res.name)
+                pred = score_expert(res.expert, res.expert_features, cohort, ids, where)
             else:
-                where = out / "models" / res.name
-                pred = _reused(cfg, ecfg, res, cohort, ids, cohort_md5, where, c_exp, row)
-                if pred is None or _needs_model(ecfg, res, targets):
+                pred = _reused(cfg, ecfg, res, cohort, ecfg.split, ids, cohort_md5, where, c_exp, row)
+                if tune is not None:
+                    val = _reused(cfg, ecfg, res, tune[0], TUNE_SPLIT, tune[1], cohort_md5, where / TUNE_SPLIT,
+                                  c_exp, row)
+                if pred is None or (tune is not None and val is None) or _needs_model(ecfg, res, targets):
                     if res.entry.kind == "prompt":
                         base_backend = base_backend or _backend(res, cfg)
                         backend = base_backend
                     else:
                         backend = _backend(res, cfg)
                 if pred is None:
-                    pred = _score(cfg, ecfg, res, cohort, where, c_exp, backend)
+                    pred = _score(cfg, ecfg, res, cohort, where, c_exp, backend,
+                                  key=_key(cfg, res, cohort_md5, ecfg.split))
             row["metrics"] = summarise(pred, ecfg)
             ev.predictions[res.name] = pred
+            if tune is not None:
+                step = "threshold tuning"
+                if not res.is_llm:
+                    val = score_expert(res.expert, res.expert_features, tune[0], tune[1], where / TUNE_SPLIT)
+                elif val is None:
+                    val = _score(cfg, ecfg, res, tune[0], where / TUNE_SPLIT, c_exp, backend, split=TUNE_SPLIT,
+                                 run_name=f"evaluate-{res.name}-{TUNE_SPLIT}",
+                                 key=_key(cfg, res, cohort_md5, TUNE_SPLIT))
+                row["metrics"].update(tuned_f1(pred, val, ecfg))
             if backend is not None:
                 step = "robustness"
                 _robustness(cfg, ecfg, res, cohort, out, c_exp, backend, pred, ev)
@@ -235,14 +253,46 @@ def _gen(cfg: Config, res: Resolved):
 
 
 def _score(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, out: Path, c_exp, backend,
-           gen=None, run_name: str | None = None) -> pd.DataFrame:
-    """One LLM on one cohort, in its own nested MLflow run (the zero-shot routine logs its numbers there)."""
+           gen=None, run_name: str | None = None, split: str | None = None,
+           key: str | None = None) -> pd.DataFrame:
+    """One LLM on one cohort, in its own nested MLflow run (the zero-shot routine logs its numbers there).
+
+    ``key`` (a plain pass: unperturbed cohort and settings) is the scoring key the run is tagged with, beside its
+    predictions, so a later evaluation of the same model on these stays reads them back (:mod:`eagrl.evaluate.reuse`).
+    """
     import mlflow
 
+    from eagrl.evaluate.reuse import FILES, tag_scored
+
+    split = split or ecfg.split
     with nested_run(run_name or f"evaluate-{res.name}"):
         mlflow.set_tag("eagrl.model_uri", res.uri or res.model_cfg.source)
-        return score_llm(cohort, out, res.model_cfg, gen or _gen(cfg, res), split=ecfg.split, max_stays=None,
+        pred = score_llm(cohort, out, res.model_cfg, gen or _gen(cfg, res), split=split, max_stays=None,
                          c_exp=c_exp, backend=backend, seed=ecfg.seed)
+        if key is not None:
+            for name in FILES:
+                mlflow.log_artifact(str(out / name), artifact_path="predictions")
+            tag_scored(key, "predictions")
+        return pred
+
+
+def _key(cfg: Config, res: Resolved, cohort_md5: str | None, split: str) -> str | None:
+    """The scoring key of the entry's plain pass on ``split`` (None: reuse is off, or not reusable)."""
+    from eagrl.evaluate.reuse import scoring_key
+
+    return scoring_key(res.model_cfg, _gen(cfg, res), cohort_md5, split) if cohort_md5 else None
+
+
+def _tuning_stays(ecfg: EvaluateConfig, cohort: Cohort, ev: Evaluation) -> tuple[Cohort, list[str]] | None:
+    """(the cohort with its val split cut to the tuning stays, those stays) under ``evaluate.tune_threshold``."""
+    if not ecfg.tune_threshold:
+        return None
+    try:
+        ids = cohort.sample_ids(TUNE_SPLIT, ecfg.tune_max_stays, ecfg.seed)
+    except DataError as exc:
+        ev.notes.append(f"F1 at a tuned threshold left out: {exc}")
+        return None
+    return restricted(cohort, TUNE_SPLIT, ids), ids
 
 
 def _needs_model(ecfg: EvaluateConfig, res: Resolved, targets) -> bool:
@@ -251,28 +301,29 @@ def _needs_model(ecfg: EvaluateConfig, res: Resolved, targets) -> bool:
         res.name in ecfg.generalisation.models and any(t[1] is not None for t in targets))
 
 
-def _reused(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, ids: list[str], cohort_md5, where: Path,
-            c_exp, row: dict) -> pd.DataFrame | None:
-    """The entry's predictions read back from the stage run that scored it on these stays, or None."""
+def _reused(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, split: str, ids: list[str], cohort_md5,
+            where: Path, c_exp, row: dict) -> pd.DataFrame | None:
+    """The entry's predictions on ``ids`` of ``split``, read back from the run (a stage's, or an earlier
+    evaluation's) that scored it on these stays, or None. The table split's reuse fills ``row["reused_from"]``."""
     import mlflow
 
-    from eagrl.evaluate.reuse import find_scored, scoring_key
+    from eagrl.evaluate.reuse import find_scored
 
     active = mlflow.active_run()
     if not ecfg.reuse_predictions or cohort_md5 is None or active is None:
         return None
-    gen = _gen(cfg, res)
-    found = find_scored(active.info.experiment_id, scoring_key(res.model_cfg, gen, cohort_md5, ecfg.split), ids,
-                        where)
+    found = find_scored(active.info.experiment_id, _key(cfg, res, cohort_md5, split), ids, where)
     if found is None:
         return None
-    with nested_run(f"evaluate-{res.name}"):
+    table = split == ecfg.split
+    with nested_run(f"evaluate-{res.name}" + ("" if table else f"-{split}")):
         mlflow.set_tags({"eagrl.model_uri": res.uri or res.model_cfg.source, "eagrl.reused_from": found.run_id})
-    row["reused_from"] = found.run_id
-    row["note"] = (f"{row['note']}; predictions reused from MLflow run {found.run_id} "
-                   f"({len(ids)} of the {found.n_scored} stays it scored)")
-    log.info("%s: predictions of run %s reused", res.name, found.run_id)
-    return read_scored(where, gen, c_exp, cohort.dataset)
+    if table:
+        row["reused_from"] = found.run_id
+    row["note"] = (f"{row['note']}; {'' if table else split + ' '}predictions reused from MLflow run "
+                   f"{found.run_id} ({len(ids)} of the {found.n_scored} stays it scored)")
+    log.info("%s: %s predictions of run %s reused", res.name, split, found.run_id)
+    return read_scored(where, _gen(cfg, res), c_exp, cohort.dataset)
 
 
 def _c_exp(cfg: Config, cohort: Cohort, resolved: list[Resolved], out: Path, ev: Evaluation):

@@ -37,9 +37,9 @@ from eagrl.mcts.store import TrajectoryStore
 
 log = logging.getLogger(__name__)
 
-# Settings that do not change what the search writes (throughput and selection only): left out of the header.
-_NOT_SEARCH = {"mcts": {"top_k_per_patient", "balance", "dedupe", "n_boot", "split", "max_stays"},
-               "generation": set(GenerationConfig.THROUGHPUT_ONLY)}
+# MCTS settings that do not change what the search writes (selection and sample size): left out of the header,
+# as GenerationConfig.content() leaves out the throughput-only generation settings.
+_NOT_SEARCH = {"top_k_per_patient", "balance", "dedupe", "n_boot", "split", "max_stays"}
 
 
 @dataclass
@@ -176,8 +176,8 @@ def search_header(cohort: Cohort, model_cfg: ModelConfig, gen_cfg: GenerationCon
     return {
         "dataset": cohort.dataset, "task": cohort.task, "split": split, "model": model_cfg.weights(),
         "adapter": model_cfg.adapter,
-        "mcts": cfg.model_dump(exclude=_NOT_SEARCH["mcts"]),
-        "generation": gen_cfg.model_dump(exclude=_NOT_SEARCH["generation"]),
+        "mcts": cfg.model_dump(exclude=_NOT_SEARCH),
+        "generation": gen_cfg.content(),
     }
 
 

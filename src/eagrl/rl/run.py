@@ -13,7 +13,8 @@ Training state lives in ``DIR/rl/<variant>-<key>/`` with ``key`` a digest of eve
 run (the model's weights, the generation and RL settings that change what is trained, the start adapter, the
 cohort, C_exp): an interrupted run with the same settings resumes from its last checkpoint, and other settings
 or variants never resume from it. Throughput, logging, checkpointing and held-out settings are left out, so a
-rerun with more threads or another held-out cap still resumes.
+rerun with more threads or another held-out cap still resumes; each held-out setting writes its own
+``heldout-<split>-<cap>-seed<seed>/`` there.
 """
 from __future__ import annotations
 
@@ -102,14 +103,15 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         plots = [training_curves(res.history, cfg.rl.variant, train_dir / "curves.png"),
                  eps_histogram(res.eps_values, cfg.rl, train_dir / "eps_distribution.png")]
 
-        held = evaluate_trained(res.model, res.tokenizer, cohort, train_dir / "heldout", mcfg, cfg.generation,
+        heldout = train_dir / heldout_folder(cfg)
+        held = evaluate_trained(res.model, res.tokenizer, cohort, heldout, mcfg, cfg.generation,
                                 split=cfg.rl.eval_split, max_stays=cfg.rl.eval_max_stays,
                                 n_boot=cfg.rl.eval_n_boot, seed=cfg.evaluate.seed)
         metrics = {**res.metrics, **held}
         log_metrics(metrics)
         for path in (*plots, train_dir / "train_history.json"):
             mlflow.log_artifact(str(path))
-        mlflow.log_artifacts(str(train_dir / "heldout"), artifact_path="heldout")
+        mlflow.log_artifacts(str(heldout), artifact_path="heldout")
         tag_heldout(mcfg, res.adapter_dir, cfg.generation, cohort_md5, cfg.rl.eval_split)  # for the evaluation
         info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered_name(cfg),
                           metadata={"stage": "rl", "variant": cfg.rl.variant, "dataset": cfg.data.dataset,
@@ -117,19 +119,33 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         split = cfg.rl.eval_split
         auroc, ci = held.get(f"{split}_auroc"), held.get(f"{split}_auroc_ci")
         version = getattr(info, "registered_model_version", None)
-        message = (f"RL ({cfg.rl.variant}) {res.metrics['train_steps']} steps: reward "
-                   f"{res.metrics.get('first_reward', float('nan')):.3f} -> {res.metrics.get('last_reward', float('nan')):.3f}"
+        message = (f"RL ({cfg.rl.variant}) {res.metrics['train_steps']} steps: {_reward_trend(res.metrics)}"
                    f"; {split} P_QD AUROC " + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else
                                               "undefined")
                    + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}; registered {registered_name(cfg)}"
                    + (f" v{version}" if version else ""))
         result = StageResult("rl", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
-                             outputs={"adapter": str(res.adapter_dir), "heldout": str(train_dir / "heldout"),
+                             outputs={"adapter": str(res.adapter_dir), "heldout": str(heldout),
                                       "curves": str(plots[0]), "eps_plot": str(plots[1]),
                                       "registered_model": registered_name(cfg), "model_uri": str(info.model_uri),
                                       "model_version": str(version or "")})
     result.write(out_dir)
     return result
+
+
+def _reward_trend(m: dict) -> str:
+    """Mean reward of the first and the last half of the steps (each step samples other patients, so two single
+    steps compare different patients: halves average that out)."""
+    if "early_reward" in m:
+        return (f"mean reward {m['early_reward']:.3f} over the first half of the steps -> "
+                f"{m['late_reward']:.3f} over the last")
+    return f"reward {m.get('last_reward', float('nan')):.3f}"
+
+
+def heldout_folder(cfg: Config) -> str:
+    """The held-out check's folder in the run's: one per split, cap and sample seed, so re-scoring a trained policy
+    with another cap (not part of the run key) keeps the earlier check's files."""
+    return f"heldout-{cfg.rl.eval_split}-{cfg.rl.eval_max_stays or 'all'}-seed{cfg.evaluate.seed}"
 
 
 def _run_key(cfg: Config, cohort_md5: str, attention: Path, adapter: str | None) -> str:

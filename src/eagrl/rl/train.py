@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import PrinterCallback
 
@@ -77,7 +78,11 @@ def run_rl(model_cfg: ModelConfig, gen_cfg: GenerationConfig, rl_cfg: RLConfig, 
         log.info("RL resumes from %s", resume)
 
     t0 = time.perf_counter()
-    train_out = trainer.train(resume_from_checkpoint=resume)
+    if resume and finished(resume, rl_cfg):
+        log.info("RL reached its last step in %s: nothing left to train", resume)
+        train_out = restore(trainer, resume)
+    else:
+        train_out = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
 
     peft_model = trainer.accelerator.unwrap_model(trainer.model)
@@ -94,6 +99,33 @@ def run_rl(model_cfg: ModelConfig, gen_cfg: GenerationConfig, rl_cfg: RLConfig, 
     (out / "train_metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     peft_model.eval()
     return RLResult(adapter_dir, metrics, history, list(trainer.eps_values), peft_model, loaded.tokenizer)
+
+
+def finished(checkpoint: str | Path, rl_cfg: RLConfig) -> bool:
+    """Whether the checkpoint is at (or past) the run's last step. Resumed there, transformers' Trainer still takes
+    one more step in an epoch longer than max_steps, so a rerun of a finished run (another held-out cap) would
+    train on."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    target = rl_cfg.max_steps or int(state.get("max_steps") or 0)
+    return target > 0 and int(state["global_step"]) >= target
+
+
+def restore(trainer, checkpoint: str | Path):
+    """Load a finished run's adapter weights and training state from its last checkpoint, as training would end."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    path = Path(checkpoint)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    missing = set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"), adapter_name="default")
+    if getattr(missing, "unexpected_keys", None):
+        raise DataError(f"{path}: the checkpoint's adapter does not fit this policy "
+                        f"(e.g. {missing.unexpected_keys[:3]})")
+    trainer.state = TrainerState.load_from_json(str(path / "trainer_state.json"))
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return TrainOutput(trainer.state.global_step, float(np.mean(losses)) if losses else float("nan"), {})
 
 
 # ====================================================================== the policy and its start
@@ -235,6 +267,9 @@ def summary_metrics(history: list[dict], train_out, seconds: float, n_stays: int
         vals = [r[key] for r in history if key in r]
         if vals:
             out[f"first_{name}"], out[f"last_{name}"] = vals[0], vals[-1]
+        if len(vals) >= 2:  # one step's batch is a few patients: halves are a steadier trend than two steps
+            half = len(vals) // 2
+            out[f"early_{name}"], out[f"late_{name}"] = float(np.mean(vals[:half])), float(np.mean(vals[-half:]))
     if eps_values:
         t = torch.tensor(eps_values)
         out.update({"eps_all_mean": t.mean().item(), "eps_all_min": t.min().item(), "eps_all_max": t.max().item()})
