@@ -105,6 +105,8 @@ def finished(checkpoint: str | Path, rl_cfg: RLConfig) -> bool:
     """Whether the checkpoint is at (or past) the run's last step. Resumed there, transformers' Trainer still takes
     one more step in an epoch longer than max_steps, so a rerun of a finished run (another held-out cap) would
     train on."""
+    if not (Path(checkpoint) / "adapter_model.safetensors").is_file():
+        return False  # a checkpoint restore() cannot read: let the Trainer resume it
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
     target = rl_cfg.max_steps or int(state.get("max_steps") or 0)
     return target > 0 and int(state["global_step"]) >= target
@@ -119,10 +121,10 @@ def restore(trainer, checkpoint: str | Path):
 
     path = Path(checkpoint)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    missing = set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"), adapter_name="default")
-    if getattr(missing, "unexpected_keys", None):
+    loaded = set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"), adapter_name="default")
+    if getattr(loaded, "unexpected_keys", None):
         raise DataError(f"{path}: the checkpoint's adapter does not fit this policy "
-                        f"(e.g. {missing.unexpected_keys[:3]})")
+                        f"(e.g. {loaded.unexpected_keys[:3]})")
     trainer.state = TrainerState.load_from_json(str(path / "trainer_state.json"))
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return TrainOutput(trainer.state.global_step, float(np.mean(losses)) if losses else float("nan"), {})
