@@ -102,9 +102,9 @@ def run_rl(model_cfg: ModelConfig, gen_cfg: GenerationConfig, rl_cfg: RLConfig, 
 
 
 def finished(checkpoint: str | Path, rl_cfg: RLConfig) -> bool:
-    """Whether the checkpoint is at (or past) the run's last step. Resumed there, transformers' Trainer still takes
-    one more step in an epoch longer than max_steps, so a rerun of a finished run (another held-out cap) would
-    train on."""
+    """Whether the checkpoint is at (or past) the run's last step. Resumed from there, the Trainer took one more
+    optimiser step (3 of rl.max_steps 2 with trl 1.16 / transformers 5: the test pins that it no longer does), so a
+    rerun of a finished run, e.g. to re-score it with another held-out cap, changed the policy."""
     if not (Path(checkpoint) / "adapter_model.safetensors").is_file():
         return False  # a checkpoint restore() cannot read: let the Trainer resume it
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
