@@ -119,7 +119,9 @@ def tuned_f1(pred: pd.DataFrame, val: pd.DataFrame, ecfg: EvaluateConfig) -> dic
     if np.isfinite(t):
         res = evaluate_binary(pred["label"].to_numpy(dtype=np.float64), pred["probability"].to_numpy(dtype=np.float64),
                               metrics=("f1",), n_boot=ecfg.n_boot, ci=ecfg.ci, seed=ecfg.seed, threshold=t)
-        out.update({"f1_tuned": res["f1"], **({"f1_tuned_ci": res["f1_ci"]} if "f1_ci" in res else {})})
+        out["f1_tuned"] = res["f1"]
+        if "f1_ci" in res:  # n_boot 0: no interval
+            out["f1_tuned_ci"] = res["f1_ci"]
     return out
 
 

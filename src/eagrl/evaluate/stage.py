@@ -206,7 +206,6 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
                     val = score_expert(res.expert, res.expert_features, tune[0], tune[1], where / TUNE_SPLIT)
                 elif val is None:
                     val = _score(cfg, ecfg, res, tune[0], where / TUNE_SPLIT, c_exp, backend, split=TUNE_SPLIT,
-                                 run_name=f"evaluate-{res.name}-{TUNE_SPLIT}",
                                  key=_key(cfg, res, cohort_md5, TUNE_SPLIT))
                 row["metrics"].update(tuned_f1(pred, val, ecfg))
             if backend is not None:
@@ -265,7 +264,7 @@ def _score(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, out
     from eagrl.evaluate.reuse import FILES, tag_scored
 
     split = split or ecfg.split
-    with nested_run(run_name or f"evaluate-{res.name}"):
+    with nested_run(run_name or _run_name(ecfg, res, split)):
         mlflow.set_tag("eagrl.model_uri", res.uri or res.model_cfg.source)
         pred = score_llm(cohort, out, res.model_cfg, gen or _gen(cfg, res), split=split, max_stays=None,
                          c_exp=c_exp, backend=backend, seed=ecfg.seed)
@@ -274,6 +273,11 @@ def _score(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, out
                 mlflow.log_artifact(str(out / name), artifact_path="predictions")
             tag_scored(key, "predictions")
         return pred
+
+
+def _run_name(ecfg: EvaluateConfig, res: Resolved, split: str) -> str:
+    """The nested run of the entry's plain pass on ``split``: ``evaluate-<entry>``, ``evaluate-<entry>-val``."""
+    return f"evaluate-{res.name}" + ("" if split == ecfg.split else f"-{split}")
 
 
 def _key(cfg: Config, res: Resolved, cohort_md5: str | None, split: str) -> str | None:
@@ -316,7 +320,7 @@ def _reused(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, sp
     if found is None:
         return None
     table = split == ecfg.split
-    with nested_run(f"evaluate-{res.name}" + ("" if table else f"-{split}")):
+    with nested_run(_run_name(ecfg, res, split)):
         mlflow.set_tags({"eagrl.model_uri": res.uri or res.model_cfg.source, "eagrl.reused_from": found.run_id})
     if table:
         row["reused_from"] = found.run_id
