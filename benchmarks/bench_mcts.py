@@ -15,7 +15,9 @@ responses came out identical (they should, up to float rounding flipping a sampl
 the expert's attention table when ``--attention`` names one; otherwise from a stand-in (each stay's 3 most
 often measured features), which the output says: the reward, not the speed, depends on it.
 
-    .venv/bin/python benchmarks/bench_mcts.py [--model tiny|smollm2-135m] [--patients 4] [--threads 1]
+``--parallel K`` runs both arms with ``mcts.parallel = K`` (K rollouts a round, simulated as one batch).
+
+    .venv/bin/python benchmarks/bench_mcts.py [--model tiny|smollm2-135m] [--patients 4] [--threads 1] [--parallel 1]
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ def main() -> None:
     ap.add_argument("--rollouts", type=int, default=8)
     ap.add_argument("--depth", type=int, default=7)
     ap.add_argument("--branching", type=int, default=3)
+    ap.add_argument("--parallel", type=int, default=1, help="mcts.parallel: rollouts simulated as one batch (both arms)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--max-prompt-tokens", type=int, default=3072)
     ap.add_argument("--attention", default=None, help="expert attention parquet (else a stand-in C_exp)")
@@ -74,7 +77,8 @@ def main() -> None:
 
     model_cfg = ModelConfig(source=args.model, dtype=args.dtype, device=args.device)
     loaded = load_model(model_cfg)
-    mcts = MCTSConfig(rollouts=args.rollouts, depth=args.depth, branching=args.branching, n_boot=0)
+    mcts = MCTSConfig(rollouts=args.rollouts, depth=args.depth, branching=args.branching, parallel=args.parallel,
+                      n_boot=0)
     results = {}
     for mode in ("reuse", "reencode"):
         if args.only and mode != args.only:
@@ -97,7 +101,7 @@ def main() -> None:
               f"{results[mode]['per_minute']:.1f} / min (tree nodes {m['tree_nodes_mean']:.1f}, "
               f"response steps {m['response_steps_mean']:.2f})", flush=True)
     summary = {"model": args.model, "patients": len(stay_ids), "N": args.rollouts, "T": args.depth,
-               "b": args.branching, "threads": args.threads, "c_exp": c_exp_from}
+               "b": args.branching, "parallel": args.parallel, "threads": args.threads, "c_exp": c_exp_from}
     if len(results) == 2:
         a, b = results["reuse"], results["reencode"]
         same = sum(x == y for x, y in zip(a["texts"], b["texts"]))

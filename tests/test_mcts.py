@@ -66,7 +66,10 @@ def test_uct_hand_computed():
 
 
 def test_rewards_back_up_along_the_path(tiny, prompt_ids):
-    res = _search(tiny, prompt_ids, rollouts=6)
+    _check_backup(_search(tiny, prompt_ids, rollouts=6))
+
+
+def _check_backup(res):
     root = res.root
     assert len(res.completed) == 6 and root.visits == 6
     assert root.value_sum == pytest.approx(sum(c.r for c in res.completed))
@@ -82,6 +85,35 @@ def test_rewards_back_up_along_the_path(tiny, prompt_ids):
             assert ch.traj.ids[:len(node.traj.ids)] == node.traj.ids  # children extend the parent's tokens
     # every child of the root was tried before any grandchild (UCT: unvisited = +inf)
     assert all(ch.visits >= 1 for ch in root.children)
+
+
+def test_parallel_rounds_simulate_as_one_batch_and_back_up_every_reward(tiny, prompt_ids):
+    backend = _backend(tiny)
+    mcts = MCTSConfig(rollouts=6, branching=2, depth=3, parallel=2)
+    generator = make_generator(backend, GenerationConfig(**CAPS), mcts, FEATURES)
+    batches = []
+    finish = generator.finish
+
+    def recorded(trajs, more_steps=True):
+        batches.append(len(trajs))
+        return finish(trajs, more_steps=more_steps)
+
+    generator.finish = recorded
+    res = search(generator, prompt_ids, 1, C_EXP, mcts, stay_id="p1")
+    assert batches == [2, 2, 2] and [c.rollout for c in res.completed] == list(range(6))
+    _check_backup(res)  # the virtual visits became real ones: visits and value sums match the completed rollouts
+
+    # the first round (the root's b children) and the first selection of the second (it sees both rewards) are
+    # the sequential search's; the tiny model in float32 writes the same tokens in a batch or alone
+    one = _search(tiny, prompt_ids, rollouts=6, parallel=1)
+    key = lambda c: (c.leaf_id, c.response.text, round(c.r, 9))  # noqa: E731
+    assert [key(c) for c in res.completed[:3]] == [key(c) for c in one.completed[:3]]
+    assert [c.leaf_id for c in res.completed[:2]] == [ch.id for ch in res.root.children]
+
+    batches.clear()
+    every = search(generator, prompt_ids, 1, C_EXP, mcts.model_copy(update={"parallel": 8}), stay_id="p1")
+    assert batches == [6] and len(every.completed) == 6  # K above N: one round
+    _check_backup(every)
 
 
 def test_depth_limit_forces_the_answer(tiny, prompt_ids):
@@ -216,3 +248,9 @@ def test_a_store_written_with_the_earlier_header_form_still_resumes(profile, tmp
     with pytest.raises(ConfigError, match="temperature"):  # and a real change is still refused
         changed = cfg.generation.model_copy(update={"temperature": cfg.generation.temperature + 0.5})
         TrajectoryStore(tmp_path / "t.jsonl", search_header(cohort, cfg.model, changed, cfg.mcts, cfg.mcts.split))
+    # the same goes for mcts.parallel, which came later: at 1 (one rollout at a time) it is not in the header
+    sequential = cfg.mcts.model_copy(update={"parallel": 1})
+    assert "parallel" not in search_header(cohort, cfg.model, cfg.generation, sequential, cfg.mcts.split)["mcts"]
+    with pytest.raises(ConfigError, match="parallel"):  # batched rounds write other trees: a store of their own
+        batched = cfg.mcts.model_copy(update={"parallel": cfg.mcts.parallel + 1})
+        TrajectoryStore(tmp_path / "t.jsonl", search_header(cohort, cfg.model, cfg.generation, batched, cfg.mcts.split))

@@ -22,6 +22,10 @@ class MCTSConfig(Section):
     )
     branching: int = Field(3, ge=1, description="b: candidate (sub-question, answer) steps sampled per expansion.")
     exploration: float = Field(1.0, ge=0.0, description="c: UCT exploration weight, Q + c * sqrt(ln N_parent / n).")
+    parallel: int = Field(
+        1, ge=1, description="K: rollouts selected together (virtual loss) and simulated as one batch; 1: one at a "
+        "time, each reward backed up before the next selection (METHOD). K = b costs the tree little (search.py)."
+    )
     temperature: float | None = Field(
         1.0, ge=0.0, description="Sampling temperature of expansions and rollouts (the search needs diverse "
         "candidates even where evaluation decodes greedily); None: generation.temperature."

@@ -16,6 +16,13 @@ rollouts does, in turn:
    ``expert_guidance`` is off; a malformed response scores 0) is added to the value sum and visit count of
    every node on the path, root included.
 
+With ``parallel = K > 1`` the rollouts run in rounds of K: K selections (with their expansions) come first, each
+counting a visit of reward 0 on its path until its own reward is in (a *virtual loss*, Chaslot et al. 2008, so
+the round spreads over the tree), then the K simulations are written as one batch, then each reward is backed
+up. Right after an expansion the next b - 1 selections from that node go to its unvisited children whatever the
+rewards, so K = b loses little of what the sequential search knows, and the batch is decoded together (on 2 CPU
+cores 4 simulations of SmolLM2 took 10 s as one batch, 19 s one at a time).
+
 Children continue from their parent's token ids, so the backend's prefix reuse (the KV-cache store on the
 CPU path, vLLM's prefix caching on the GPU path) computes the prompt and each node's path once. Every
 completed rollout is returned with its reward parts, and the tree's size, depth and time.
@@ -149,24 +156,30 @@ def search(generator: StructuredGenerator, prompt_ids: Sequence[int], label: int
     t0 = time.perf_counter()
     root = Node(generator.start(prompt_ids, seed), id=0)
     n_nodes, completed = 1, []
-    for i in range(cfg.rollouts):
-        node = root
-        while node.children:  # selection
-            node = node.best_child(cfg.exploration)
-        if (node.visits > 0 or node is root) and _expandable(node, t_max):  # expansion
-            kids = generator.expand(node.traj, cfg.branching, seed=sample_seed(seed, node.id))
-            node.children = [Node(k, parent=node, id=n_nodes + j) for j, k in enumerate(kids)]
-            n_nodes += len(kids)
-            node = node.children[0]
-        leaf = node.traj.child(sample_seed(seed, SIMULATION_SEED_OFFSET + i))  # simulation
-        more = cfg.rollout_more_steps and leaf.n_steps < t_max
-        (resp,) = generator.finish([leaf], more_steps=more)
-        rw = reward(resp.parsed, label, c_search, cfg.lam)
-        r_exp = jaccard(resp.parsed.features, c_exp) if rw.well_formed else 0.0
-        completed.append(Completed(i, node.id, node.depth, resp, rw.total, rw.r_cls, rw.r_att, r_exp, rw.well_formed))
-        for n in node.path():  # backup
-            n.visits += 1
-            n.value_sum += rw.total
+    for first in range(0, cfg.rollouts, cfg.parallel):
+        leaves = []
+        for i in range(first, min(first + cfg.parallel, cfg.rollouts)):
+            node = root
+            while node.children:  # selection
+                node = node.best_child(cfg.exploration)
+            if (node.visits > 0 or node is root) and _expandable(node, t_max):  # expansion
+                kids = generator.expand(node.traj, cfg.branching, seed=sample_seed(seed, node.id))
+                node.children = [Node(k, parent=node, id=n_nodes + j) for j, k in enumerate(kids)]
+                n_nodes += len(kids)
+                node = node.children[0]
+            for n in node.path():  # the visit counts now; its reward is added at backup (virtual loss until then)
+                n.visits += 1
+            leaves.append((i, node))
+        # simulation, the round's leaves as one batch; a leaf at depth T gets its answer forced whatever more_steps
+        responses = generator.finish([node.traj.child(sample_seed(seed, SIMULATION_SEED_OFFSET + i))
+                                      for i, node in leaves], more_steps=cfg.rollout_more_steps)
+        for (i, node), resp in zip(leaves, responses):
+            rw = reward(resp.parsed, label, c_search, cfg.lam)
+            r_exp = jaccard(resp.parsed.features, c_exp) if rw.well_formed else 0.0
+            completed.append(Completed(i, node.id, node.depth, resp, rw.total, rw.r_cls, rw.r_att, r_exp,
+                                       rw.well_formed))
+            for n in node.path():  # backup
+                n.value_sum += rw.total
     seconds = time.perf_counter() - t0
     stats = {"nodes": n_nodes, "max_depth": _max_depth(root), "seconds": seconds, "rollouts": cfg.rollouts,
              "root_value": root.q, "max_response_steps": max(c.response.n_steps for c in completed)}

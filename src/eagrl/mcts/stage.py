@@ -173,10 +173,13 @@ def c_exp_lookup(table: pd.DataFrame, stay_ids: list[str]) -> dict[str, list[str
 
 
 def search_header(cohort: Cohort, model_cfg: ModelConfig, gen_cfg: GenerationConfig, cfg: MCTSConfig, split: str) -> dict:
+    search = cfg.model_dump(exclude=_NOT_SEARCH)
+    if search["parallel"] == 1:  # the one-at-a-time search stores came from before the setting: they still resume
+        del search["parallel"]
     return {
         "dataset": cohort.dataset, "task": cohort.task, "split": split, "model": model_cfg.weights(),
         "adapter": model_cfg.adapter,
-        "mcts": cfg.model_dump(exclude=_NOT_SEARCH),
+        "mcts": search,
         "generation": gen_cfg.content(),
     }
 
