@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from eagrl.llm.backends.transformers_backend import TransformersBackend
 from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.rl.clip import adaptive_epsilon, clipped_objective, trajectory_entropy
 from eagrl.rl.config import RLConfig
@@ -97,7 +98,7 @@ def sft_adapter(tiny, tmp_path_factory):
     return path
 
 
-def _trainer(cohort, c_exp, sft_adapter, out, **rl):
+def _trainer(cohort, c_exp, sft_adapter, out, label=None, **rl):
     from eagrl.llm.loading import load_model
     from eagrl.rl.rollout import StructuredRollout
     from eagrl.rl.train import build_trainer, policy_model, prompt_table
@@ -111,6 +112,8 @@ def _trainer(cohort, c_exp, sft_adapter, out, **rl):
     assert list(prompts) == cohort.sample_ids(cfg.split, cfg.max_stays, cfg.seed)  # a stratified sample, not a head
     labels = cohort.stays.assign(stay_id=cohort.stays["stay_id"].astype(str)).set_index("stay_id")["label"]
     assert labels[list(prompts)].nunique() == 2
+    if label is not None:  # every patient rewarded against this label instead of its own
+        rows = [{**r, "label": label} for r in rows]
     rollout = StructuredRollout(prompts, cohort.features, GEN, seed=cfg.seed)
     return build_trainer(model, loaded.tokenizer, cfg, rows, rollout, out / "ckpt", cuda=False), rollout
 
@@ -184,6 +187,46 @@ def test_per_trajectory_bounds_reach_trls_loss(cohort, c_exp, sft_adapter, tmp_p
     loss_row = trainer._compute_loss(trainer.model, {**inputs, "advantages": torch.tensor([0.0, 1.0, 0.0, 0.0])})
     loss_row.backward()
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in trainer.model.parameters() if p.requires_grad)
+
+
+def _expected_answer(model, tokenizer, contexts) -> float:
+    """The mean over contexts of the policy's expected probability at the answer (the digits readout)."""
+    import numpy as np
+
+    from eagrl.llm.structured import digit_tokens
+
+    backend = TransformersBackend(model, tokenizer, prefix_cache_tokens=0, threads=1)
+    cand, values = digit_tokens(backend)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        lp = np.asarray(backend.next_token_logprobs(contexts, cand))
+    model.train(was)
+    w = np.exp(lp - lp.max(axis=1, keepdims=True))
+    return float(((w / w.sum(axis=1, keepdims=True)) @ values).mean())
+
+
+@pytest.mark.parametrize("label", [1, 0])
+def test_training_moves_the_answer_toward_the_rewarded_label(label, cohort, c_exp, sft_adapter, tmp_path):
+    """The sign of the whole loop (reward, group advantage, TRL's loss, the optimiser): rewarded by R_cls against one
+    label for every patient, the policy's answer moves toward it. Read at fixed contexts (the start policy's greedy
+    responses up to the answer), so only the policy, not the text it writes, differs. Over 6 LoRA inits this moved
+    the mean by 0.033 to 0.060 toward the label (3 runs each); at 8 steps the direction was noise."""
+    from eagrl.llm.structured import StructuredGenerator
+
+    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, label=label, variant="grpo", max_steps=24,
+                                learning_rate=1e-2)
+    tok = trainer.processing_class
+    prompts = [rollout.prompt_ids[k] for k in rollout.prompt_ids]
+    trainer.model.eval()
+    with torch.no_grad():
+        greedy = StructuredGenerator(TransformersBackend(trainer.model, tok, prefix_cache_tokens=0, threads=1),
+                                     GEN.model_copy(update={"temperature": 0.0}), cohort.features).generate(prompts)
+    contexts = [list(p) + g[0].token_ids[:g[0].readout_index] for p, g in zip(prompts, greedy)]
+    before = _expected_answer(trainer.model, tok, contexts)
+    trainer.train()
+    after = _expected_answer(trainer.model, tok, contexts)
+    assert (after - before) * (1 if label else -1) > 0.02, (before, after)
 
 
 @pytest.mark.parametrize("variant", ["eag-rl", "grpo"])
