@@ -337,6 +337,14 @@ def test_the_run_folder_changes_with_what_is_trained_not_with_throughput_or_logg
     assert _run_key(load_config("smoke"), "cohort-md5", attention, None) != base
 
 
+def test_epochs_done_counts_the_patients_the_steps_sampled():
+    cfg = RLConfig(num_generations=4, prompts_per_batch=2, micro_batch_size=4, updates_per_batch=2)
+    assert cfg.epochs_done(4, 16) == pytest.approx(0.25)  # the default profile: 2 batches of 2 patients out of 16
+    assert cfg.epochs_done(48, 16) == pytest.approx(3.0)
+    again = cfg.model_copy(update={"num_iterations": 2})  # each batch used twice: twice the steps per patient
+    assert again.epochs_done(48, 16) == pytest.approx(1.5)
+
+
 def test_the_reward_trend_averages_halves_of_the_steps_and_the_message_says_so():
     from types import SimpleNamespace
 

@@ -172,6 +172,9 @@ def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(pre
     ws, _ = prepared
     cfg, sft, result, grpo = rl_trained
     assert result.metrics["train_steps"] == 2 and result.metrics["test_n_stays"] == 6
+    epochs = cfg.rl.epochs_done(2, result.metrics["n_rl_stays"])  # max_steps stops it before rl.epochs: say how far
+    assert result.metrics["train_epochs"] == epochs < cfg.rl.epochs
+    assert f"2 steps ({epochs:.3g} epochs over {result.metrics['n_rl_stays']} stays)" in result.message
     assert result.outputs["registered_model"] == "eagrl-eag-rl-mimic-iv-demo-readmission_30d"
     for plot in ("curves", "eps_plot"):
         assert Path(result.outputs[plot]).stat().st_size > 1000

@@ -150,6 +150,12 @@ class RLConfig(Section):
     def grad_accumulation(self) -> int:
         return self.micro_batches_per_batch // self.updates_per_batch
 
+    def epochs_done(self, steps: int, n_stays: int) -> float:
+        """Passes over ``n_stays`` patients that ``steps`` optimiser steps make: each generation batch of
+        ``prompts_per_batch`` patients gives ``updates_per_batch * num_iterations`` steps. (``max_steps`` stops a
+        run before ``epochs`` when it is the smaller, as in TRL: this says how far it got.)"""
+        return steps * self.prompts_per_batch / (self.updates_per_batch * self.num_iterations * max(n_stays, 1))
+
     def deepspeed_path(self) -> Path | None:
         from eagrl.sft.config import DEEPSPEED_ALIASES
 

@@ -107,7 +107,8 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         held = evaluate_trained(res.model, res.tokenizer, cohort, heldout, mcfg, cfg.generation,
                                 split=cfg.rl.eval_split, max_stays=cfg.rl.eval_max_stays,
                                 n_boot=cfg.rl.eval_n_boot, seed=cfg.evaluate.seed)
-        metrics = {**res.metrics, **held}
+        metrics = {**res.metrics, **held,
+                   "train_epochs": cfg.rl.epochs_done(res.metrics["train_steps"], res.metrics["n_rl_stays"])}
         log_metrics(metrics)
         for path in (*plots, train_dir / "train_history.json"):
             mlflow.log_artifact(str(path))
@@ -119,7 +120,8 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         split = cfg.rl.eval_split
         auroc, ci = held.get(f"{split}_auroc"), held.get(f"{split}_auroc_ci")
         version = getattr(info, "registered_model_version", None)
-        message = (f"RL ({cfg.rl.variant}) {res.metrics['train_steps']} steps: {_reward_trend(res.metrics)}"
+        message = (f"RL ({cfg.rl.variant}) {res.metrics['train_steps']} steps ({metrics['train_epochs']:.3g} epochs "
+                   f"over {res.metrics['n_rl_stays']} stays): {_reward_trend(res.metrics)}"
                    f"; {split} P_QD AUROC " + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else
                                               "undefined")
                    + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}; registered {registered_name(cfg)}"
