@@ -189,6 +189,26 @@ def test_per_trajectory_bounds_reach_trls_loss(cohort, c_exp, sft_adapter, tmp_p
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in trainer.model.parameters() if p.requires_grad)
 
 
+def test_each_reward_reads_the_label_of_its_own_patient(cohort, c_exp, sft_adapter, tmp_path, monkeypatch):
+    """TRL hands the reward functions the dataset's label column beside the rollout's completions: every completion
+    must be scored against the patient it was written for (a shifted order would still pass the one-label test)."""
+    import eagrl.rl.train as train
+
+    seen, score = [], train.r_cls
+
+    def recording(completions, label, eagrl_probability, eagrl_well_formed, **kw):
+        seen.extend(zip(map(str, kw["prompts"]), label))
+        return score(completions, label, eagrl_probability, eagrl_well_formed, **kw)
+
+    recording.__name__ = "r_cls"  # TRL names the logged reward after the function
+    monkeypatch.setattr(train, "r_cls", recording)
+    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, max_steps=4)
+    trainer.train()
+    truth = {r["prompt"]: r["label"] for r in trainer.train_dataset}
+    assert len(seen) == 16 and {y for _, y in seen} == {0, 1}  # 2 batches x 2 stays x G = 4, both classes
+    assert all(y == truth[stay] for stay, y in seen)
+
+
 def _expected_answer(model, tokenizer, contexts) -> float:
     """The mean over contexts of the policy's expected probability at the answer (the digits readout)."""
     import numpy as np
