@@ -213,7 +213,7 @@ def _expected_answer(model, tokenizer, contexts) -> float:
     """The mean over contexts of the policy's expected probability at the answer (the digits readout)."""
     import numpy as np
 
-    from eagrl.llm.structured import digit_tokens
+    from eagrl.llm.structured import digit_tokens, expected_readout
 
     backend = TransformersBackend(model, tokenizer, prefix_cache_tokens=0, threads=1)
     cand, values = digit_tokens(backend)
@@ -222,8 +222,7 @@ def _expected_answer(model, tokenizer, contexts) -> float:
     with torch.no_grad():
         lp = np.asarray(backend.next_token_logprobs(contexts, cand))
     model.train(was)
-    w = np.exp(lp - lp.max(axis=1, keepdims=True))
-    return float(((w / w.sum(axis=1, keepdims=True)) @ values).mean())
+    return float(np.mean(expected_readout(lp, values)))
 
 
 @pytest.mark.parametrize("label", [1, 0])

@@ -248,8 +248,7 @@ class StructuredGenerator:
             t.entropies.append(math.nan)  # only the candidates' probabilities are read here
             self._insert(t, self._encode(f"</{FINAL}>"))
         else:  # the expectation over the answer tokens, written by the framework
-            w = np.exp(row - row.max())
-            t.probability = min(1.0, max(0.0, float(np.dot(w, values) / w.sum())))
+            t.probability = min(1.0, max(0.0, float(expected_readout(row, values))))
             shown = f"{t.probability:.2f}"
             self._insert(t, self._encode((shown[2:] if digits else shown) + f"</{FINAL}>"))
         t.stage = DONE
@@ -308,6 +307,14 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def _vocab_strings(backend: GenerationBackend) -> list[str]:
     tok = backend.tokenizer
     return [tok.decode([i]) for i in range(len(tok))]
+
+
+def expected_readout(logprobs, values: np.ndarray):
+    """The probability a readout gives: the expectation of the candidates' ``values`` under the softmax of their
+    log-probs (over the last axis: one row, or one per context)."""
+    lp = np.asarray(logprobs)
+    w = np.exp(lp - lp.max(axis=-1, keepdims=True))
+    return (w @ values) / w.sum(axis=-1)
 
 
 def digit_tokens(backend: GenerationBackend) -> tuple[list[int], np.ndarray]:
