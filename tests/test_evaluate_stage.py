@@ -267,6 +267,46 @@ def test_a_second_evaluation_reads_back_the_first_ones_passes(evaluated):
     assert fresh.metrics["n_models_reused"] == 0
 
 
+def test_several_sampled_responses_a_stay_are_averaged_and_their_spread_reported(evaluated):
+    """evaluate.samples = 3: each stay's probability is the mean of its 3 sampled responses' (written one per row in
+    samples.csv), well-formed is their share, R_att their mean; the spread within and between stays is in the
+    table; sampled passes are never read back from the greedy ones."""
+    cfg, root = evaluated["cfg"], evaluated["root"]
+    c = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={
+        "samples": 3, "sample_temperature": 1.0, "tune_threshold": False, "max_stays": 6})})
+    c.evaluate.robustness.models, c.evaluate.generalisation.models = [], []
+    res = evaluate_stage(c, root / "sampled", only=["pqd", "eag-rl"])
+    out = root / "sampled" / "evaluate"
+    table = pd.read_csv(out / "table.csv").set_index("name")
+    assert res.metrics["n_models_reused"] == 0 and "3 sampled responses a stay" in res.message
+    assert any("mean over 3 responses sampled at temperature 1" in n for n in json.loads((out / "notes.json").read_text()))
+    c_exp = {str(s): list(f) for s, f in zip(read_attention(expert_dir(cfg) / "attention.parquet")["stay_id"],
+                                             read_attention(expert_dir(cfg) / "attention.parquet")["c_exp"])}
+    for name in ("pqd", "eag-rl"):
+        each = pd.read_csv(out / "models" / name / "samples.csv", dtype={"stay_id": str}, keep_default_na=False)
+        pred = pd.read_parquet(out / "models" / name / "predictions.parquet")
+        assert len(each) == 3 * len(pred) == 18 and each.groupby("stay_id").size().eq(3).all()
+        by = each.groupby("stay_id", sort=False)
+        assert pred["probability"].to_numpy() == pytest.approx(by["probability"].mean().loc[pred["stay_id"]].to_numpy())
+        assert each.groupby("stay_id")["probability"].nunique().max() > 1  # sampled: the responses differ
+        ok = each["well_formed"].astype(str).eq("True")
+        att = [r_att([f for f in str(v).split("; ") if f], c_exp[s]) if w else 0.0
+               for s, v, w in zip(each["stay_id"], each["features"], ok)]
+        assert pred["r_att"].to_numpy() == pytest.approx(
+            pd.Series(att).groupby(each["stay_id"], sort=False).mean().loc[pred["stay_id"]].to_numpy())
+        assert pred["well_formed"].to_numpy() == pytest.approx(
+            ok.groupby(each["stay_id"], sort=False).mean().loc[pred["stay_id"]].to_numpy())
+        sd = by["probability"].std(ddof=0).loc[pred["stay_id"]]
+        assert table.loc[name, "probability_sd_within"] == pytest.approx(sd.mean()) and sd.mean() > 0
+        assert table.loc[name, "probability_sd_between"] == pytest.approx(pred["probability"].std(ddof=0))
+        assert table.loc[name, "auroc"] == pytest.approx(roc_auc_score(pred["label"], pred["probability"]))
+        assert pd.isna(table.loc[name, "reused_from"])
+    html = (out / "report.html").read_text()
+    assert "probability SD within a stay / between stays" in html
+    assert f"{table.loc['pqd', 'probability_sd_within']:.3f} / {table.loc['pqd', 'probability_sd_between']:.3f}" in html
+    assert "probability SD within" not in (evaluated["out"] / "report.html").read_text()  # one response a stay
+
+
 def test_report_has_its_sections_and_images(evaluated):
     report = evaluated["out"] / "report.html"
     assert evaluated["result"].outputs["report"] == str(report)

@@ -31,6 +31,30 @@ def test_zero_shot_with_the_tiny_model(tmp_path, style, depth):
     assert m["test_auroc"] == on_disk["test_auroc"]
 
 
+def test_several_samples_a_stay_give_the_mean_probability_and_keep_every_response(tmp_path):
+    cohort = tjh_cohort()
+    gen = GenerationConfig(depth=2, temperature=1.0, **FAST)
+    m = evaluate_zero_shot(cohort, tmp_path, ModelConfig(source="tiny"), gen, max_stays=5, n_boot=0, samples=4)
+    preds = pd.read_csv(tmp_path / "predictions.csv", dtype={"stay_id": str})
+    each = pd.read_csv(tmp_path / "samples.csv", dtype={"stay_id": str})
+    assert len(preds) == 5 and each["sample"].tolist() == [0, 1, 2, 3] * 5
+    assert each["stay_id"].tolist() == [s for s in preds["stay_id"] for _ in range(4)]
+    by = each.groupby("stay_id", sort=False)["probability"]
+    assert preds["probability"].to_numpy() == pytest.approx(by.mean().to_numpy())
+    assert m["probability_sd_within"] == pytest.approx(by.std(ddof=0).mean()) and m["probability_sd_within"] > 0
+    assert m["samples"] == 4 and m["test_n_stays"] == 5
+    lines = [json.loads(line) for line in (tmp_path / "responses.jsonl").read_text().splitlines()]
+    assert [r["sample"] for r in lines] == [0, 1, 2, 3] * 5
+    assert [r["probability"] for r in lines] == pytest.approx(each["probability"].tolist())
+
+    # one response a stay into the same folder: the earlier responses are not left to be read as this one's
+    evaluate_zero_shot(cohort, tmp_path, ModelConfig(source="tiny"), gen, max_stays=5, n_boot=0)
+    assert not (tmp_path / "samples.csv").exists()
+    with pytest.raises(ValueError, match="need sampled decoding"):
+        evaluate_zero_shot(cohort, tmp_path / "greedy", ModelConfig(source="tiny"),
+                           gen.model_copy(update={"temperature": 0.0}), max_stays=5, n_boot=0, samples=2)
+
+
 @pytest.mark.slow
 def test_smollm2_answers_tjh_patients_in_pqd_form(tmp_path):
     cohort = tjh_cohort()

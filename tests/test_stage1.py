@@ -240,7 +240,6 @@ def test_the_evaluation_reuses_a_stage_s_held_out_predictions_only_for_the_same_
         return res, table.set_index("name").loc["eag-rl"], pred
 
     # the RL stage scored the same 6 stays (evaluate.seed's sample) with the same settings: read back, not generated
-    # (this test precedes the promotion test, whose evaluation scores 16 stays, a set an evaluation reuses too)
     res, row, pred = evaluated("same")
     assert row["reused_from"] == result.mlflow_run_id and result.mlflow_run_id in row["note"]
     assert res.metrics["n_models_reused"] == 1 and "reused from the stage runs: eag-rl" in res.message
@@ -266,6 +265,9 @@ def test_evaluation_then_promotion_moves_champion_only_on_a_win(prepared, rl_tra
 
     ws, _ = prepared
     cfg, _, result, grpo = rl_trained
+    # its evaluation goes to an experiment of its own: the reuse test, whichever runs first, then finds the RL
+    # stage's held-out run as the newest that scored its stays, not this evaluation's (which covers them too)
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"experiment": "eagrl-promotion"})})
     out = ws / "out-rl"
     pinned = {"eag-rl": result.outputs["model_version"], "grpo": grpo.outputs["model_version"]}
     with pytest.raises(Exception, match="not registered entries"):

@@ -136,6 +136,13 @@ class EvaluateConfig(Section):
     seed: int = Field(0, description="Seed of the bootstrap resamples (shared by all models: paired) and of a capped "
                       "split's sample, which the zero-shot, SFT and RL held-out checks take too: capped alike, they "
                       "score the evaluation's stays (a smaller cap, a subset of them).")
+    samples: int = Field(
+        1, ge=1, description="Responses a stay for every LLM row, robustness and transfer pass included. 1: one "
+        "response in generation's decoding (greedy by default). K > 1: K responses sampled at sample_temperature, "
+        "the stay's probability their mean (a single response's readout moves with the text it happened to write; "
+        "K times the scoring time; never reused from stage runs, which score one greedy response)."
+    )
+    sample_temperature: float = Field(1.0, gt=0.0, description="Sampling temperature of the K > 1 responses.")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Decision threshold of F1.")
     tune_threshold: bool = Field(
         False, description="Also report F1 at each model's own threshold: the one that maximises F1 on the val "

@@ -134,7 +134,10 @@ def find_scored(experiment_id: str, key: str | None, stay_ids: list[str], dest: 
 
 
 def _write_subset(src: Path, pred: pd.DataFrame, wanted: list[str], dest: Path) -> None:
+    from eagrl.llm.zeroshot import SAMPLES
+
     dest.mkdir(parents=True, exist_ok=True)
+    (dest / SAMPLES).unlink(missing_ok=True)  # an earlier sampled scoring's, not of the one-response predictions
     pred.set_index("stay_id").loc[wanted].reset_index().to_csv(dest / "predictions.csv", index=False)
     texts = {}
     for line in (src / "responses.jsonl").read_text(encoding="utf-8").splitlines():

@@ -2,7 +2,9 @@
 
 Every scorer returns the same table, one row per stay in split order: ``stay_id`` (str), ``label``,
 ``probability``, and for LLMs ``well_formed``, ``features`` (the parsed C_llm) and ``r_att`` (Jaccard with the
-expert's C_exp of that stay; 0 for a malformed response, as in the reward). :func:`summarise` turns it into
+expert's C_exp of that stay; 0 for a malformed response, as in the reward). With ``evaluate.samples`` K > 1 the
+probability is the mean over a stay's K sampled responses, ``well_formed`` the share of them that were and
+``r_att`` their mean. :func:`summarise` turns it into
 AUROC, AUPRC, F1, Brier and ECE, the well-formed rate and the mean R_att, each with its interval; every model
 scored on the same stays with the same seed sees the same resamples, so paired comparisons line up.
 """
@@ -45,33 +47,55 @@ def read_c_exp(path: str | Path) -> dict[str, list[str]] | None:
 
 def score_llm(cohort: Cohort, out_dir: str | Path, model_cfg: ModelConfig, gen_cfg: GenerationConfig, *,
               split: str, max_stays: int | None, c_exp: Mapping[str, list[str]] | None, backend=None,
-              seed: int = 0) -> pd.DataFrame:
-    """Generate one response per stay (the zero-shot routine, any policy) and read back its predictions."""
+              seed: int = 0, samples: int = 1) -> pd.DataFrame:
+    """Generate ``samples`` responses per stay (the zero-shot routine, any policy) and read back its predictions."""
     from eagrl.llm.zeroshot import evaluate_zero_shot
 
     out = Path(out_dir)
     evaluate_zero_shot(cohort, out, model_cfg, gen_cfg, split=split, max_stays=max_stays, n_boot=0, seed=seed,
-                       backend=backend)
+                       backend=backend, samples=samples)
     return read_scored(out, gen_cfg, c_exp, cohort.dataset)
 
 
 def read_scored(out: Path, gen_cfg: GenerationConfig, c_exp: Mapping[str, list[str]] | None,
                 dataset: str) -> pd.DataFrame:
-    """The scorer's ``predictions.csv`` in ``out`` as the evaluation's table (with R_att), also as parquet."""
-    pred = pd.read_csv(out / "predictions.csv", dtype={"stay_id": str}, keep_default_na=False,
-                       na_values={"probability": ["", "nan"]})
-    pred["well_formed"] = pred["well_formed"].astype(str).str.lower().eq("true")
-    pred["features"] = [[f for f in str(v).split("; ") if f] for v in pred["features"]]
+    """The scorer's ``predictions.csv`` in ``out`` as the evaluation's table (with R_att), also as parquet.
+
+    Where the stays got several responses (``samples.csv`` beside it), ``well_formed`` is the share of a stay's
+    responses that were and ``r_att`` their mean, each response counted as the reward counts it."""
+    from eagrl.llm.zeroshot import SAMPLES
+
+    pred = _read_responses(out / "predictions.csv")
+    each = _read_responses(out / SAMPLES) if (out / SAMPLES).is_file() else None
     if c_exp is not None and gen_cfg.prompt_style in STYLES_WITH_FEATURES:
         missing = [s for s in pred["stay_id"] if s not in c_exp]
         if missing:
             raise DataError(f"the expert attention table has no C_exp for stays {missing[:5]} of {dataset}; "
                             "export it for this cohort (eagrl expert export-attention)")
-        pred["r_att"] = [r_att(f, c_exp[s]) if ok else 0.0
-                         for s, f, ok in zip(pred["stay_id"], pred["features"], pred["well_formed"])]
-    pred = pred[[c for c in ("stay_id", "label", "probability", "well_formed", "features", "r_att") if c in pred]]
+        for table in (pred, each):
+            if table is not None:
+                table["r_att"] = [r_att(f, c_exp[s]) if ok else 0.0
+                                  for s, f, ok in zip(table["stay_id"], table["features"], table["well_formed"])]
+    if each is not None:
+        by_stay = each.groupby("stay_id", sort=False)
+        if set(by_stay.groups) != set(pred["stay_id"]):
+            raise DataError(f"{out / SAMPLES} and {out / 'predictions.csv'} name different stays")
+        pred["well_formed"] = pred["stay_id"].map(by_stay["well_formed"].mean())
+        pred["probability_sd"] = pred["stay_id"].map(by_stay["probability"].std(ddof=0))
+        if "r_att" in each:
+            pred["r_att"] = pred["stay_id"].map(by_stay["r_att"].mean())
+    pred = pred[[c for c in ("stay_id", "label", "probability", "well_formed", "features", "r_att", "probability_sd")
+                 if c in pred]]
     pred.to_parquet(out / "predictions.parquet", index=False)
     return pred
+
+
+def _read_responses(path: Path) -> pd.DataFrame:
+    """A scorer's csv (one row per stay, or per response) with ``well_formed`` as bool and ``features`` as lists."""
+    table = pd.read_csv(path, dtype={"stay_id": str}, keep_default_na=False, na_values={"probability": ["", "nan"]})
+    table["well_formed"] = table["well_formed"].astype(str).str.lower().eq("true")
+    table["features"] = [[f for f in str(v).split("; ") if f] for v in table["features"]]
+    return table
 
 
 def score_expert(model, features: list[str], cohort: Cohort, ids: list[str], out_dir: str | Path) -> pd.DataFrame:
@@ -106,6 +130,9 @@ def summarise(pred: pd.DataFrame, ecfg: EvaluateConfig, prefix: str = "",
     if "r_att" in pred:
         per_stay["r_att_mean"] = pred["r_att"].to_numpy(dtype=np.float64)
     out.update(evaluate_means(per_stay, prefix=prefix, n_boot=ecfg.n_boot, ci=ecfg.ci, seed=ecfg.seed))
+    if "probability_sd" in pred:  # several responses a stay: how far one moves against how far the stays differ
+        out[f"{prefix}probability_sd_within"] = float(pred["probability_sd"].mean())
+        out[f"{prefix}probability_sd_between"] = float(p.std())
     return out
 
 

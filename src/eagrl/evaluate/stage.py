@@ -166,6 +166,10 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
     (robustness, transfer, a validation pass for the tuned threshold).
     """
     ev = Evaluation()
+    if ecfg.samples > 1:
+        ev.notes.append(f"each LLM's probability for a stay is the mean over {ecfg.samples} responses sampled at "
+                        f"temperature {ecfg.sample_temperature:g} (evaluate.samples); probability_sd_within is the "
+                        "mean spread of a stay's responses, probability_sd_between the spread of the stays' means")
     resolved = [resolve(entry, cfg) for entry in ecfg.models]
     c_exp = _c_exp(cfg, cohort, resolved, out, ev)
     targets = _targets(cfg, ecfg, ev)
@@ -197,7 +201,7 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
                         backend = _backend(res, cfg)
                 if pred is None:
                     pred = _score(cfg, ecfg, res, cohort, where, c_exp, backend,
-                                  key=_key(cfg, res, cohort_md5, ecfg.split))
+                                  key=_key(cfg, ecfg, res, cohort_md5, ecfg.split))
             row["metrics"] = summarise(pred, ecfg)
             ev.predictions[res.name] = pred
             if tune is not None:
@@ -206,7 +210,7 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
                     val = score_expert(res.expert, res.expert_features, tune[0], tune[1], where / TUNE_SPLIT)
                 elif val is None:
                     val = _score(cfg, ecfg, res, tune[0], where / TUNE_SPLIT, c_exp, backend, split=TUNE_SPLIT,
-                                 key=_key(cfg, res, cohort_md5, TUNE_SPLIT))
+                                 key=_key(cfg, ecfg, res, cohort_md5, TUNE_SPLIT))
                 row["metrics"].update(tuned_f1(pred, val, ecfg))
             if backend is not None:
                 step = "robustness"
@@ -247,8 +251,13 @@ def _backend(res: Resolved, cfg: Config):
     return make_backend(res.model_cfg, cfg.generation)
 
 
-def _gen(cfg: Config, res: Resolved):
-    return cfg.generation.model_copy(update={"prompt_style": res.entry.style})
+def _gen(cfg: Config, ecfg: EvaluateConfig, res: Resolved):
+    """The entry's decoding: generation's, in its prompt style; sampled at evaluate.sample_temperature where each
+    stay gets several responses (evaluate.samples)."""
+    update = {"prompt_style": res.entry.style}
+    if ecfg.samples > 1:
+        update["temperature"] = ecfg.sample_temperature
+    return cfg.generation.model_copy(update=update)
 
 
 def _score(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, out: Path, c_exp, backend,
@@ -266,8 +275,8 @@ def _score(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, out
     split = split or ecfg.split
     with nested_run(run_name or _run_name(ecfg, res, split)):
         mlflow.set_tag("eagrl.model_uri", res.uri or res.model_cfg.source)
-        pred = score_llm(cohort, out, res.model_cfg, gen or _gen(cfg, res), split=split, max_stays=None,
-                         c_exp=c_exp, backend=backend, seed=ecfg.seed)
+        pred = score_llm(cohort, out, res.model_cfg, gen or _gen(cfg, ecfg, res), split=split, max_stays=None,
+                         c_exp=c_exp, backend=backend, seed=ecfg.seed, samples=ecfg.samples)
         if key is not None:
             for name in FILES:
                 mlflow.log_artifact(str(out / name), artifact_path="predictions")
@@ -280,11 +289,11 @@ def _run_name(ecfg: EvaluateConfig, res: Resolved, split: str) -> str:
     return f"evaluate-{res.name}" + ("" if split == ecfg.split else f"-{split}")
 
 
-def _key(cfg: Config, res: Resolved, cohort_md5: str | None, split: str) -> str | None:
+def _key(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort_md5: str | None, split: str) -> str | None:
     """The scoring key of the entry's plain pass on ``split`` (None: reuse is off, or not reusable)."""
     from eagrl.evaluate.reuse import scoring_key
 
-    return scoring_key(res.model_cfg, _gen(cfg, res), cohort_md5, split) if cohort_md5 else None
+    return scoring_key(res.model_cfg, _gen(cfg, ecfg, res), cohort_md5, split) if cohort_md5 else None
 
 
 def _tuning_stays(ecfg: EvaluateConfig, cohort: Cohort, ev: Evaluation) -> tuple[Cohort, list[str]] | None:
@@ -316,7 +325,7 @@ def _reused(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, sp
     active = mlflow.active_run()
     if not ecfg.reuse_predictions or cohort_md5 is None or active is None:
         return None
-    found = find_scored(active.info.experiment_id, _key(cfg, res, cohort_md5, split), ids, where)
+    found = find_scored(active.info.experiment_id, _key(cfg, ecfg, res, cohort_md5, split), ids, where)
     if found is None:
         return None
     table = split == ecfg.split
@@ -327,7 +336,7 @@ def _reused(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, sp
     row["note"] = (f"{row['note']}; {'' if table else split + ' '}predictions reused from MLflow run "
                    f"{found.run_id} ({len(ids)} of the {found.n_scored} stays it scored)")
     log.info("%s: %s predictions of run %s reused", res.name, split, found.run_id)
-    return read_scored(where, _gen(cfg, res), c_exp, cohort.dataset)
+    return read_scored(where, _gen(cfg, ecfg, res), c_exp, cohort.dataset)
 
 
 def _c_exp(cfg: Config, cohort: Cohort, resolved: list[Resolved], out: Path, ev: Evaluation):
@@ -388,7 +397,7 @@ def _robustness(cfg, ecfg, res: Resolved, cohort: Cohort, out: Path, c_exp, back
         return
     base = summarise(pred, ecfg, metrics=("auroc", "auprc"))
     ev.robustness.append({"entry": res.name, "perturbation": "none", "level": 0.0, **base})
-    gen = _gen(cfg, res)
+    gen = _gen(cfg, ecfg, res)
     runs = [("shuffle", lv, cohort, shuffled(gen, lv, rob.seed)) for lv in rob.shuffle_levels]
     runs += [("noise", lv, with_value_noise(cohort, lv, rob.seed), gen) for lv in rob.noise_levels]
     for pert, level, part_cohort, part_gen in runs:
@@ -502,7 +511,8 @@ def report_context(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
 def _message(cohort: Cohort, ecfg: EvaluateConfig, ids, ev: Evaluation, report: Path) -> str:
     scored = [r for r in ev.table if r["status"] == SCORED]
     parts = [f"{len(scored)} of {len(ev.table)} models scored on {cohort.dataset}/{cohort.task} "
-             f"{ecfg.split} (n={len(ids)})"]
+             f"{ecfg.split} (n={len(ids)}" + (f", {ecfg.samples} sampled responses a stay" if ecfg.samples > 1 else "")
+             + ")"]
     best = max(scored, key=lambda r: np.nan_to_num(r["metrics"].get("auroc", np.nan), nan=-1), default=None)
     if best is not None and np.isfinite(best["metrics"].get("auroc", np.nan)):
         ci = best["metrics"].get("auroc_ci") or [np.nan, np.nan]

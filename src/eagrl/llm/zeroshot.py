@@ -8,6 +8,13 @@
 * ``predictions.csv``: stay_id, label, probability, well_formed, n_steps, features;
 * ``responses.jsonl``: the full response text of every stay.
 
+With ``samples`` K > 1 (sampled decoding) each stay gets K responses, and its probability is their mean: one
+response's probability moves with the text the model happened to write, often as much as it moves between
+patients, and the mean estimates the policy's own prediction. ``predictions.csv`` then holds that mean
+(``well_formed``: every response was; ``features``: the first response's), ``samples.csv`` one row per response,
+and the metrics add ``probability_sd_within`` (the mean spread of a stay's K probabilities) beside
+``probability_sd_between`` (the spread of the stays' probabilities).
+
 A stay whose response yields no probability (free-form only) is scored 0.5, and counted in the rates.
 The same function backs the CLI command, the pipeline component and the tests.
 """
@@ -30,6 +37,8 @@ from eagrl.llm.structured import StructuredGenerator
 
 log = logging.getLogger(__name__)
 
+SAMPLES = "samples.csv"  # one row per response, written beside predictions.csv when a stay gets several
+
 
 def evaluate_zero_shot(
     cohort: Cohort,
@@ -42,9 +51,16 @@ def evaluate_zero_shot(
     n_boot: int = 1000,
     seed: int = 0,
     backend: GenerationBackend | None = None,
+    samples: int = 1,
 ) -> dict:
-    """Score every stay of ``split`` with the base model; write and return the metrics."""
+    """Score every stay of ``split`` with the base model (``samples`` responses a stay); write and return the
+    metrics."""
     model_cfg, gen_cfg = model_cfg or ModelConfig(), gen_cfg or GenerationConfig()
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    if samples > 1 and gen_cfg.temperature <= 0:
+        raise ValueError(f"{samples} samples a stay need sampled decoding (generation.temperature > 0); greedy "
+                         "decoding writes the same response each time")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stay_ids = cohort.sample_ids(split, max_stays, seed)  # all, or a label-stratified sample
@@ -57,17 +73,21 @@ def evaluate_zero_shot(
     prompts = [build_prompt(r, cohort.features, dataset=cohort.dataset, task=cohort.task, cfg=gen_cfg,
                             tokenizer=tok) for r in records]
     ids = [encode(p, tok) for p in prompts]
-    responses = []
+    groups = []
     for start in range(0, len(ids), gen_cfg.batch_size):
         chunk = ids[start:start + gen_cfg.batch_size]
         seeds = [gen_cfg.seed + start + i for i in range(len(chunk))]
-        responses += [group[0] for group in generator.generate(chunk, n=1, seed=seeds)]
-        log.info("zero-shot %s: %d/%d stays", gen_cfg.prompt_style, len(responses), len(ids))
+        groups += generator.generate(chunk, n=samples, seed=seeds)
+        log.info("zero-shot %s: %d/%d stays", gen_cfg.prompt_style, len(groups), len(ids))
     seconds = time.perf_counter() - t0
 
     labels = np.array([r.label for r in records], dtype=int)
-    probs = np.array([r.probability if r.probability is not None else 0.5 for r in responses], dtype=float)
-    well = np.array([r.well_formed for r in responses], dtype=bool)
+    responses = [r for group in groups for r in group]  # stay-major: the K responses of a stay are adjacent
+    each = np.array([r.probability if r.probability is not None else 0.5 for r in responses],
+                    dtype=float).reshape(len(ids), samples)
+    probs = each.mean(axis=1)
+    well_each = np.array([r.well_formed for r in responses], dtype=bool).reshape(len(ids), samples)
+    well = well_each.all(axis=1)
     parsed = np.array([r.parsed.probability is not None for r in responses], dtype=bool)
     written = sum(int(np.sum(r.mask)) for r in responses)
 
@@ -78,7 +98,7 @@ def evaluate_zero_shot(
     else:
         log.warning("split %s has a single class; AUROC/AUPRC are undefined", split)
     metrics.update({
-        f"{split}_well_formed_rate": float(well.mean()),
+        f"{split}_well_formed_rate": float(well_each.mean()),
         f"{split}_parsed_rate": float(parsed.mean()),
         f"{split}_n_stays": len(stay_ids),
         "prompt_tokens_mean": float(np.mean([len(i) for i in ids])),
@@ -86,23 +106,39 @@ def evaluate_zero_shot(
         "model_tokens_per_response": written / len(responses),
         "seconds": seconds,
         "model_tokens_per_second": written / seconds if seconds > 0 else 0.0,
+        "samples": samples,
+        "probability_sd_between": float(probs.std()),
     })
-    _write(out, metrics, stay_ids, labels, probs, well, responses)
+    if samples > 1:
+        metrics["probability_sd_within"] = float(each.std(axis=1).mean())
+    _write(out, metrics, stay_ids, labels, probs, well, groups)
     _log_mlflow(metrics)
     return metrics
 
 
-def _write(out: Path, metrics: dict, stay_ids, labels, probs, well, responses) -> None:
+def _write(out: Path, metrics: dict, stay_ids, labels, probs, well, groups) -> None:
     from eagrl.stage import metrics_json
 
     (out / "metrics.json").write_text(json.dumps(metrics_json(metrics), indent=1, sort_keys=True))
     pd.DataFrame({
         "stay_id": stay_ids, "label": labels, "probability": probs, "well_formed": well,
-        "n_steps": [r.n_steps for r in responses], "features": ["; ".join(r.parsed.features) for r in responses],
+        "n_steps": [float(np.mean([r.n_steps for r in g])) if len(g) > 1 else g[0].n_steps for g in groups],
+        "features": ["; ".join(g[0].parsed.features) for g in groups],
     }).to_csv(out / "predictions.csv", index=False)
+    samples = out / SAMPLES
+    if groups and len(groups[0]) > 1:
+        pd.DataFrame([{"stay_id": sid, "sample": j, "label": y,
+                       "probability": r.probability if r.probability is not None else 0.5,
+                       "well_formed": r.well_formed, "n_steps": r.n_steps, "features": "; ".join(r.parsed.features)}
+                      for sid, y, g in zip(stay_ids, labels, groups) for j, r in enumerate(g)]
+                     ).to_csv(samples, index=False)
+    elif samples.exists():
+        samples.unlink()  # left by an earlier K > 1 scoring into this folder: not of these predictions
     with open(out / "responses.jsonl", "w", encoding="utf-8") as fh:
-        for sid, r in zip(stay_ids, responses):
-            fh.write(json.dumps({"stay_id": sid, "text": r.text, "probability": r.probability}) + "\n")
+        for sid, g in zip(stay_ids, groups):
+            for j, r in enumerate(g):
+                rec = {"stay_id": sid, "text": r.text, "probability": r.probability}
+                fh.write(json.dumps(rec if len(g) == 1 else {**rec, "sample": j}) + "\n")
 
 
 def _log_mlflow(metrics: dict) -> None:
