@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 from eagrl.config import DataConfig, load_config
 from eagrl.data.cohort import build_cohort
 from eagrl.evaluate.models import registry_version
-from eagrl.evaluate.score import restricted
+from eagrl.evaluate.score import read_c_exp, restricted
 from eagrl.evaluate.stage import evaluate_stage
 from eagrl.expert.attention import read_attention
 from eagrl.expert.run import _log_and_register, cohort_dir, expert_dir
@@ -280,8 +280,7 @@ def test_several_sampled_responses_a_stay_are_averaged_and_their_spread_reported
     table = pd.read_csv(out / "table.csv").set_index("name")
     assert res.metrics["n_models_reused"] == 0 and "3 sampled responses a stay" in res.message
     assert any("mean over 3 responses sampled at temperature 1" in n for n in json.loads((out / "notes.json").read_text()))
-    c_exp = {str(s): list(f) for s, f in zip(read_attention(expert_dir(cfg) / "attention.parquet")["stay_id"],
-                                             read_attention(expert_dir(cfg) / "attention.parquet")["c_exp"])}
+    c_exp = read_c_exp(expert_dir(cfg) / "attention.parquet")
     for name in ("pqd", "eag-rl"):
         each = pd.read_csv(out / "models" / name / "samples.csv", dtype={"stay_id": str}, keep_default_na=False)
         pred = pd.read_parquet(out / "models" / name / "predictions.parquet")

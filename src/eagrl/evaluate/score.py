@@ -72,10 +72,9 @@ def read_scored(out: Path, gen_cfg: GenerationConfig, c_exp: Mapping[str, list[s
         if missing:
             raise DataError(f"the expert attention table has no C_exp for stays {missing[:5]} of {dataset}; "
                             "export it for this cohort (eagrl expert export-attention)")
-        for table in (pred, each):
-            if table is not None:
-                table["r_att"] = [r_att(f, c_exp[s]) if ok else 0.0
-                                  for s, f, ok in zip(table["stay_id"], table["features"], table["well_formed"])]
+        table = pred if each is None else each  # several responses: R_att of each, averaged below
+        table["r_att"] = [r_att(f, c_exp[s]) if ok else 0.0
+                          for s, f, ok in zip(table["stay_id"], table["features"], table["well_formed"])]
     if each is not None:
         by_stay = each.groupby("stay_id", sort=False)
         if set(by_stay.groups) != set(pred["stay_id"]):

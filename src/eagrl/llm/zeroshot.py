@@ -87,7 +87,6 @@ def evaluate_zero_shot(
                     dtype=float).reshape(len(ids), samples)
     probs = each.mean(axis=1)
     well_each = np.array([r.well_formed for r in responses], dtype=bool).reshape(len(ids), samples)
-    well = well_each.all(axis=1)
     parsed = np.array([r.parsed.probability is not None for r in responses], dtype=bool)
     written = sum(int(np.sum(r.mask)) for r in responses)
 
@@ -111,26 +110,27 @@ def evaluate_zero_shot(
     })
     if samples > 1:
         metrics["probability_sd_within"] = float(each.std(axis=1).mean())
-    _write(out, metrics, stay_ids, labels, probs, well, groups)
+    _write(out, metrics, stay_ids, labels, probs, each, well_each, groups)
     _log_mlflow(metrics)
     return metrics
 
 
-def _write(out: Path, metrics: dict, stay_ids, labels, probs, well, groups) -> None:
+def _write(out: Path, metrics: dict, stay_ids, labels, probs, each, well_each, groups) -> None:
+    """``probs``: a stay's probability; ``each``/``well_each``: (stays, K) probability and well-formed flag of each
+    response."""
     from eagrl.stage import metrics_json
 
     (out / "metrics.json").write_text(json.dumps(metrics_json(metrics), indent=1, sort_keys=True))
     pd.DataFrame({
-        "stay_id": stay_ids, "label": labels, "probability": probs, "well_formed": well,
+        "stay_id": stay_ids, "label": labels, "probability": probs, "well_formed": well_each.all(axis=1),
         "n_steps": [float(np.mean([r.n_steps for r in g])) if len(g) > 1 else g[0].n_steps for g in groups],
         "features": ["; ".join(g[0].parsed.features) for g in groups],
     }).to_csv(out / "predictions.csv", index=False)
     samples = out / SAMPLES
     if groups and len(groups[0]) > 1:
-        pd.DataFrame([{"stay_id": sid, "sample": j, "label": y,
-                       "probability": r.probability if r.probability is not None else 0.5,
-                       "well_formed": r.well_formed, "n_steps": r.n_steps, "features": "; ".join(r.parsed.features)}
-                      for sid, y, g in zip(stay_ids, labels, groups) for j, r in enumerate(g)]
+        pd.DataFrame([{"stay_id": sid, "sample": j, "label": y, "probability": p[j], "well_formed": ok[j],
+                       "n_steps": r.n_steps, "features": "; ".join(r.parsed.features)}
+                      for sid, y, p, ok, g in zip(stay_ids, labels, each, well_each, groups) for j, r in enumerate(g)]
                      ).to_csv(samples, index=False)
     elif samples.exists():
         samples.unlink()  # left by an earlier K > 1 scoring into this folder: not of these predictions
