@@ -28,7 +28,7 @@ app.add_typer(pipeline_app, name="pipeline")
 console = Console(stderr=True)
 
 Profile = Annotated[str, typer.Option("--profile", "-p", help="smoke | default | paper, or a YAML file.")]
-DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="mimic-iv-demo | tjh | clif | meds | physionet2012")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="mimic-iv-demo | tjh | clif | meds | physionet2012 | synthetic")]
 DataPath = Annotated[Optional[Path], typer.Option("--data-path", help="Folder or file holding the source data.")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="mortality | readmission_30d")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Folder for this command's outputs.")]

@@ -19,7 +19,7 @@ from eagrl.errors import ConfigError
 from eagrl.section import Section
 
 PROFILES = ("smoke", "default", "paper")
-Dataset = Literal["mimic-iv-demo", "tjh", "clif", "meds", "physionet2012"]
+Dataset = Literal["mimic-iv-demo", "tjh", "clif", "meds", "physionet2012", "synthetic"]
 Task = Literal["mortality", "readmission_30d"]
 
 

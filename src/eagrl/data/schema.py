@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 TASKS = ("mortality", "readmission_30d")
-DATASETS = ("mimic-iv-demo", "tjh", "clif", "meds", "physionet2012")
+DATASETS = ("mimic-iv-demo", "tjh", "clif", "meds", "physionet2012", "synthetic")
 
 STAY_COLUMNS = [
     "stay_id",  # str, unique

@@ -21,6 +21,7 @@ _MODULES = {
     "clif": "clif",
     "meds": "meds",
     "physionet2012": "physionet2012",
+    "synthetic": "synthetic",
 }
 
 

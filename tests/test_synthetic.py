@@ -1,0 +1,87 @@
+"""The planted-cause synthetic cohort: seeded, caused by its planted labs only, loaded through the pipeline
+as ``--dataset synthetic`` and, from its MEDS export, as ``--dataset meds``."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from eagrl.config import DataConfig, load_config
+from eagrl.data import synthetic
+from eagrl.data.cohort import build_cohort
+from eagrl.data.sources import get_source
+from eagrl.data.validation import validate_source
+from eagrl.errors import DataError
+
+
+def small(**update) -> synthetic.SyntheticConfig:
+    return synthetic.default_recipe().model_copy(update={"n_stays": 80, **update})
+
+
+def test_default_recipe_has_twenty_labs_and_two_planted_causes():
+    cfg = synthetic.default_recipe()
+    assert cfg.n_stays == 400 and len(cfg.labs) == 20
+    assert all(lab.unit and lab.ref_low < lab.ref_high for lab in cfg.labs)
+    assert synthetic.planted_causes(cfg) == list(synthetic.PLANTED) == ["Lactate", "Albumin"]
+    assert synthetic.planted_causes(cfg, meds=True) == ["LAB//Lactate//mmol/L", "LAB//Albumin//g/L"]
+
+
+def test_generation_is_seeded():
+    a, b, c = synthetic.generate(small()), synthetic.generate(small()), synthetic.generate(small(seed=1))
+    pd.testing.assert_frame_equal(a.stays, b.stays)
+    pd.testing.assert_frame_equal(a.measurements, b.measurements)
+    assert not np.allclose(a.measurements["value"].to_numpy()[:100], c.measurements["value"].to_numpy()[:100])
+
+
+def test_only_the_planted_labs_carry_the_outcome():
+    ehr = synthetic.generate()
+    assert ehr.stays["label_mortality"].mean() == pytest.approx(0.3)
+    means = ehr.measurements.groupby(["stay_id", "feature"])["value"].mean().unstack()
+    y = ehr.stays.set_index("stay_id").loc[means.index, "label_mortality"]
+    corr = means.apply(lambda col: np.corrcoef(col.fillna(col.mean()), y)[0, 1])
+    assert corr["Lactate"] > 0.4 and corr["Albumin"] < -0.4  # planted weights +1 and -1
+    noise = corr.drop(["Lactate", "Albumin"]).abs()
+    assert noise.max() < 0.2, noise.sort_values().tail(3)
+    n_vis = ehr.measurements.groupby("stay_id")["time"].nunique()
+    assert n_vis.between(3, 6).all()
+
+
+def test_loads_through_the_validated_pipeline_as_a_source(tmp_path):
+    recipe = synthetic.save_recipe(small(), tmp_path / "recipe.yaml")
+    cfg = load_config("smoke", {"data.dataset": "synthetic", "data.task": "mortality", "data.data_path": str(recipe),
+                                "data.max_visits": None})
+    report, cohort = validate_source(cfg)
+    assert report.passed, report.summary_line()
+    assert cohort.dataset == "synthetic" and cohort.feature_names == [lab.name for lab in small().labs]
+    assert set(cohort.stays["split"]) == {"train", "val", "test"} and len(cohort.stays) == 80
+    lab = cohort.features[0]
+    assert (lab.name, lab.unit, lab.reference_range) == ("Lactate", "mmol/L", "0.5-2.2")
+    assert get_source("synthetic").default_path() == synthetic.default_recipe_path()
+
+
+def test_meds_export_loads_as_the_same_cohort(tmp_path):
+    ehr = synthetic.generate(small())
+    root = synthetic.export_meds(ehr, tmp_path / "meds")
+    meds = get_source("meds")
+    cfg = DataConfig(dataset="meds", task="mortality")
+    cohort = build_cohort(meds.to_raw(meds.read(root), cfg), cfg)
+    assert len(cohort.stays) == len(ehr.stays)
+    assert set(synthetic.planted_causes(ehr.config, meds=True)) <= set(cohort.feature_names)
+    assert len(cohort.feature_names) == 20
+    assert cohort.stays["label"].sum() == ehr.stays["label_mortality"].sum()
+    # the same values: stay 0's lactate series
+    stay0 = cohort.stays.loc[cohort.stays["patient_id"] == "0", "stay_id"].iloc[0]
+    got = cohort.patient(stay0).values["LAB//Lactate//mmol/L"]
+    want = ehr.measurements.query("stay_id == 'syn00000' and feature == 'Lactate'")["value"].tolist()
+    assert [v for v in got if not np.isnan(v)] == pytest.approx(want)
+    with pytest.raises(DataError, match="already holds files"):
+        synthetic.export_meds(ehr, root)
+
+
+def test_a_bad_recipe_is_a_one_line_error_naming_the_file(tmp_path):
+    bad = tmp_path / "synthetic.yaml"
+    bad.write_text("seed: 0\nplanted: {Troponin: 1.0}\nlabs: []\n")
+    with pytest.raises(DataError, match=r"synthetic recipe .*synthetic.yaml is invalid: .*Troponin"):
+        synthetic.load_recipe(tmp_path)
+    with pytest.raises(DataError, match="no synthetic recipe"):
+        synthetic.load_recipe(tmp_path / "missing.yaml")
+    with pytest.raises(DataError, match="already exists"):
+        synthetic.save_recipe(small(), bad)
