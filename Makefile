@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE     := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND         := Agg
 
-.PHONY: setup services run run-tjh test test-slow test-all bench compile lock clean
+.PHONY: setup services docker-up docker-down images test-images run run-tjh test test-slow test-all bench compile lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -28,6 +28,22 @@ setup: $(STAMP)
 ## PostgreSQL (Debian package) for the MLflow production-mode test; idempotent
 services:
 	.ci/services
+
+## a Docker engine for the image builds and container tests (.ci/docker: Debian's docker.io, no bridge); idempotent
+docker-up:
+	.ci/docker up
+
+docker-down:
+	.ci/docker down
+
+## the CPU images (eagrl-pipeline, eagrl-serve-cpu) on a local debootstrap base; prints their sizes
+images: $(STAMP)
+	.ci/docker images
+
+## the container checks (pytest -m images, also marked slow): build the images, start and stop their own daemon;
+## not part of test-slow (CI has no time for image builds)
+test-images: $(STAMP)
+	$(BIN)/python -m pytest -m images -q -p no:cacheprovider tests/
 
 ## the main job: pull the MIMIC-IV demo, then run every pipeline stage through KFP's local runner
 run: $(STAMP)
@@ -43,7 +59,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider
 
 test-slow: $(STAMP) services
-	$(BIN)/python -m pytest -m slow -q -p no:cacheprovider
+	$(BIN)/python -m pytest -m "slow and not images" -q -p no:cacheprovider
 
 test-all: $(STAMP) services
 	$(BIN)/python -m pytest -q -p no:cacheprovider
