@@ -1,4 +1,5 @@
-"""P_QD serialization: the exact line format, compact mode, token budget, order control, chat template."""
+"""Serialization: the exact line formats (full series, compact latest values), token budgets, order control,
+the chat template, and the answer the format asks for by readout."""
 from __future__ import annotations
 
 import math
@@ -16,6 +17,7 @@ def _prompt(**kw):
     order = kw.pop("order", None)
     dataset = kw.pop("dataset", "tjh")
     task = kw.pop("task", "mortality")
+    kw.setdefault("serialization", "full")
     return build_prompt(patient(), FEATURES, dataset=dataset, task=task, cfg=GenerationConfig(**kw),
                         tokenizer=tokenizer, order=order)
 
@@ -87,7 +89,7 @@ def test_chat_template_and_token_budget_with_a_tokenizer():
 def test_budget_on_real_tjh_patients():
     cohort = tjh_cohort()
     _, tok = build_tiny()
-    cfg = GenerationConfig(max_prompt_tokens=1200)
+    cfg = GenerationConfig(max_prompt_tokens=1200, serialization="full")
     for sid in cohort.split_ids("train")[:5]:
         p = build_prompt(cohort.patient(sid), cohort.features, dataset="tjh", task="mortality", cfg=cfg, tokenizer=tok)
         assert p.n_tokens <= 1200
@@ -109,11 +111,11 @@ def test_the_budget_drops_the_fewest_least_measured_features():
     measured = {n: sum(not math.isnan(v) for v in rec.values.get(n, [])) for n in [f.name for f in cohort.features]}
 
     def at(budget):
-        cfg = GenerationConfig(max_prompt_tokens=budget, compact_last_values=1)
+        cfg = GenerationConfig(max_prompt_tokens=budget, compact_last_values=1, serialization="full")
         return build_prompt(rec, cohort.features, dataset="tjh", task="mortality", cfg=cfg, tokenizer=tok)
 
     compact = build_prompt(rec, cohort.features, dataset="tjh", task="mortality", tokenizer=tok,
-                           cfg=GenerationConfig(compact=True, compact_last_values=1))  # the smallest before drops
+                           cfg=GenerationConfig(compact=True, compact_last_values=1, serialization="full"))
     previous = None
     for budget in range(compact.n_tokens - 240, compact.n_tokens, 24):
         p = at(budget)
@@ -124,3 +126,44 @@ def test_the_budget_drops_the_fewest_least_measured_features():
             assert len(p.dropped_features) <= len(previous.dropped_features)
         assert at(p.n_tokens).features_shown == p.features_shown
         previous = p
+
+
+# ====================================================================== compact serialization
+def test_compact_lines_give_last_value_unit_flag_and_trend():
+    """Each measured feature: its last value and unit, HIGH/LOW against the range, rising/falling against the
+    stay's first value; a never-measured feature is left out; schema order."""
+    p = _prompt(serialization="compact", max_prompt_tokens=None)
+    lines = p.user.splitlines()
+    assert "- hemoglobin: 140 g/L" in lines  # 136 -> 140 (+3%): in range, no trend mark
+    assert "- Lactate dehydrogenase: 880 U/L, HIGH, rising" in lines  # 701 -> 880 (+26%), above 250
+    assert "- procalcitonin: 0.09 ng/mL, HIGH" in lines  # one value: no trend
+    assert "- PH value: 6" in lines  # 6.5 -> 6 (-8%): within the 10% trend threshold; no unit, no range
+    assert "eGFR" not in p.user and p.dropped_features == ["eGFR"]
+    assert p.features_shown == [f.name for f in FEATURES if f.name != "eGFR"]
+    assert "Latest values" in p.user and "[" not in "".join(x for x in lines if x.startswith("- "))
+
+
+def test_compact_budget_drops_in_range_lines_before_flagged_ones():
+    cohort = tjh_cohort()
+    _, tok = build_tiny()
+    rec = cohort.patient(cohort.split_ids("train")[0])
+    whole = build_prompt(rec, cohort.features, dataset="tjh", task="mortality", tokenizer=tok,
+                         cfg=GenerationConfig(serialization="compact", max_prompt_tokens=None))
+    flagged = {line[2:].split(":")[0] for line in whole.user.splitlines()
+               if line.startswith("- ") and (", HIGH" in line or ", LOW" in line)}
+    assert 0 < len(flagged) < len(whole.features_shown)
+    budget = whole.n_tokens - 60
+    tight = build_prompt(rec, cohort.features, dataset="tjh", task="mortality", tokenizer=tok,
+                         cfg=GenerationConfig(serialization="compact", max_prompt_tokens=budget))
+    assert tight.n_tokens <= budget
+    gone = [n for n in whole.features_shown if n not in tight.features_shown]
+    assert gone and not set(gone) & flagged, "a flagged line went while an in-range one stayed"
+    assert tight.features_shown == [n for n in whole.features_shown if n not in gone]  # order kept
+
+
+def test_the_format_asks_for_the_readouts_answer():
+    yesno = _prompt(readout="yesno", max_prompt_tokens=None)
+    assert "<final_answer>yes or no</final_answer>" in yesno.user and "Answer yes if the patient will die" in yesno.user
+    digits = _prompt(readout="digits", max_prompt_tokens=None)
+    assert "<final_answer>a probability between 0 and 1, such as 0.27</final_answer>" in digits.user
+    assert "Answer yes" not in digits.user

@@ -43,9 +43,10 @@ def test_always_well_formed(tiny, prompt_ids, style, temperature):
             assert 1 <= r.n_steps <= 3 and len(r.parsed.steps) == r.n_steps
 
 
-def test_mask_separates_written_from_inserted(tiny, prompt_ids):
+@pytest.mark.parametrize("readout", ["digits", "yesno"])
+def test_mask_separates_written_from_inserted(tiny, prompt_ids, readout):
     model, _ = tiny
-    gen = _gen(tiny, temperature=1.0, depth=2, step_policy="fixed")
+    gen = _gen(tiny, temperature=1.0, depth=2, step_policy="fixed", readout=readout)
     for r in gen.generate([prompt_ids], n=4, seed=7)[0]:
         assert len(r.token_ids) == len(r.mask) == len(r.logprobs)
         dec = gen.backend.decode
@@ -58,12 +59,17 @@ def test_mask_separates_written_from_inserted(tiny, prompt_ids):
             kind = m
         runs.append((kind, dec(cur)))
         inserted = "".join(text for written, text in runs if not written)
-        # What the framework wrote is the scaffold: tags, newlines and the probability digits, nothing else.
+        # What the framework wrote is the scaffold: tags, newlines and the probability digits (digits readout) or
+        # the likelier answer word (yes/no readout), nothing else.
         leftover = inserted
         for tag in sorted(ALL_TAGS, key=len, reverse=True):
             leftover = leftover.replace(tag, "")
-        assert re.fullmatch(r"[\s0-9.]*", leftover), leftover
-        assert inserted.count("<subquestion>") == 2 and inserted.count("<final_answer>0.") == 1
+        if readout == "digits":
+            assert re.fullmatch(r"[\s0-9.]*", leftover), leftover
+            assert inserted.count("<subquestion>") == 2 and inserted.count("<final_answer>0.") == 1
+        else:
+            assert re.fullmatch(r"\s*(yes|no)\s*", leftover), leftover
+            assert inserted.count("<subquestion>") == 2 and inserted.count("<final_answer>") == 1
         # What the model wrote never contains a whole tag.
         for written, text in runs:
             if written:
@@ -85,7 +91,7 @@ def test_mask_separates_written_from_inserted(tiny, prompt_ids):
 
 def test_probability_is_the_expected_digit_value(tiny, prompt_ids):
     model, _ = tiny
-    gen = _gen(tiny, temperature=0.0, depth=1)
+    gen = _gen(tiny, temperature=0.0, depth=1, readout="digits")
     (r,), = gen.generate([prompt_ids], seed=0)
     assert gen.backend.decode(r.token_ids[:r.readout_index]).endswith("<final_answer>0.")
     ids, values = digit_tokens(gen.backend)
@@ -96,10 +102,52 @@ def test_probability_is_the_expected_digit_value(tiny, prompt_ids):
     assert f"<final_answer>{r.probability:.2f}</final_answer>" in r.text
 
 
-def test_yes_no_readout(tiny, prompt_ids):
-    gen = _gen(tiny, prompt_style="vanilla", readout="yesno")
+@pytest.mark.parametrize("style", ["vanilla", "pqd"])
+def test_yes_no_readout_is_the_slots_word_mass(tiny, prompt_ids, style):
+    """p = P(yes) / (P(yes) + P(no)) at the slot right after <final_answer>, each summed over the spellings that are
+    one token, computed here from the model's own logits; the framework then writes the likelier word."""
+    model, tok = tiny
+    gen = _gen(tiny, prompt_style=style, readout="yesno", temperature=0.0, depth=1)
     (r,), = gen.generate([prompt_ids], seed=0)
     assert r.well_formed and 0.0 < r.probability < 1.0
+    assert gen.backend.decode(r.token_ids[:r.readout_index]).endswith("<final_answer>")
+    yes = sorted({tok.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes", "YES", " yes", " Yes", " YES")
+                  if len(tok.encode(w, add_special_tokens=False)) == 1})
+    no = sorted({tok.encode(w, add_special_tokens=False)[0] for w in ("no", "No", "NO", " no", " No", " NO")
+                 if len(tok.encode(w, add_special_tokens=False)) == 1})
+    assert yes and no and not set(yes) & set(no)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + r.token_ids[:r.readout_index]])).logits[0, -1].float()
+    prob = torch.softmax(logits, -1)
+    expected = float(prob[yes].sum() / (prob[yes].sum() + prob[no].sum()))
+    assert r.probability == pytest.approx(expected, abs=1e-5)
+    word = "yes" if expected >= 0.5 else "no"
+    assert r.text.endswith(f"<final_answer>{word}</final_answer>")
+    assert not r.mask[r.readout_index]  # the framework wrote the word: no loss unless SFT/RL put the label there
+
+
+def test_a_drawn_yes_no_answer_is_well_formed_and_model_written(tiny, prompt_ids):
+    """Issue 29.1: with sample_readout the drawn word was parsed as 'no number in <final_answer>', so every response
+    was malformed and every reward 0. Now each is well formed, its probability the read one (never 0 or 1)."""
+    gen = _gen(tiny, readout="yesno", sample_readout=True, temperature=1.0, depth=1)
+    responses = gen.generate([prompt_ids], n=6, seed=3)[0]
+    for r in responses:
+        assert r.well_formed, r.parsed.problems
+        assert 0.0 < r.probability < 1.0
+        assert r.mask[r.readout_index] and gen.backend.decode([r.token_ids[r.readout_index]]).strip().lower() in (
+            "yes", "no")
+    from eagrl.llm.rewards import reward
+
+    assert all(reward(r.parsed, 1, ["hemoglobin"]).total > 0 for r in responses)
+
+
+def test_sample_readout_with_greedy_decoding_is_refused(tiny):
+    with pytest.raises(ValueError, match="temperature"):
+        _gen(tiny, sample_readout=True, temperature=0.0)
+    model, tok = tiny
+    with pytest.raises(ValueError, match="greedy"):  # a copy made with model_copy skips the section's own check
+        StructuredGenerator(TransformersBackend(model, tok), GenerationConfig().model_copy(
+            update={"sample_readout": True, "temperature": 0.0}))
 
 
 def test_prefix_reuse_and_seeds(tiny, prompt_ids):

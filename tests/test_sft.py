@@ -164,3 +164,86 @@ def test_config_checks():
         SFTConfig(deepspeed="nowhere.json")
     mc = cfg.model_copy(update={"lora_r": 4}).lora_model_config(TINY)
     assert mc.lora_r == 4 and mc.source == "tiny"
+
+
+# ====================================================================== the answer slot (yes/no readout)
+def answered(tok, i: int, label: int) -> dict:
+    """A response whose answer slot (after <final_answer>) holds the framework's word, with its readout_index; the
+    prompt says something of the label (so a policy can fit it), the reasoning says nothing of it."""
+    rec = trajectory(tok, i)
+    head = [t for t, m in zip(rec["token_ids"], rec["mask"])]
+    text = tok.decode(head)
+    cut = text.index("<final_answer>") + len("<final_answer>")
+    ids = tok.encode(text[:cut], add_special_tokens=False)
+    mask = rec["mask"][:len(ids)]
+    index = len(ids)
+    word = tok.encode("no", add_special_tokens=False)  # the framework's (here wrong half the time) word
+    tail = tok.encode("</final_answer>", add_special_tokens=False)
+    state = "lactate high severe shock" if label else "lactate normal mild"
+    prompt = tok.apply_chat_template([{"role": "user", "content": f"patient {i} {state}"}],
+                                     add_generation_prompt=True, tokenize=False)
+    return {**rec, "stay_id": f"s{i}", "label": label, "prompt_ids": tok.encode(prompt, add_special_tokens=False),
+            "token_ids": ids + word + tail, "mask": mask + [False] * (len(word) + len(tail)), "readout_index": index}
+
+
+def _yes_no(tok):
+    from eagrl.llm.structured import tokenizer_encode, yes_no_ids
+
+    return yes_no_ids(tokenizer_encode(tok))
+
+
+def test_the_answer_slot_holds_the_label_and_its_loss_is_the_two_way_readout(tok, tmp_path):
+    """The slot's token becomes the label's word (never an LM target); the loss is the mean NLL of the reasoning
+    tokens plus the class-weighted cross-entropy of the label against the other word, P(y) / (P(yes) + P(no))
+    summed over spellings, computed here by hand from the logits."""
+    recs = [answered(tok, i, label) for i, label in enumerate([1, 0, 0, 0])]
+    yes_tok, no_tok = tok.encode("yes", add_special_tokens=False)[0], tok.encode("no", add_special_tokens=False)[0]
+    data = load_examples(write_jsonl(tmp_path / "a.jsonl", recs), 4096, answer_tokens=(no_tok, yes_tok))
+    assert data.n_answer_targets == 4 and data.stats()["n_answer_positive"] == 1
+    for rec, ex in zip(recs, data.examples):
+        assert ex["input_ids"][ex["answer_pos"]] == (yes_tok if rec["label"] else no_tok)
+        assert ex["labels"][ex["answer_pos"]] == IGNORE
+    sft_cfg = SFTConfig(batch_size=4, grad_accumulation=1, answer_weight=2.0)
+    torch.manual_seed(0)
+    model = attach_lora(load_model(TINY).model, sft_cfg.lora_model_config(TINY))
+    yes, no = _yes_no(tok)
+    trainer = build_trainer(model, tok, sft_cfg, data, tmp_path / "ckpt", cuda=False, readout_ids=(yes, no))
+    batch = SFTCollator(tok.pad_token_id)(data.examples)
+    model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch)).item()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        prob = torch.softmax(logits[torch.arange(4), batch["answer_pos"] - 1], -1)  # (4, V) at the slot
+        p_yes = prob[:, yes].sum(-1) / (prob[:, yes].sum(-1) + prob[:, no].sum(-1))
+        y = batch["answer_label"].float()
+        w = torch.where(y == 1, torch.tensor(4 / 2.0), torch.tensor(4 / 6.0))  # n / (2 n_class): 2.0 and 0.667
+        ce = -(w * torch.log(torch.where(y == 1, p_yes, 1 - p_yes))).sum() / w.sum()
+        expected = hand_nll(model, batch) + 2.0 * ce
+    assert loss == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_sft_fits_its_training_stays_through_the_readout(tok, tmp_path):
+    """Fit before generalisation: after SFT the readout at the slot ranks its own training stays by label."""
+    from eagrl.evaluate.metrics import auroc
+    from eagrl.sft.train import answer_slot_logprob
+
+    labels = [1, 0, 1, 0, 0, 1, 0, 0]
+    path = write_jsonl(tmp_path / "a.jsonl", [answered(tok, i, y) for i, y in enumerate(labels)])
+    sft_cfg = SFTConfig(learning_rate=3e-3, epochs=8, batch_size=4, grad_accumulation=1, lora_dropout=0.0,
+                        warmup_ratio=0.0, lr_scheduler="constant", seed=1)
+    yes, no = _yes_no(tok)
+    encode_ids = (tok.encode("no", add_special_tokens=False)[0], tok.encode("yes", add_special_tokens=False)[0])
+    batch = SFTCollator(tok.pad_token_id)(load_examples(path, 4096, answer_tokens=encode_ids).examples)
+
+    def readout(model) -> list[float]:
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return answer_slot_logprob(logits[torch.arange(len(labels)), batch["answer_pos"] - 1], yes, no)[:, 1] \
+                .exp().tolist()
+
+    before = auroc(labels, readout(load_model(TINY).model))
+    result = run_sft(TINY, sft_cfg, path, tmp_path / "sft", readout="yesno")
+    after = auroc(labels, readout(result.model))
+    assert after == 1.0 and after > before, (before, after)
+    m = result.metrics
+    assert m["optimizer_steps"] == 16 and m["answer_tokens_trained"] == 64 and m["last_answer_loss"] < m["first_answer_loss"]

@@ -45,6 +45,14 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (clusters only).")
     adapter: str | None = Field(None, description="LoRA adapter dir (or models:/ URI) to attach at load time.")
     merge_adapter: bool = Field(True, description="Merge the loaded adapter into the weights (faster inference).")
+    merge_dtype: Literal["float32", "model"] = Field(
+        "float32", description="Precision an adapter is merged in, and the merged model then runs in: float32 (a "
+        "LoRA update merged into bfloat16 weights is partly rounded away) or the model's own dtype.",
+    )
+    float32_head: bool = Field(
+        True, description="Compute the output layer (logits) in float32 when the weights are in a lower precision, "
+        "so readouts, log-probs and RL ratios are not rounded to bfloat16's 8-bit mantissa.",
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
@@ -54,7 +62,8 @@ class ModelConfig(_Section):
 
     # The fields that decide which weights compute, and in what precision (an adapter aside): part of every content
     # key (the MCTS store header, the scoring key that lets the evaluation reuse a stage's predictions).
-    WEIGHT_FIELDS: ClassVar[tuple[str, ...]] = ("source", "gguf_file", "dtype", "trust_remote_code", "smollm2_wheel")
+    WEIGHT_FIELDS: ClassVar[tuple[str, ...]] = ("source", "gguf_file", "dtype", "trust_remote_code", "smollm2_wheel",
+                                                  "merge_dtype", "float32_head")
 
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir or os.environ.get("EAGRL_MODEL_CACHE") or ".cache/models")
@@ -69,7 +78,16 @@ class GenerationConfig(_Section):
     prompt_style: Literal["pqd", "vanilla", "think"] = Field(
         "pqd", description="pqd: question decomposition; vanilla: direct answer; think: think, then answer."
     )
-    compact: bool = Field(False, description="Drop never-measured features and keep the last values only.")
+    serialization: Literal["compact", "full"] = Field(
+        "compact", description="compact: one line a measured feature with its last value, unit, HIGH/LOW against the "
+        "reference range and a trend against the stay's first value (prompt.py); full: every value of every "
+        "feature in visit order (the paper's serialisation; `compact` below trims it).",
+    )
+    trend_threshold: float = Field(
+        0.1, ge=0.0, description="compact: a last value this share above (below) the stay's first is 'rising' "
+        "('falling'); closer is shown without a trend mark.",
+    )
+    compact: bool = Field(False, description="full serialisation: drop never-measured features, keep the last values.")
     compact_last_values: int = Field(5, ge=1, description="Compact mode keeps this many last values a feature.")
     max_prompt_tokens: int | None = Field(
         3072, ge=64, description="Token budget of the prompt; exceeded: compact, fewer values, fewer features."
@@ -99,9 +117,10 @@ class GenerationConfig(_Section):
     max_think_tokens: int = Field(128, ge=1, description="Cap on tokens of the <think> field (think style).")
     max_new_tokens: int = Field(512, ge=1, description="Cap on a free-form response.")
     readout: Literal["digits", "yesno"] = Field(
-        "digits",
-        description="digits: expected value over digit tokens after '<final_answer>0.'; "
-        "yesno: P(yes) / (P(yes) + P(no)) after '<final_answer>'.",
+        "yesno",
+        description="yesno: P(yes) / (P(yes) + P(no)) at the answer slot after '<final_answer>', each summed over "
+        "the word's spellings (METHOD); digits: expected value over digit tokens after '<final_answer>0.' (only for "
+        "large models: a small one copies digits from its own text).",
     )
     sample_readout: bool = Field(
         False, description="Draw the answer token from the read-out distribution (at the sampling temperature) "
@@ -144,4 +163,7 @@ class GenerationConfig(_Section):
     def _check(self) -> "GenerationConfig":
         if self.min_steps > self.depth:
             raise ValueError(f"generation.min_steps ({self.min_steps}) must not exceed generation.depth ({self.depth})")
+        if self.sample_readout and self.temperature <= 0:
+            raise ValueError("generation.sample_readout draws the answer token at the sampling temperature, but "
+                             "generation.temperature is 0 (greedy): set a temperature > 0 or sample_readout false")
         return self

@@ -76,9 +76,49 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
             raise ModelLoadError(f"cannot read a causal LM from {path}: {exc}") from None
         tok = load_tokenizer(cfg, path)
     if cfg.adapter:
-        model = load_adapter(model, cfg.adapter, merge=cfg.merge_adapter, cache_dir=cfg.resolved_cache_dir())
+        model = load_adapter(model, cfg.adapter, merge=cfg.merge_adapter, cache_dir=cfg.resolved_cache_dir(),
+                             merge_dtype=cfg.merge_dtype)
     model.to(_device(cfg)).eval()
+    if cfg.float32_head:
+        float32_head(model)
     return LoadedModel(model, tok, cfg.source, str(path) if path is not None else None)
+
+
+def float32_head(model: torch.nn.Module) -> torch.nn.Module:
+    """Make the output layer compute its logits in float32 (a no-op for a float32 layer). Returns ``model``.
+
+    bfloat16 keeps 8 bits of mantissa, so logits of 10-30 are rounded in steps of 0.06-0.125: the answer slot's
+    P(yes) and every log-prob and probability ratio would be that coarse. The layer's weights are frozen in SFT
+    and RL (LoRA does not touch them), so a float32 copy is made once and kept beside them (transformers keeps
+    no hook for this; the instance's forward is replaced, and the weights, tying and saving are unchanged)."""
+    import types
+
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if head is None or head.weight.dtype == torch.float32 or getattr(head, "_eagrl_float32", False):
+        return model
+
+    def forward(self, x):
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.device)
+        if getattr(self, "_w32_key", None) != key:
+            self._w32, self._w32_key = w.detach().float(), key
+        b = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), self._w32, b)
+
+    head.forward = types.MethodType(forward, head)
+    head._eagrl_float32 = True
+    return model
+
+
+def merge_adapter(peft_model, merge_dtype: str = "float32") -> torch.nn.Module:
+    """Fold a LoRA adapter into its base weights. ``float32``: the base is upcast first, so an update smaller than
+    bfloat16's rounding step (relative 2^-8) is kept, not rounded away; the merged model then runs in float32."""
+    if merge_dtype == "float32" and next(peft_model.parameters()).dtype != torch.float32:
+        peft_model = peft_model.float()
+    return peft_model.merge_and_unload()
 
 
 def load_tokenizer(cfg: ModelConfig | None = None, path: str | Path | None = None):
@@ -241,15 +281,17 @@ def attach_lora(model: torch.nn.Module, cfg: ModelConfig):
     return get_peft_model(model, lora_config(cfg))
 
 
-def load_adapter(model: torch.nn.Module, adapter: str, merge: bool = True, cache_dir: Path | None = None):
-    """Attach a saved LoRA adapter (a directory or models:/ URI); merged into the weights when ``merge``."""
+def load_adapter(model: torch.nn.Module, adapter: str, merge: bool = True, cache_dir: Path | None = None,
+                 merge_dtype: str = "float32"):
+    """Attach a saved LoRA adapter (a directory or models:/ URI); merged into the weights (in ``merge_dtype``,
+    :func:`merge_adapter`) when ``merge``."""
     from peft import PeftModel
 
     path = mlflow_model_dir(adapter, cache_dir or Path(".cache/models")) if adapter.startswith("models:/") else adapter
     if not (Path(path) / "adapter_config.json").is_file():
         raise ModelLoadError(f"{path} is not a LoRA adapter directory (no adapter_config.json)")
     peft_model = PeftModel.from_pretrained(model, str(path))
-    return peft_model.merge_and_unload() if merge else peft_model
+    return merge_adapter(peft_model, merge_dtype) if merge else peft_model
 
 
 # ====================================================================== tiny model for tests
@@ -269,9 +311,11 @@ def _tiny_corpus() -> list[str]:
         "count white blood cell lymphocyte neutrophils ferritin troponin procalcitonin bilirubin fibrinogen "
         "D-dimer heart rate respiratory temperature oxygen saturation systolic diastolic pressure mmol/L g/L "
         "mg/dL ng/mL U/L % high low normal elevated decreased risk death mortality readmission probability "
-        "is the of and with what trend how does kidney liver infection inflammation shock sepsis severe mild"
+        "is the of and with what trend how does kidney liver infection inflammation shock sepsis severe mild "
+        "yes no Yes No HIGH LOW rising falling"
     )
-    texts = [*P.SYSTEM_PROMPTS.values(), *P.TASKS.values(), *(f.format(depth=7) for f in P.FORMATS.values())]
+    texts = [*P.SYSTEM_PROMPTS.values(), *P.TASKS.values(), *P.QUESTIONS.values(), P.COMPACT_LEGEND,
+             *(f.format(depth=7, answer=a) for f in P.FORMATS.values() for a in P.ANSWERS.values())]
     texts += [" ".join(ALL_TAGS), words, " ".join(str(i) for i in range(200)), "0.1 0.25 0.5 0.75 0.83 1.5 12.4"]
     texts += [f"- {w} (unit: mmol/L; reference range: 3.5-5.3): [4.1, NaN, 3.9]" for w in words.split()[:40]]
     return texts * 3

@@ -24,6 +24,7 @@ SUBQ, ANSWER, FEATURES, FINAL, THINK = "subquestion", "answer", "important_featu
 TAG_NAMES = (SUBQ, ANSWER, FEATURES, FINAL, THINK)
 ALL_TAGS = tuple(t for name in TAG_NAMES for t in (f"<{name}>", f"</{name}>"))
 
+NO_NUMBER = "no number in <final_answer>"
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _LIST_PREFIX = re.compile(r"^(?:[-*\u2022]+|\d+[.)])\s*")
 _MAX_NAME = 80  # unknown names are kept up to this many characters
@@ -115,11 +116,16 @@ def split_feature_list(text: str) -> list[str]:
 
 
 # ====================================================================== probability
+_YES_NO = re.compile(r"^\s*(yes|no)\b", re.IGNORECASE)
+
+
 def parse_probability(text: str) -> float | None:
-    """First number in the text as a probability in [0, 1]; "83%" or a bare 1 < x <= 100 reads as percent."""
+    """First number in the text as a probability in [0, 1]; "83%" or a bare 1 < x <= 100 reads as percent; an
+    answer that is a bare yes / no word reads as 1 / 0 (free-form text; structured generation reads the slot)."""
     m = _NUMBER.search(text or "")
     if m is None:
-        return None
+        word = _YES_NO.match(text or "")
+        return None if word is None else float(word.group(1).lower() == "yes")
     try:
         x = float(m.group(0))
     except (ValueError, OverflowError):
@@ -188,7 +194,7 @@ def _parse(text: str, features, style: str) -> ParsedResponse:
     else:
         out.probability = parse_probability(final)
         if out.probability is None:
-            out.problems.append("no number in <final_answer>")
+            out.problems.append(NO_NUMBER)
     limit = f_start if f_start >= 0 else len(text)
 
     feats, i_start, i_end = _between(text, f"<{FEATURES}>", f"</{FEATURES}>")

@@ -1,18 +1,30 @@
-"""EHR to prompt: the P_QD serialization of one patient, and the vanilla / think-then-answer variants.
+"""EHR to prompt: the serialization of one patient, in the P_QD, vanilla or think-then-answer style.
 
 A prompt is a system message (the physician the model plays, by domain), then a user message with the task,
-the response format and the patient::
+the response format and the patient. Two serializations (``generation.serialization``):
 
-    Patient: sex male, age 73 years.
-    Number of visits: 3
-    Visit times (days since the first visit): [0, 4, 6]
-    Features (one line a feature, values in visit order, NaN = not measured):
-    - hemoglobin (unit: g/L; reference range: 115-150): [136, NaN, 140]
+* ``compact`` (smoke and default profiles): one line a feature the stay measured, its last value, unit, a
+  HIGH/LOW flag against the reference range and a trend mark against the stay's first value::
 
-Everything is deterministic: the same record, config and tokenizer give the same text. The token budget
-(``max_prompt_tokens``) is met by, in turn, the compact view (never-measured features dropped, the last m
-measured values kept), fewer values per feature, then dropping the least-measured features; ``Prompt``
-records what was done. Feature order is the cohort's, an explicit permutation, or a seeded partial shuffle
+      Patient: sex male, age 73 years.
+      Number of visits: 3
+      Visit times (days since the first visit): [0, 4, 6]
+      Latest values (HIGH/LOW: outside the reference range; rising/falling: against the first value):
+      - lactate dehydrogenase: 412 U/L, HIGH, rising
+      - hemoglobin: 140 g/L
+
+  Features come in the schema's fixed order (never the expert's: that would leak C_exp into the prompt).
+  Over the token budget, lines are dropped in a documented order: first the in-range ones, last line first,
+  then the flagged ones, last line first; ``Prompt.dropped_features`` lists them.
+* ``full`` (paper profile): every value of every feature in visit order::
+
+      - hemoglobin (unit: g/L; reference range: 115-150): [136, NaN, 140]
+
+  Its budget is met by, in turn, the compact view of the series (never-measured features dropped, the last m
+  values kept), fewer values per feature, then dropping the least-measured features.
+
+Everything is deterministic: the same record, config and tokenizer give the same text, so served and trained
+prompts are identical. Feature order is the cohort's, an explicit permutation, or a seeded partial shuffle
 (``shuffle_fraction``) for the robustness experiments.
 """
 from __future__ import annotations
@@ -62,18 +74,24 @@ FORMATS = {
         "<subquestion>a question about this patient</subquestion><answer>its answer</answer>\n"
         "(1 to {depth} such steps)\n"
         "<important_features>feature name; feature name; ...</important_features>\n"
-        "<final_answer>a probability between 0 and 1, such as 0.27</final_answer>\n"
+        "<final_answer>{answer}</final_answer>\n"
         "Name the features exactly as they are written in the record."
     ),
     "vanilla": (
-        "Response format: answer directly, with the probability only:\n"
-        "<final_answer>a probability between 0 and 1, such as 0.27</final_answer>"
+        "Response format: answer directly:\n"
+        "<final_answer>{answer}</final_answer>"
     ),
     "think": (
-        "Response format: first think step by step, then give the probability:\n"
+        "Response format: first think step by step, then answer:\n"
         "<think>your reasoning</think>\n"
-        "<final_answer>a probability between 0 and 1, such as 0.27</final_answer>"
+        "<final_answer>{answer}</final_answer>"
     ),
+}
+
+# What <final_answer> holds, by readout: a yes/no word (its two words' probabilities are the readout), or a number.
+ANSWERS = {
+    "yesno": "yes or no",
+    "digits": "a probability between 0 and 1, such as 0.27",
 }
 
 
@@ -166,13 +184,21 @@ def feature_order(
 
 
 # ====================================================================== prompt
-def instructions(dataset: str, task: str, style: str, depth: int) -> tuple[str, str]:
-    """(system prompt, task + response format) for a dataset's domain and a task."""
+def instructions(dataset: str, task: str, style: str, depth: int, readout: str = "digits") -> tuple[str, str]:
+    """(system prompt, task + response format) for a dataset's domain, a task and the answer's readout."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
     if style not in FORMATS:
         raise ValueError(f"unknown prompt style {style!r}: choose one of {', '.join(FORMATS)}")
-    return SYSTEM_PROMPTS[domain_of(dataset)], TASKS[task] + "\n\n" + FORMATS[style].format(depth=depth)
+    task_text = TASKS[task] if readout == "digits" else TASKS[task] + " " + QUESTIONS[task]
+    return SYSTEM_PROMPTS[domain_of(dataset)], task_text + "\n\n" + FORMATS[style].format(
+        depth=depth, answer=ANSWERS[readout])
+
+
+QUESTIONS = {  # the yes/no question the answer word replies to
+    "mortality": "Answer yes if the patient will die during this stay, no if the patient will survive.",
+    "readmission_30d": "Answer yes if the patient will be readmitted (or die) within 30 days, no otherwise.",
+}
 
 
 def build_prompt(
@@ -187,7 +213,7 @@ def build_prompt(
 ) -> Prompt:
     """Serialize one patient as the configured prompt style, within the token budget."""
     cfg = cfg or GenerationConfig()
-    system, task_text = instructions(dataset, task, cfg.prompt_style, cfg.depth)
+    system, task_text = instructions(dataset, task, cfg.prompt_style, cfg.depth, cfg.readout)
     by_name = {f.name: f for f in features}
     names = list(order) if order is not None else [f.name for f in features]
     unknown = [n for n in names if n not in by_name]
@@ -195,6 +221,8 @@ def build_prompt(
         raise ValueError(f"feature order names features not in the schema: {unknown[:5]}")
     names = feature_order(names, cfg.shuffle_fraction, cfg.shuffle_seed, salt=record.stay_id)
     series = {n: [float(v) for v in record.values.get(n, [])] for n in names}
+    if cfg.serialization == "compact":
+        return _compact_prompt(record, by_name, names, series, system, task_text, cfg, tokenizer)
     n_measured = {n: sum(not math.isnan(v) for v in vals) for n, vals in series.items()}
 
     def render(compact: bool, last: int | None, drop: set[str]) -> Prompt:
@@ -242,6 +270,68 @@ def build_prompt(
         else:
             lo = mid + 1
     return at_hi or render(True, last, set(victims[:hi]))  # never rendered: drop them all (the fallback)
+
+
+# ====================================================================== compact serialization
+COMPACT_LEGEND = ("Latest values (HIGH/LOW: outside the reference range; rising/falling: against the first "
+                  "value; features never measured are left out):")
+
+
+def flag(spec: FeatureSpec, value: float) -> str:
+    """HIGH / LOW against the reference range, "" inside it or where the range is unknown."""
+    if spec.ref_high is not None and value > spec.ref_high:
+        return "HIGH"
+    if spec.ref_low is not None and value < spec.ref_low:
+        return "LOW"
+    return ""
+
+
+def trend(first: float, last: float, threshold: float) -> str:
+    """rising / falling when the last value is more than ``threshold`` (a share of |first|) away from the first."""
+    delta = last - first
+    scale = abs(first) if first != 0 else 1.0
+    if abs(delta) <= threshold * scale:
+        return ""
+    return "rising" if delta > 0 else "falling"
+
+
+def compact_line(spec: FeatureSpec, values: Sequence[float], threshold: float) -> str | None:
+    """``- name: last unit, FLAG, trend`` of the measured values (oldest first); None when none was measured."""
+    measured = [v for v in values if not math.isnan(v)]
+    if not measured:
+        return None
+    last = measured[-1]
+    marks = [m for m in (flag(spec, last), trend(measured[0], last, threshold) if len(measured) > 1 else "") if m]
+    unit = f" {spec.unit}" if spec.unit else ""
+    return f"- {spec.name}: {format_value(last)}{unit}" + "".join(f", {m}" for m in marks)
+
+
+def _compact_prompt(record, by_name, names, series, system, task_text, cfg, tokenizer) -> Prompt:
+    """The compact serialization within the token budget (module docstring: what is dropped first)."""
+    lines = {n: compact_line(by_name[n], series[n], cfg.trend_threshold) for n in names}
+    shown = [n for n in names if lines[n] is not None]
+
+    def render(keep: list[str]) -> Prompt:
+        user = "\n".join([task_text, "", patient_header(record), COMPACT_LEGEND, *(lines[n] for n in keep)])
+        text = _apply_template(system, user, tokenizer, cfg.chat_template)
+        kept = set(keep)
+        return Prompt(system, user, text, list(keep), [n for n in names if n not in kept], 1, _count(text, tokenizer))
+
+    prompt = render(shown)
+    budget = cfg.max_prompt_tokens
+    if budget is None or prompt.n_tokens_or_estimate() <= budget:
+        return prompt
+    flagged = {n for n in shown if flag(by_name[n], [v for v in series[n] if not math.isnan(v)][-1])}
+    victims = [n for n in reversed(shown) if n not in flagged] + [n for n in reversed(shown) if n in flagged]
+    lo, hi, at_hi = 1, len(victims), None  # bisection over how many lines go (fewer lines never take more tokens)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        candidate = render([n for n in shown if n not in set(victims[:mid])])
+        if candidate.n_tokens_or_estimate() <= budget:
+            hi, at_hi = mid, candidate
+        else:
+            lo = mid + 1
+    return at_hi or render([n for n in shown if n not in set(victims[:hi])])
 
 
 def _apply_template(system: str, user: str, tokenizer, use_template: bool) -> str:

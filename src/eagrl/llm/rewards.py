@@ -2,19 +2,49 @@
 
 * ``r_att``: Jaccard overlap of the features the LLM named (C_llm, unknown names included, so naming
   things outside the schema costs overlap) with the expert's top-k features (C_exp).
-* ``r_cls``: 0.5 * (1 - (y - p)^2) + 0.5 * 1[(p >= 0.5) == y], a calibration term plus a correct-side term,
-  in [0, 1].
+* ``r_cls``: a proper scoring rule on the answer slot's probability p, in [0, 1] (:class:`ClsReward`):
+  ``loglik`` (default, the EAG-RL authors' choice): w_ll * (1 + log(p_y) / log(1 / clip)) + w_sep *
+  1[(p >= 0.5) == y], with p_y the probability of the true label and p clipped to [clip, 1 - clip];
+  ``brier`` (METHOD's earlier form): 0.5 * (1 - (y - p)^2) + 0.5 * 1[(p >= 0.5) == y].
 
-Each is a small pure function of plain values, so the MCTS, the RL trainer and the tests call the same code.
+The log-likelihood term is strictly proper and steep where the Brier term is flat: a positive read at 0.01 and
+one read at 0.1 differ by a third of the reward under it, by 0.085 under Brier, so a confidently wrong readout
+is what the policy learns to leave first. Each function is small and pure, so the MCTS, the RL trainer and the tests call the
+same code.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from eagrl.llm.parse import ParsedResponse
+from eagrl.section import Section
 
 DEFAULT_LAMBDA = 0.6
+
+
+class ClsReward(Section):
+    """How R_cls scores the probability (mounted as ``reward`` in the config; MCTS and RL share it)."""
+
+    form: Literal["loglik", "brier"] = Field("loglik", description="loglik: the label's log-likelihood plus a "
+                                             "separation bonus (default); brier: METHOD's earlier Brier form.")
+    w_ll: float = Field(2 / 3, ge=0.0, description="loglik: weight of the log-likelihood term.")
+    w_sep: float = Field(1 / 3, ge=0.0, description="loglik: weight of the correct-side bonus 1[(p >= 0.5) == y].")
+    clip: float = Field(0.01, gt=0.0, lt=0.5, description="loglik: p is clipped to [clip, 1 - clip].")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClsReward":
+        if self.form == "loglik" and not math.isclose(self.w_ll + self.w_sep, 1.0, abs_tol=1e-6):
+            raise ValueError(f"reward.w_ll + reward.w_sep must be 1 so that R_cls lies in [0, 1], "
+                             f"got {self.w_ll} + {self.w_sep}")
+        return self
+
+
+DEFAULT_CLS = ClsReward()
 
 
 def r_att(c_llm: Iterable[str], c_exp: Iterable[str]) -> float:
@@ -24,11 +54,15 @@ def r_att(c_llm: Iterable[str], c_exp: Iterable[str]) -> float:
     return len(a & b) / len(union) if union else 0.0
 
 
-def r_cls(p: float, y: int | float) -> float:
-    """0.5 (1 - (y - p)^2) + 0.5 1[(p >= 0.5) == y] for a probability p (clipped to [0, 1]) and label y in {0, 1}."""
+def r_cls(p: float, y: int | float, cfg: ClsReward = DEFAULT_CLS) -> float:
+    """R_cls in [0, 1] of a probability p (clipped to [0, 1]) for a label y in {0, 1} (module docstring)."""
     p = min(1.0, max(0.0, float(p)))
     y = int(y)
-    return 0.5 * (1.0 - (y - p) ** 2) + 0.5 * float(int(p >= 0.5) == y)
+    side = float(int(p >= 0.5) == y)
+    if cfg.form == "brier":
+        return 0.5 * (1.0 - (y - p) ** 2) + 0.5 * side
+    p_y = min(1.0 - cfg.clip, max(cfg.clip, p if y == 1 else 1.0 - p))
+    return cfg.w_ll * (1.0 + math.log(p_y) / math.log(1.0 / cfg.clip)) + cfg.w_sep * side
 
 
 def composite(r_cls_value: float, r_att_value: float, lam: float = DEFAULT_LAMBDA) -> float:
@@ -46,10 +80,11 @@ class Reward:
     well_formed: bool
 
 
-def reward(parsed: ParsedResponse, label: int, c_exp: Iterable[str], lam: float = DEFAULT_LAMBDA) -> Reward:
+def reward(parsed: ParsedResponse, label: int, c_exp: Iterable[str], lam: float = DEFAULT_LAMBDA,
+           cls_cfg: ClsReward = DEFAULT_CLS) -> Reward:
     """The reward of one parsed response; a malformed one (or one without a probability) gets 0."""
     if not parsed.well_formed or parsed.probability is None:
         return Reward(0.0, 0.0, 0.0, False)
-    rc = r_cls(parsed.probability, label)
+    rc = r_cls(parsed.probability, label, cls_cfg)
     ra = r_att(parsed.features, c_exp)
     return Reward(composite(rc, ra, lam), rc, ra, True)

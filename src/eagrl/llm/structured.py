@@ -41,8 +41,8 @@ import numpy as np
 from eagrl.llm.backends.base import GenerationBackend, SamplingParams, sample_seed, seeds_for
 from eagrl.llm.backends.script import Draw, Peek, run_lockstep
 from eagrl.llm.config import GenerationConfig
-from eagrl.llm.parse import (ALL_TAGS, ANSWER, FEATURES, FINAL, SUBQ, THINK, FeatureMatcher, ParsedResponse,
-                             parse_response)
+from eagrl.llm.parse import (ALL_TAGS, ANSWER, FEATURES, FINAL, NO_NUMBER, SUBQ, THINK, FeatureMatcher,
+                             ParsedResponse, parse_response)
 
 STEPS, FEATURES_STAGE, ANSWER_STAGE, DONE = "steps", "features", "answer", "done"
 
@@ -106,6 +106,9 @@ class StructuredGenerator:
                  features: Sequence | FeatureMatcher = ()):
         self.backend = backend
         self.cfg = cfg or GenerationConfig()
+        if self.cfg.sample_readout and self.cfg.temperature <= 0:  # model_copy skips the section's own check
+            raise ValueError("sample_readout draws the answer token at the sampling temperature, but the "
+                             "temperature is 0 (greedy): the framework would write the answer and SFT never train it")
         self.matcher = features if isinstance(features, FeatureMatcher) else FeatureMatcher(features)
         self._params_cache: dict[tuple[str, int], SamplingParams] = {}
 
@@ -241,7 +244,9 @@ class StructuredGenerator:
             w = np.exp(z - z.max())
             rng = np.random.default_rng(sample_seed(t.seed, len(t.ids)))
             j = int(rng.choice(len(cand), p=w / w.sum()))
-            t.probability = float(min(1.0, max(0.0, values[j])))
+            # digits: the drawn number is the answer; yes/no: the drawn word is written, the probability is read
+            drawn = values[j] if digits else expected_readout(row, values)
+            t.probability = float(min(1.0, max(0.0, drawn)))
             t.ids.append(int(cand[j]))
             t.mask.append(True)
             t.logprobs.append(float(row[j]))
@@ -249,8 +254,11 @@ class StructuredGenerator:
             self._insert(t, self._encode(f"</{FINAL}>"))
         else:  # the expectation over the answer tokens, written by the framework
             t.probability = min(1.0, max(0.0, float(expected_readout(row, values))))
-            shown = f"{t.probability:.2f}"
-            self._insert(t, self._encode((shown[2:] if digits else shown) + f"</{FINAL}>"))
+            if digits:
+                self._insert(t, self._encode(f"{t.probability:.2f}"[2:] + f"</{FINAL}>"))
+            else:  # the likelier word at the slot (SFT and RL put the label's word there)
+                self._insert(t, [answer_token(self.backend, int(t.probability >= 0.5))])
+                self._insert(t, self._encode(f"</{FINAL}>"))
         t.stage = DONE
 
     # ================================================================== helpers
@@ -276,8 +284,10 @@ class StructuredGenerator:
     def _response(self, t: Trajectory) -> Response:
         text = self.backend.decode(t.ids)
         parsed = parse_response(text, self.matcher, self.cfg.prompt_style)
-        if t.probability is not None:
-            parsed.probability = t.probability  # the exact readout, not its two-decimal rendering
+        if t.probability is not None:  # the framework read it: the exact readout, whatever word or digits follow
+            parsed.probability = t.probability
+            parsed.problems = [p for p in parsed.problems if p != NO_NUMBER]
+            parsed.well_formed = not parsed.problems
         return Response(text, t.ids, t.mask, t.logprobs, t.spans, parsed, t.probability, t.readout_index,
                         t.n_steps, t.prompt_ids, t.entropies)
 
@@ -332,15 +342,43 @@ def digit_tokens(backend: GenerationBackend) -> tuple[list[int], np.ndarray]:
     return cache["digits"]
 
 
+YES_SPELLINGS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
+NO_SPELLINGS = ("no", "No", "NO", " no", " No", " NO")
+
+
 def yes_no_tokens(backend: GenerationBackend) -> tuple[list[int], np.ndarray]:
-    """First tokens of yes/no spellings (value 1 for yes, 0 for no), deduplicated."""
+    """Tokens of the yes/no spellings (value 1 for yes, 0 for no; :func:`yes_no_ids`); the readout sums over them.
+
+    A token that stands for both words would count for both: it is a ValueError, never a silent bias."""
     cache = backend.__dict__.setdefault("_readout_cache", {})
     if "yesno" not in cache:
-        ids, values = [], []
-        for word, v in (("yes", 1.0), ("Yes", 1.0), (" yes", 1.0), ("no", 0.0), ("No", 0.0), (" no", 0.0)):
-            enc = backend.encode(word)
-            if enc and enc[0] not in ids:
-                ids.append(enc[0])
-                values.append(v)
-        cache["yesno"] = (ids, np.asarray(values))
+        yes, no = yes_no_ids(backend.encode)
+        cache["yesno"] = (yes + no, np.asarray([1.0] * len(yes) + [0.0] * len(no)))
     return cache["yesno"]
+
+
+def yes_no_ids(encode) -> tuple[list[int], list[int]]:
+    """(tokens of the yes spellings, of the no spellings), each sorted, from a text -> ids function.
+
+    A spelling counts where it is one token (a leading-space spelling split into " " + "yes" would count every
+    space); a word none of whose spellings is one token falls back to the first token of its bare spelling."""
+    firsts = []
+    for words in (YES_SPELLINGS, NO_SPELLINGS):
+        encoded = [encode(w) for w in words]
+        single = sorted({e[0] for e in encoded if len(e) == 1})
+        firsts.append(single or [encoded[0][0]])
+    both = set(firsts[0]) & set(firsts[1])
+    if both:
+        raise ValueError(f"the tokenizer starts a spelling of both 'yes' and 'no' with token(s) {sorted(both)}; "
+                         "the yes/no readout needs distinct first tokens (use generation.readout=digits)")
+    return firsts[0], firsts[1]
+
+
+def answer_token(backend: GenerationBackend, label: int) -> int:
+    """The token the framework writes (and SFT / RL train) at the answer slot: the first token of "yes" / "no"."""
+    return backend.encode("yes" if int(label) else "no")[0]
+
+
+def tokenizer_encode(tokenizer):
+    """text -> token ids without special tokens (what the backends' ``encode`` does), for code holding a tokenizer."""
+    return lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -157,10 +157,12 @@ def _log_mlflow(metrics: dict) -> None:
 def evaluate_trained(peft_model, tokenizer, cohort: Cohort, out_dir: str | Path, model_cfg: ModelConfig,
                      gen_cfg: GenerationConfig, *, split: str, max_stays: int | None, n_boot: int, seed: int) -> dict:
     """P_QD on held-out stays of a policy just trained (SFT, RL): its adapter folded in, the transformers backend."""
-    from eagrl.llm.loading import LoadedModel
+    from eagrl.llm.loading import LoadedModel, float32_head, merge_adapter
 
-    merged = peft_model.merge_and_unload()  # training is over: fold the adapter in for fast generation
+    merged = merge_adapter(peft_model, model_cfg.merge_dtype)  # training is over: fold the adapter in (fast)
     merged.eval()
+    if model_cfg.float32_head:
+        float32_head(merged)
     gen_cfg = heldout_generation(gen_cfg)
     backend = make_backend(model_cfg, gen_cfg, loaded=LoadedModel(merged, tokenizer, model_cfg.source, None))
     return evaluate_zero_shot(cohort, out_dir, model_cfg, gen_cfg, split=split, max_stays=max_stays, n_boot=n_boot,

@@ -34,7 +34,7 @@ def trajectories_dir(cfg: Config, cohort: Cohort, cohort_path: Path, attention_p
     """The store folder for these settings, this cohort version and this C_exp table (module docstring)."""
     from eagrl.mcts.stage import search_header
 
-    header = search_header(cohort, model_config(cfg), cfg.generation, cfg.mcts, cfg.mcts.split)
+    header = search_header(cohort, model_config(cfg), cfg.generation, cfg.mcts, cfg.mcts.split, cfg.reward)
     key = {"search": header, "cohort": tree_md5(cohort_path),
            "c_exp": hashlib.md5(Path(attention_path).read_bytes()).hexdigest()}
     digest = hashlib.md5(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -43,7 +43,7 @@ def trajectories_dir(cfg: Config, cohort: Cohort, cohort_path: Path, attention_p
         f"{mode}-{digest}"
 
 
-@records_failure("mcts", ("data", "expert", "model", "generation", "mcts"),
+@records_failure("mcts", ("data", "expert", "model", "generation", "reward", "mcts"),
                  lambda cfg, a: [a["cohort_path"] or cohort_dir(cfg),
                                  a["attention_path"] or default_attention_path(cfg)])
 def mcts_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
@@ -66,7 +66,7 @@ def mcts_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = Non
         mlflow.set_tags({"eagrl.cohort_md5": cohort_md5, "eagrl.expert_guidance": str(cfg.mcts.expert_guidance),
                          "eagrl.trajectories_dir": str(dest)})
         res = run_mcts(cohort, table, model_config(cfg), cfg.generation, cfg.mcts, dest, split=cfg.mcts.split,
-                       max_stays=cfg.mcts.max_stays, progress=sys.stderr.isatty())
+                       max_stays=cfg.mcts.max_stays, progress=sys.stderr.isatty(), cls_reward=cfg.reward)
         plot = reward_plot(res.trajectories_path, res.selected_path, out / "rewards.png")
         for path in (res.selected_path, res.metrics_path, plot):
             mlflow.log_artifact(str(path))

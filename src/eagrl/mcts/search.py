@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from eagrl.llm.backends.base import GenerationBackend, sample_seed
 from eagrl.llm.config import GenerationConfig
 from eagrl.llm.rewards import r_att as jaccard
-from eagrl.llm.rewards import reward
+from eagrl.llm.rewards import DEFAULT_CLS, ClsReward, reward
 from eagrl.llm.structured import STEPS, Response, StructuredGenerator, Trajectory
 from eagrl.mcts.config import MCTSConfig
 
@@ -104,7 +104,7 @@ class Completed:
         r = self.response
         return {
             "rollout": self.rollout, "leaf_id": self.leaf_id, "leaf_depth": self.leaf_depth, "text": r.text,
-            "token_ids": list(r.token_ids),
+            "token_ids": list(r.token_ids), "readout_index": r.readout_index,
             "mask": [bool(m) for m in r.mask], "probability": r.probability, "n_steps": r.n_steps,
             "features": list(r.parsed.features), "r": self.r, "r_cls": self.r_cls, "r_att": self.r_att,
             "r_att_expert": self.r_att_expert, "well_formed": self.well_formed,
@@ -144,7 +144,8 @@ def patient_seed(seed: int, stay_id: str) -> int:
 
 
 def search(generator: StructuredGenerator, prompt_ids: Sequence[int], label: int, c_exp: Sequence[str],
-           cfg: MCTSConfig, *, stay_id: str = "", seed: int | None = None) -> SearchResult:
+           cfg: MCTSConfig, *, stay_id: str = "", seed: int | None = None,
+           cls_reward: ClsReward = DEFAULT_CLS) -> SearchResult:
     """Run ``cfg.rollouts`` rollouts from the prompt; return every completed trajectory and the tree's stats."""
     t_max = generator.cfg.depth
     if cfg.depth is not None and cfg.depth != t_max:
@@ -174,7 +175,7 @@ def search(generator: StructuredGenerator, prompt_ids: Sequence[int], label: int
         responses = generator.finish([node.traj.child(sample_seed(seed, SIMULATION_SEED_OFFSET + i))
                                       for i, node in leaves], more_steps=cfg.rollout_more_steps)
         for (i, node), resp in zip(leaves, responses):
-            rw = reward(resp.parsed, label, c_search, cfg.lam)
+            rw = reward(resp.parsed, label, c_search, cfg.lam, cls_reward)
             r_exp = jaccard(resp.parsed.features, c_exp) if rw.well_formed else 0.0
             completed.append(Completed(i, node.id, node.depth, resp, rw.total, rw.r_cls, rw.r_att, r_exp,
                                        rw.well_formed))

@@ -1,7 +1,9 @@
-"""From the searched trees to the SFT set: the best correct-side trajectories of each patient, classes balanced.
+"""From the searched trees to the SFT set: the best trajectories of each patient, classes balanced.
 
 Per patient, the completed trajectories are ranked by the search reward R (highest first, then by rollout
-order); only well-formed ones on the correct side of 0.5 (``(p >= 0.5) == label``) qualify; identical
+order); only well-formed ones qualify, and, with the digits readout (where SFT trains the drawn answer), only
+those on the correct side of 0.5 (``(p >= 0.5) == label``). With the yes/no readout SFT trains the answer slot
+on the label whatever the readout said, so every searched patient keeps its best trajectories; identical
 response texts count once (``dedupe``); the first ``top_k_per_patient`` are kept. Then, with ``balance``,
 the larger class (by label) is cut to the size of the smaller, keeping its highest-R trajectories. When one
 class has none at all, balancing would leave nothing, so the set is kept as it is and a warning says so.
@@ -15,7 +17,8 @@ from eagrl.mcts.config import MCTSConfig
 
 log = logging.getLogger(__name__)
 
-RECORD_FIELDS = ("stay_id", "label", "c_exp", "prompt_text", "prompt_ids", "response", "token_ids", "mask", "r",
+RECORD_FIELDS = ("stay_id", "label", "c_exp", "prompt_text", "prompt_ids", "response", "token_ids", "mask",
+                 "readout_index", "r",
                  "r_cls", "r_att", "r_att_expert", "probability", "n_steps", "rollout")
 
 
@@ -23,13 +26,13 @@ def correct_side(probability: float | None, label: int) -> bool:
     return probability is not None and (float(probability) >= 0.5) == bool(int(label))
 
 
-def select_patient(patient: dict, cfg: MCTSConfig) -> list[dict]:
+def select_patient(patient: dict, cfg: MCTSConfig, correct_side_only: bool = True) -> list[dict]:
     """The top-k qualifying trajectories of one stored patient, as SFT records."""
     label = int(patient["label"])
     ranked = sorted(patient["trajectories"], key=lambda t: (-t["r"], t["rollout"]))
     out, seen = [], set()
     for t in ranked:
-        if not t["well_formed"] or not correct_side(t["probability"], label):
+        if not t["well_formed"] or (correct_side_only and not correct_side(t["probability"], label)):
             continue
         if cfg.dedupe and t["text"] in seen:
             continue
@@ -37,7 +40,8 @@ def select_patient(patient: dict, cfg: MCTSConfig) -> list[dict]:
         out.append({
             "stay_id": str(patient["stay_id"]), "label": label, "c_exp": list(patient["c_exp"]),
             "prompt_text": patient.get("prompt_text", ""), "prompt_ids": list(patient["prompt_ids"]),
-            "response": t["text"], "token_ids": list(t["token_ids"]), "mask": list(t["mask"]), "r": t["r"],
+            "response": t["text"], "token_ids": list(t["token_ids"]), "mask": list(t["mask"]),
+            "readout_index": t.get("readout_index"), "r": t["r"],
             "r_cls": t["r_cls"], "r_att": t["r_att"], "r_att_expert": t["r_att_expert"],
             "probability": t["probability"], "n_steps": t["n_steps"], "rollout": t["rollout"],
         })
@@ -61,7 +65,8 @@ def balance_classes(records: list[dict]) -> list[dict]:
     return [r for i, r in enumerate(records) if i not in drop]
 
 
-def select_trajectories(patients: Iterable[dict], cfg: MCTSConfig) -> list[dict]:
-    """The SFT set: per-patient top-k on the correct side of 0.5, then (``cfg.balance``) classes balanced."""
-    records = [rec for p in patients for rec in select_patient(p, cfg)]
+def select_trajectories(patients: Iterable[dict], cfg: MCTSConfig, correct_side_only: bool = True) -> list[dict]:
+    """The SFT set: per-patient top-k (on the correct side of 0.5 when ``correct_side_only``), then
+    (``cfg.balance``) classes balanced."""
+    records = [rec for p in patients for rec in select_patient(p, cfg, correct_side_only)]
     return balance_classes(records) if cfg.balance else records

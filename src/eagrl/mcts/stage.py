@@ -30,6 +30,7 @@ from eagrl.evaluate.metrics import bootstrap_indices
 from eagrl.llm.backends import GenerationBackend, make_backend
 from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.prompt import build_prompt, encode
+from eagrl.llm.rewards import DEFAULT_CLS, ClsReward
 from eagrl.mcts.config import MCTSConfig
 from eagrl.mcts.search import make_generator, search
 from eagrl.mcts.select import select_trajectories
@@ -65,14 +66,17 @@ def run_mcts(
     progress: bool = True,
     stay_ids: list[str] | None = None,
     deadline: float | None = None,
+    cls_reward: ClsReward | None = None,
 ) -> MCTSResult:
     """Search every stay of ``split`` (or a label-stratified sample of ``max_stays``), resuming a previous run in
     ``out_dir``.
 
     ``stay_ids`` searches exactly those stays instead (e.g. one shard of a split run by parallel workers);
     ``deadline`` (a ``time.time()`` value) stops taking new stays once passed; the stored ones stay resumable.
+    ``cls_reward`` is how R_cls scores the readout (the config's ``reward`` section; default: its defaults).
     """
     model_cfg, gen_cfg, cfg = model_cfg or ModelConfig(), gen_cfg or GenerationConfig(), mcts_cfg or MCTSConfig()
+    cls_reward = cls_reward or DEFAULT_CLS
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if stay_ids is None:
@@ -82,7 +86,8 @@ def run_mcts(
         raise DataError(f"run_mcts was given an empty stay_ids list for the {cohort.dataset}/{cohort.task} cohort")
     c_exp = c_exp_lookup(attention_table, stay_ids)
 
-    store = TrajectoryStore(out / "trajectories.jsonl", search_header(cohort, model_cfg, gen_cfg, cfg, split))
+    store = TrajectoryStore(out / "trajectories.jsonl",
+                            search_header(cohort, model_cfg, gen_cfg, cfg, split, cls_reward))
     todo = [s for s in stay_ids if s not in store]
     if len(todo) < len(stay_ids):
         log.info("mcts: %d of %d stays already stored in %s; resuming", len(stay_ids) - len(todo), len(stay_ids),
@@ -100,7 +105,7 @@ def run_mcts(
                 prompt = build_prompt(rec, cohort.features, dataset=cohort.dataset, task=cohort.task,
                                       cfg=generator.cfg, tokenizer=tok)
                 ids = encode(prompt, tok)
-                res = search(generator, ids, rec.label, c_exp[sid], cfg, stay_id=sid)
+                res = search(generator, ids, rec.label, c_exp[sid], cfg, stay_id=sid, cls_reward=cls_reward)
                 store.append({"label": res.label, "c_exp": res.c_exp, "prompt_ids": res.prompt_ids,
                               "prompt_text": prompt.text, "stats": res.stats, "stay_id": sid,
                               "trajectories": [c.to_json() for c in res.completed]})
@@ -109,7 +114,7 @@ def run_mcts(
     wanted = set(stay_ids)
     patients = [p for p in store.patients() if p["stay_id"] in wanted]
     searched = [s for s in todo if s in store]
-    selected = select_trajectories(patients, cfg)
+    selected = select_trajectories(patients, cfg, correct_side_only=gen_cfg.readout == "digits")
     selected_path = _write_jsonl(out / "selected.jsonl", selected)
     metrics = mcts_metrics(patients, selected, cfg.n_boot, cfg.seed)
     from eagrl.stage import metrics_json
@@ -172,16 +177,20 @@ def c_exp_lookup(table: pd.DataFrame, stay_ids: list[str]) -> dict[str, list[str
     return lookup
 
 
-def search_header(cohort: Cohort, model_cfg: ModelConfig, gen_cfg: GenerationConfig, cfg: MCTSConfig, split: str) -> dict:
+def search_header(cohort: Cohort, model_cfg: ModelConfig, gen_cfg: GenerationConfig, cfg: MCTSConfig, split: str,
+                  cls_reward: ClsReward | None = None) -> dict:
     search = cfg.model_dump(exclude=_NOT_SEARCH)
     if search["parallel"] == 1:  # the one-at-a-time search stores came from before the setting: they still resume
         del search["parallel"]
-    return {
+    header = {
         "dataset": cohort.dataset, "task": cohort.task, "split": split, "model": model_cfg.weights(),
         "adapter": model_cfg.adapter,
         "mcts": search,
         "generation": gen_cfg.content(),
     }
+    if cls_reward is not None and cls_reward != DEFAULT_CLS:  # stores of the default reward keep their header
+        header["reward"] = cls_reward.model_dump()
+    return header
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> Path:

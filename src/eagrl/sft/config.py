@@ -46,6 +46,17 @@ class SFTConfig(Section):
         4096, ge=16, description="Longest prompt + response in tokens; longer: the prompt loses tokens from its left."
     )
     max_examples: int | None = Field(None, ge=1, description="Train on at most this many trajectories (smoke runs).")
+    answer_weight: float = Field(
+        1.0, ge=0.0, description="Weight of the answer-slot loss (cross-entropy of the label's word against the other "
+        "word, P(yes) vs P(no), the readout itself; yes/no readout) beside the mean NLL of the reasoning tokens.",
+    )
+    reasoning_weight: float = Field(
+        1.0, ge=0.0, description="Weight of the mean NLL of the model-written reasoning tokens (0: the answer slot "
+        "alone, as the direct fine-tune).",
+    )
+    class_weighted: bool = Field(
+        True, description="Weigh each class's answer-slot loss by n / (2 n_class), so both labels pull equally.",
+    )
     seed: int = Field(0, description="Seeds the LoRA init, the data order and dropout.")
     logging_steps: int = Field(1, ge=1, description="Optimiser steps between two points of the loss curve.")
     # ---------------------------------------------------------------- held-out check after training

@@ -5,9 +5,13 @@ prompt), ``token_ids`` (the response) and ``mask`` (one bool per response token:
 it, False where the framework inserted a tag or the probability), plus reward fields this module ignores.
 
 An example is ``input_ids = prompt_ids + token_ids`` with ``labels`` equal to the token where the model
-wrote it and -100 elsewhere (every prompt token, every inserted response token), so the loss is the NLL of
-the model-written response tokens only. Over ``max_seq_len`` the prompt loses tokens from its left (the
-response is never cut; a response that alone does not fit is a :class:`DataError`).
+wrote it and -100 elsewhere (every prompt token, every inserted response token), so the language-model loss
+is the NLL of the model-written response tokens only. With the yes/no readout a trajectory also carries its
+``readout_index`` (the answer slot in ``token_ids``): the token there becomes the label's word ("yes" / "no"),
+and the example records ``answer_pos`` (its index in ``input_ids``) and ``answer_label``, which the trainer's
+answer-slot loss reads (``eagrl.sft.train``); the slot is never in ``labels``. Over ``max_seq_len`` the prompt
+loses tokens from its left (the response is never cut; a response that alone does not fit is a
+:class:`DataError`).
 """
 from __future__ import annotations
 
@@ -79,8 +83,10 @@ def check_trajectory(record: object) -> str | None:
 
 # ====================================================================== examples
 def build_example(prompt_ids: Sequence[int], token_ids: Sequence[int], mask: Sequence[bool],
-                  max_seq_len: int) -> dict[str, list[int]]:
-    """``{"input_ids", "labels"}`` of one trajectory, the prompt cut from its left to fit ``max_seq_len``."""
+                  max_seq_len: int, answer: tuple[int, int, int] | None = None) -> dict[str, list[int] | int]:
+    """``{"input_ids", "labels", "answer_pos", "answer_label"}`` of one trajectory, the prompt cut from its left to
+    fit ``max_seq_len``. ``answer`` = (readout index in ``token_ids``, label, the label word's token) puts that
+    token at the slot; without it ``answer_pos`` is -1 (no answer-slot loss)."""
     if len(token_ids) != len(mask):
         raise DataError(f"mask has {len(mask)} entries but the response has {len(token_ids)} tokens")
     room = max_seq_len - len(token_ids)
@@ -88,8 +94,16 @@ def build_example(prompt_ids: Sequence[int], token_ids: Sequence[int], mask: Seq
         raise DataError(f"a response of {len(token_ids)} tokens leaves no room for its prompt within "
                         f"max_seq_len={max_seq_len}; raise sft.max_seq_len")
     prompt = list(prompt_ids)[-room:]
-    labels = [IGNORE] * len(prompt) + [t if m else IGNORE for t, m in zip(token_ids, mask)]
-    return {"input_ids": prompt + list(token_ids), "labels": labels}
+    tokens, trained = list(token_ids), list(mask)
+    pos, label = -1, -1
+    if answer is not None:
+        index, label, token = answer
+        if not 0 <= index < len(tokens):
+            raise DataError(f"readout_index {index} lies outside the response's {len(tokens)} tokens")
+        tokens[index], trained[index] = int(token), False  # the slot's loss is the answer-slot loss, not the LM's
+        pos = len(prompt) + index
+    labels = [IGNORE] * len(prompt) + [t if m else IGNORE for t, m in zip(tokens, trained)]
+    return {"input_ids": prompt + tokens, "labels": labels, "answer_pos": pos, "answer_label": int(label)}
 
 
 @dataclass
@@ -104,30 +118,47 @@ class ExampleSet:
     def n_target_tokens(self) -> int:
         return sum(sum(label != IGNORE for label in ex["labels"]) for ex in self.examples)
 
+    @property
+    def n_answer_targets(self) -> int:
+        """Examples whose answer slot is trained on the label."""
+        return sum(ex["answer_pos"] >= 0 for ex in self.examples)
+
     def stats(self) -> dict[str, float]:
         lengths = [len(ex["input_ids"]) for ex in self.examples]
+        answered = [ex["answer_label"] for ex in self.examples if ex["answer_pos"] >= 0]
         return {"n_trajectories": self.n_read, "n_examples": len(self.examples), "n_truncated": self.n_truncated,
                 "n_no_target": self.n_no_target, "n_target_tokens": self.n_target_tokens,
+                "n_answer_targets": len(answered), "n_answer_positive": int(sum(answered)),
                 "mean_seq_len": sum(lengths) / len(lengths) if lengths else 0.0,
                 "max_seq_len_seen": max(lengths, default=0)}
 
 
-def load_examples(path: str | Path, max_seq_len: int, max_examples: int | None = None) -> ExampleSet:
-    """The training examples of a trajectory file (all lines checked; the first ``max_examples`` kept)."""
+def load_examples(path: str | Path, max_seq_len: int, max_examples: int | None = None,
+                  answer_tokens: tuple[int, int] | None = None) -> ExampleSet:
+    """The training examples of a trajectory file (all lines checked; the first ``max_examples`` kept).
+
+    ``answer_tokens`` = (token of "no", token of "yes"): trajectories with a ``readout_index`` get their answer slot
+    set to the label's token and trained (the yes/no readout); None: no answer-slot targets (the digits readout)."""
     examples, stay_ids, n_read, n_truncated, n_no_target = [], [], 0, 0, 0
     path = Path(path)
     for lineno, rec in enumerate(iter_trajectories(path), start=1):
         n_read += 1
         if max_examples is not None and len(examples) >= max_examples:
             continue
-        if not any(rec["mask"]):
+        index = rec.get("readout_index")
+        answer = None if answer_tokens is None or index is None else \
+            (int(index), int(rec["label"]), answer_tokens[int(rec["label"])])
+        if not any(rec["mask"]) and answer is None:
             n_no_target += 1
             continue
         try:
-            ex = build_example(rec["prompt_ids"], rec["token_ids"], rec["mask"], max_seq_len)
+            ex = build_example(rec["prompt_ids"], rec["token_ids"], rec["mask"], max_seq_len, answer)
         except DataError as exc:
             raise DataError(f"{path}: trajectory {lineno} (stay {rec['stay_id']!r}): {exc}") from None
         n_truncated += len(ex["input_ids"]) < len(rec["prompt_ids"]) + len(rec["token_ids"])
+        if not any(label != IGNORE for label in ex["labels"]) and ex["answer_pos"] < 0:
+            n_no_target += 1
+            continue
         examples.append(ex)
         stay_ids.append(rec["stay_id"])
     if n_no_target:
@@ -149,6 +180,7 @@ class SFTCollator:
         self.multiple = pad_to_multiple_of
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask, labels (B, T); answer_pos, answer_label (B,) where the examples carry them."""
         width = max(len(ex["input_ids"]) for ex in examples)
         if self.multiple:
             width = -(-width // self.multiple) * self.multiple
@@ -161,4 +193,8 @@ class SFTCollator:
             input_ids[i, :k] = torch.as_tensor(ex["input_ids"])
             labels[i, :k] = torch.as_tensor(ex["labels"])
             attention[i, :k] = 1
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        out = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        if all("answer_pos" in ex for ex in examples):
+            out["answer_pos"] = torch.as_tensor([int(ex["answer_pos"]) for ex in examples])  # (B,), -1: none
+            out["answer_label"] = torch.as_tensor([int(ex["answer_label"]) for ex in examples])  # (B,)
+        return out

@@ -63,7 +63,7 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
         cohort_md5 = tree_md5(source)
         mlflow.set_tags({"eagrl.cohort_md5": cohort_md5,
                          "eagrl.trajectories_md5": hashlib.md5(trajectories.read_bytes()).hexdigest()})
-        res = run_sft(mcfg, cfg.sft, trajectories, out / "train")
+        res = run_sft(mcfg, cfg.sft, trajectories, out / "train", readout=cfg.generation.readout)
         for row in res.history:
             mlflow.log_metrics({f"train_{k}": float(v) for k, v in row.items() if k != "step"},
                                step=int(row.get("step", 0)))
@@ -82,7 +82,10 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
                           metadata={"stage": "sft", "dataset": cfg.data.dataset, "task": cfg.data.task})
         split = cfg.sft.eval_split
         auroc, ci = held.get(f"{split}_auroc"), held.get(f"{split}_auroc_ci")
-        message = (f"SFT on {int(res.metrics.get('n_examples', 0))} trajectories: loss "
+        message = (f"SFT on {int(res.metrics.get('n_examples', 0))} trajectories, "
+                   f"{int(res.metrics.get('optimizer_steps', 0))} optimiser steps over "
+                   f"{int(res.metrics.get('answer_tokens_trained', 0))} answer slots and "
+                   f"{int(res.metrics.get('reasoning_tokens_trained', 0))} reasoning tokens: loss "
                    f"{res.metrics.get('first_loss', float('nan')):.3f} -> {res.metrics.get('last_loss', float('nan')):.3f}; "
                    f"{split} P_QD AUROC " + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else "undefined")
                    + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}; registered {registered_name(cfg)}"

@@ -1,10 +1,12 @@
 """LoRA SFT of the policy on the selected trajectories: ``run_sft(model_cfg, sft_cfg, path, out_dir)``.
 
-TRL's ``SFTTrainer`` (pinned trl 1.16) is used: given a dataset that already has ``input_ids`` and
-``labels`` it keeps the labels as they are, and its loss is the summed NLL of the labelled tokens over their
-count in the (accumulated) batch, which is exactly "mean NLL of the model-written response tokens". We cut
-the prompt ourselves (``max_length=None`` there: TRL only cuts whole sequences from one end) and pass our
-own collator. The adapter is attached with :func:`eagrl.llm.loading.attach_lora` before the trainer sees
+TRL's ``SFTTrainer`` (pinned trl 1.16) is used, with one step replaced (:class:`AnswerSlotSFTTrainer`): the
+loss is ``reasoning_weight`` x the mean NLL of the model-written response tokens plus ``answer_weight`` x the
+answer-slot loss, the cross-entropy of the label's word against the other at the slot where the readout is
+read (log of P(y) / (P(yes) + P(no)), each summed over spellings: exactly the readout that MCTS, RL, the
+evaluation and serving use), class-weighted. Without it the one answer token among ~100 reasoning tokens
+barely moves the readout. We cut the prompt ourselves (``max_length=None`` there: TRL only cuts whole
+sequences from one end) and pass our own collator. The adapter is attached with :func:`eagrl.llm.loading.attach_lora` before the trainer sees
 the model, so the same code path builds adapters for SFT and RL.
 
 Nothing is logged to MLflow here; the caller logs :class:`SFTResult` (metrics, loss history, adapter dir).
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 from transformers import PrinterCallback, TrainerCallback
+from trl import SFTTrainer
 
 from eagrl.llm.config import ModelConfig
 from eagrl.llm.loading import LoadedModel, attach_lora, load_model
@@ -44,24 +47,30 @@ class SFTResult:
 
 # ====================================================================== entry point
 def run_sft(model_cfg: ModelConfig, sft_cfg: SFTConfig, trajectories_path: str | Path, out_dir: str | Path,
-            *, loaded: LoadedModel | None = None) -> SFTResult:
+            *, loaded: LoadedModel | None = None, readout: str = "yesno") -> SFTResult:
     """Train a LoRA adapter on the trajectories; save it and its loss curve under ``out_dir``.
 
-    ``loaded`` (optional) reuses a model already in memory; its weights gain LoRA layers in place.
+    ``loaded`` (optional) reuses a model already in memory; its weights gain LoRA layers in place. ``readout``
+    (``generation.readout``): with ``yesno`` the answer slot is trained on each stay's label.
     """
     from transformers import set_seed
 
+    from eagrl.llm.structured import tokenizer_encode, yes_no_ids
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_examples(trajectories_path, sft_cfg.max_seq_len, sft_cfg.max_examples)
-    log.info("SFT on %d examples (%d target tokens) from %s", len(data.examples), data.n_target_tokens,
-             trajectories_path)
+    loaded = loaded or load_model(model_cfg.model_copy(update={"adapter": None}))
+    encode = tokenizer_encode(loaded.tokenizer)
+    answer = (encode("no")[0], encode("yes")[0]) if readout == "yesno" else None
+    data = load_examples(trajectories_path, sft_cfg.max_seq_len, sft_cfg.max_examples, answer_tokens=answer)
+    log.info("SFT on %d examples (%d reasoning target tokens, %d answer slots) from %s", len(data.examples),
+             data.n_target_tokens, data.n_answer_targets, trajectories_path)
 
     set_seed(sft_cfg.seed)  # before attach_lora: the LoRA A matrices are drawn here
-    loaded = loaded or load_model(model_cfg.model_copy(update={"adapter": None}))
     model = attach_lora(loaded.model, sft_cfg.lora_model_config(model_cfg))
     cuda = loaded.device.type == "cuda"
-    trainer = build_trainer(model, loaded.tokenizer, sft_cfg, data, out / "checkpoints", cuda=cuda)
+    trainer = build_trainer(model, loaded.tokenizer, sft_cfg, data, out / "checkpoints", cuda=cuda,
+                            readout_ids=yes_no_ids(encode) if answer else None)
 
     t0 = time.perf_counter()
     train_out = trainer.train()
@@ -138,24 +147,92 @@ def gpu_options(section: str, bf16: bool | None, deepspeed: str | None, deepspee
 
 
 def build_trainer(model: torch.nn.Module, tokenizer, sft_cfg: SFTConfig, data: ExampleSet, out_dir: Path,
-                  cuda: bool | None = None):
-    """An SFTTrainer over ``data`` for a model that already carries its trainable adapter."""
+                  cuda: bool | None = None, readout_ids: tuple[list[int], list[int]] | None = None):
+    """An SFTTrainer over ``data`` for a model that already carries its trainable adapter; ``readout_ids`` (the
+    yes and no spellings' tokens) switch on the answer-slot loss."""
     from datasets import Dataset
-    from trl import SFTTrainer
+
+    from eagrl.llm.loading import float32_head
 
     cuda = next(model.parameters()).device.type == "cuda" if cuda is None else cuda
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     dataset = Dataset.from_list(data.examples)
-    trainer = SFTTrainer(
+    float32_head(model)  # the answer slot's two-way softmax and the NLL in float32 on a bfloat16 base
+    trainer = AnswerSlotSFTTrainer(
         model=model,
         args=training_args(sft_cfg, out_dir, cuda),
         data_collator=SFTCollator(pad_id, pad_to_multiple_of=8 if cuda else None),
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[ProgressLog()],
+        sft_cfg=sft_cfg,
+        readout_ids=readout_ids,
+        class_weights=class_weights([ex["answer_label"] for ex in data.examples if ex["answer_pos"] >= 0]),
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; ProgressLog logs them instead
     return trainer
+
+
+def class_weights(labels: list[int]) -> tuple[float, float]:
+    """(weight of label 0, of label 1) = n / (2 n_class); (1, 1) when a class is absent."""
+    n, pos = len(labels), sum(labels)
+    if not n or pos in (0, n):
+        return 1.0, 1.0
+    return n / (2.0 * (n - pos)), n / (2.0 * pos)
+
+
+def answer_slot_logprob(logits: torch.Tensor, yes_ids: list[int], no_ids: list[int]) -> torch.Tensor:
+    """(B, 2) log-probabilities of (no, yes) at the answer slot from its (B, V) logits: log of each word's mass
+    (summed over spellings) over the two words' mass, the yes/no readout in log space."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    words = torch.stack([torch.logsumexp(lp[:, no_ids], dim=-1), torch.logsumexp(lp[:, yes_ids], dim=-1)], dim=-1)
+    return torch.log_softmax(words, dim=-1)
+
+
+class AnswerSlotSFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss adds the answer-slot term (module docstring). The loss of a micro-batch is a mean,
+    so the Trainer divides it by the accumulation steps (``loss_is_scaled_for_ga = False``)."""
+
+    def __init__(self, *args, sft_cfg: SFTConfig, readout_ids=None, class_weights=(1.0, 1.0), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sft_cfg, self.readout_ids = sft_cfg, readout_ids
+        self.class_w = torch.tensor(class_weights if sft_cfg.class_weighted else (1.0, 1.0))
+        self.loss_is_scaled_for_ga = False
+        self._parts: dict[str, list[float]] = {"lm_loss": [], "answer_loss": [], "answer_accuracy": []}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pos, y = inputs.pop("answer_pos", None), inputs.pop("answer_label", None)
+        labels = inputs.pop("labels")
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        logits = out.logits  # (B, T, V); float32 where float32_head applies
+        targets = labels[:, 1:]  # (B, T-1): token t+1 is predicted at t
+        n_tok = (targets != -100).sum()
+        loss = logits.new_zeros(())
+        if n_tok > 0 and self.sft_cfg.reasoning_weight > 0:
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                                                    targets.reshape(-1), ignore_index=-100, reduction="sum")
+            lm = nll / n_tok
+            loss = loss + self.sft_cfg.reasoning_weight * lm
+            self._parts["lm_loss"].append(lm.item())
+        if self.readout_ids is not None and pos is not None and bool((pos >= 0).any()):
+            rows = (pos >= 0).nonzero(as_tuple=True)[0]
+            slot_logits = logits[rows, pos[rows] - 1]  # (b, V): the logits that predict the slot's token
+            two = answer_slot_logprob(slot_logits, *self.readout_ids)  # (b, 2): (no, yes)
+            yl = y[rows]
+            w = self.class_w.to(two.device)[yl]
+            ce = -(two.gather(1, yl[:, None])[:, 0] * w).sum() / w.sum()
+            loss = loss + self.sft_cfg.answer_weight * ce
+            self._parts["answer_loss"].append(ce.item())
+            self._parts["answer_accuracy"].append(((two[:, 1] >= two[:, 0]).long() == yl).float().mean().item())
+        return (loss, out) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs:  # the parts of the loss since the last log line
+            for k, v in self._parts.items():
+                if v:
+                    logs[k] = float(sum(v) / len(v))
+                    v.clear()
+        super().log(logs, *args, **kwargs)
 
 
 class ProgressLog(TrainerCallback):
@@ -169,7 +246,8 @@ class ProgressLog(TrainerCallback):
 
 # ====================================================================== metrics
 def loss_history(log_history: list[dict]) -> list[dict[str, float]]:
-    keys = ("step", "epoch", "loss", "learning_rate", "grad_norm", "mean_token_accuracy", "entropy")
+    keys = ("step", "epoch", "loss", "learning_rate", "grad_norm", "mean_token_accuracy", "entropy", "lm_loss",
+            "answer_loss", "answer_accuracy")
     rows = []
     for entry in log_history:
         if "loss" in entry and "train_loss" not in entry:
@@ -182,7 +260,13 @@ def summary_metrics(history: list[dict], train_out, seconds: float, data: Exampl
     epochs = float(history[-1]["epoch"]) if history and "epoch" in history[-1] else 0.0
     tokens = sum(len(ex["input_ids"]) for ex in data.examples) * epochs
     out = {"train_loss": float(train_out.training_loss), "train_steps": steps, "train_seconds": seconds,
-           "train_epochs": epochs, "train_tokens_per_s": tokens / seconds if seconds > 0 else 0.0}
+           "train_epochs": epochs, "train_tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+           "optimizer_steps": steps, "answer_tokens_trained": int(data.n_answer_targets * epochs),
+           "reasoning_tokens_trained": int(data.n_target_tokens * epochs)}
     if history:
         out["first_loss"], out["last_loss"] = history[0]["loss"], history[-1]["loss"]
+        for k in ("answer_loss", "answer_accuracy"):
+            vals = [r[k] for r in history if k in r]
+            if vals:
+                out[f"first_{k}"], out[f"last_{k}"] = vals[0], vals[-1]
     return out
