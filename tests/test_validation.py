@@ -140,3 +140,100 @@ def test_cli_validate_exit_codes(shared_data, tmp_path, tjh_sheet):
     assert res.returncode != 0
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("eagrl: error:")]
     assert len(lines) == 1 and "not a readable xlsx" in lines[0] and "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------- severities that match the data
+def test_labs_moved_400_days_after_discharge_are_rejected_naming_the_cause(tjh_sheet, tmp_path):
+    """Every record 400 days after its patient's discharge: impossible, so an error (it was a warning)."""
+    df = tjh_sheet.copy()
+    df["RE_DATE"] = df["Discharge time"] + pd.Timedelta(days=400)
+    report, cohort = validate_source(tjh_cfg(write_copy(df, tmp_path)))
+    assert not report.passed and cohort is None
+    first = report.errors[0]
+    assert (first.table, first.column) == ("measurements_in_stay", "latest/time")
+    assert first.unexpected_count == first.element_count == 55226 and first.share == 1.0
+    line = report.summary_line()
+    assert "measured more than 24 h after discharge" in line and "55226 of 55226 rows" in line
+    assert "2021-" in line  # an example of the moved dates is quoted
+    # every lab on the same date also makes conflicting values at one (stay, time, feature): reported too
+    assert any(e.table == "measurement_keys" for e in report.errors)
+
+
+def test_labs_before_admission_are_rejected(tjh_sheet, tmp_path):
+    df = tjh_sheet.copy()
+    df["RE_DATE"] = df["Admission time"] - pd.Timedelta(days=3)
+    report, cohort = validate_source(tjh_cfg(write_copy(df, tmp_path)))
+    assert not report.passed and cohort is None
+    assert "measured more than 24 h before admission" in report.summary_line()
+
+
+def test_a_few_impossible_times_are_an_error_by_default_and_a_warning_under_a_configured_share(tjh_sheet, tmp_path):
+    df = tjh_sheet.copy()
+    moved = df.index[df["PATIENT_ID"].ffill() == 1]  # one patient's records, 0.2% of the labs
+    df.loc[moved, "RE_DATE"] = df.loc[moved, "Discharge time"] + pd.Timedelta(days=400)
+    path = write_copy(df, tmp_path)
+    report, _ = validate_source(tjh_cfg(path))
+    assert not report.passed and "after discharge" in report.summary_line()
+    share = report.errors[0].share
+    assert 0 < share < 0.01
+
+    tolerant, cohort = validate_source(tjh_cfg(path, **{"validation.impossible_time_max_share": 0.01}))
+    assert tolerant.passed and cohort is not None, tolerant.summary_line()
+    late = [w for w in tolerant.warnings if w.column == "latest/time"]
+    assert len(late) == 1 and late[0].share == share and late[0].examples
+
+
+def test_real_file_has_within_tolerance_times_and_conflicts_as_warnings(shared_data):
+    """The real file: 139 labs on the day after discharge (5 patients) and 3.4% of rows at a (stay, day, lab)
+    with another value (the day precision): warnings, with counts and examples."""
+    report, _ = validate_source(tjh_cfg(shared_data / "tjh"))
+    by_column = {w.column: w for w in report.warnings}
+    assert by_column["discharge_day_end/time"].unexpected_count == 139
+    conflicts = by_column["conflicting"]
+    assert conflicts.unexpected_count == 1877 and conflicts.examples and "@" in conflicts.examples[0]
+
+
+def test_thresholds_are_config_values(shared_data):
+    """The same real rows become errors when the configured share is below theirs."""
+    strict = {"validation.implausible_max_share": 0.05}  # red blood cell count: 6.3% of its values
+    report, cohort = validate_source(tjh_cfg(shared_data / "tjh", **strict))
+    assert not report.passed and cohort is None
+    assert [e.column for e in report.errors] == ["Red blood cell count"]
+    assert "6.28%" in report.summary_line() and "234.0" in report.summary_line()
+
+    report, _ = validate_source(tjh_cfg(shared_data / "tjh", **{"validation.conflict_max_share": 0.01}))
+    assert not report.passed and "measurement_keys.conflicting" in report.summary_line()
+
+
+def test_conflicting_duplicates_are_rejected(tjh_sheet, tmp_path):
+    df = tjh_sheet.copy()
+    labs = [c for c in df.columns if c not in ("PATIENT_ID", "RE_DATE", "age", "gender", "Admission time",
+                                                "Discharge time", "outcome")]
+    twin = df.copy()
+    twin["PATIENT_ID"] = twin["PATIENT_ID"].ffill()
+    twin[labs] = twin[labs] * 2 + 1
+    both = pd.concat([df.assign(PATIENT_ID=df["PATIENT_ID"].ffill()), twin], ignore_index=True)
+    report, cohort = validate_source(tjh_cfg(write_copy(both, tmp_path)))
+    assert not report.passed and cohort is None
+    assert "measurement_keys.conflicting" in report.summary_line()
+    assert "another value at the same stay, time and feature" in report.summary_line()
+
+
+def test_clif_labs_moved_after_discharge_are_rejected(shared_data, tmp_path):
+    """The same rule on another source: the MIMIC demo's labs and vitals a year after discharge."""
+    from eagrl.data.sources import clif
+
+    demo = shared_data / "mimic-iv-demo-clif"
+    for table in clif.REQUIRED_COLUMNS:
+        shutil.copyfile(demo / f"clif_{table}.parquet", tmp_path / f"clif_{table}.parquet")
+    hosp = pd.read_parquet(demo / "clif_hospitalization.parquet")
+    end = hosp.set_index("hospitalization_id")["discharge_dttm"]
+    for table, col in (("labs", "lab_result_dttm"), ("vitals", "recorded_dttm")):
+        df = pd.read_parquet(demo / f"clif_{table}.parquet")
+        df[col] = df["hospitalization_id"].map(end) + pd.Timedelta(days=400)
+        df.to_parquet(tmp_path / f"clif_{table}.parquet", index=False)
+    cfg = load_config("default", {"data.dataset": "mimic-iv-demo", "data.task": "readmission_30d",
+                                  "data.data_path": str(tmp_path)})
+    report, cohort = validate_source(cfg)
+    assert not report.passed and cohort is None
+    assert "measured more than 24 h after discharge" in report.summary_line()

@@ -3,12 +3,18 @@
 Three gates, each stopping at its first error-level failure so later checks never run on broken input:
 
 1. *native*: the source's required columns exist with the right types (from ``REQUIRED_COLUMNS``);
-2. *canonical*: unique stay ids, plausible ages, label domain {0, 1}, admission before discharge,
-   measurements inside the stay (warning), known feature names;
-3. *cohort*: per-feature physiologic plausibility (warning), visits strictly before the prediction time,
-   splits disjoint by patient, enough positives in every split.
+2. *canonical*: unique stay ids, plausible ages, label domain {0, 1}, admission before discharge, known
+   feature names; measurement times inside the stay, no conflicting values at one (stay, time, feature);
+3. *cohort*: per-feature physiologic plausibility, visits strictly before the prediction time, splits
+   disjoint by patient, enough positives in every split.
 
-Every check carries a severity: ``error`` stops the pipeline, ``warning`` is reported only. The result is a
+Every check carries a severity: ``error`` stops the pipeline, ``warning`` is reported only. Checks of odd rows
+that real data has a few of carry a threshold instead (``error_above``, a share of rows from the
+``validation`` config): a failure on more than that share of the rows is an error, on fewer a warning. Impossible
+times (a measurement more than ``time_tolerance_hours`` before admission or after discharge, a prediction time
+before admission, a visit at or after the prediction time) fail above ``impossible_time_max_share`` (default 0:
+any row); conflicting duplicates above ``conflict_max_share``; implausible values above
+``implausible_max_share``. The result is a
 :class:`ValidationReport` that renders itself to HTML (a self-contained page beside the run: GX's Data Docs
 need a file-backed GX project, which a pipeline step does not keep) and to flat metrics.
 """
@@ -23,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from eagrl.config import Config
+from eagrl.config import Config, ValidationConfig
 from eagrl.data.cohort import SPLITS, Cohort, build_cohort
 from eagrl.data.schema import RawEHR
 from eagrl.data.sources import get_source
@@ -51,6 +57,14 @@ class Check:
     expectation: Any  # a great_expectations.expectations.Expectation
     severity: str = "error"  # "error" | "warning"
     why: str = ""
+    # A share of rows: a failure on more than this share is an error, on this share or fewer a warning
+    # (None: ``severity`` decides alone).
+    error_above: float | None = None
+
+    def severity_of(self, share: float) -> str:
+        if self.error_above is None:
+            return self.severity
+        return "error" if share > self.error_above else "warning"
 
 
 @dataclass
@@ -65,16 +79,20 @@ class CheckResult:
     element_count: int
     examples: list
     why: str
+    share: float = 0.0  # unexpected rows over the rows checked (missing values and ignored rows left out)
+    missing_count: int = 0
+    error_above: float | None = None
 
     @property
     def message(self) -> str:
         where = f"{self.table}.{self.column}" if self.column else self.table
         if self.success:
             return f"{self.expectation} on {where}: ok"
-        rows = (f"{self.unexpected_count} of {self.element_count} rows unexpected"
-                if self.element_count else "failed")
+        rows = (f"{self.unexpected_count} of {self.element_count - self.missing_count} rows unexpected "
+                f"({self.share:.2%})" if self.element_count else "failed")
         eg = f", e.g. {self.examples}" if self.examples else ""
-        why = f" ({self.why})" if self.why else ""
+        limit = f"; an error above {self.error_above:.2%} of rows" if self.error_above is not None else ""
+        why = f" ({self.why}{limit})" if self.why or limit else ""
         return f"{self.expectation} failed on {where}: {rows}{eg}{why}"
 
 
@@ -149,10 +167,14 @@ def _run_suite(gate: str, checks: list[Check], tables: dict[str, pd.DataFrame], 
             column = kw.get("column") or "/".join(str(kw[k]) for k in ("column_A", "column_B") if k in kw)
             result = r.result or {}
             examples = [_plain(x) for x in (result.get("partial_unexpected_list") or [])][:max_examples]
+            unexpected, rows = int(result.get("unexpected_count") or 0), int(result.get("element_count") or 0)
+            share = (float(result["unexpected_percent"]) / 100 if result.get("unexpected_percent") is not None
+                     else unexpected / rows if rows else 0.0)
             out.append(CheckResult(
-                gate=gate, table=table, expectation=cfg.type, column=str(column or ""), severity=c.severity,
-                success=bool(r.success), unexpected_count=int(result.get("unexpected_count") or 0),
-                element_count=int(result.get("element_count") or 0), examples=examples, why=c.why,
+                gate=gate, table=table, expectation=cfg.type, column=str(column or ""),
+                severity=c.severity_of(share), success=bool(r.success), unexpected_count=unexpected,
+                element_count=rows, examples=examples, why=c.why, share=share, error_above=c.error_above,
+                missing_count=int(result.get("missing_count") or 0),
             ))
     return out
 
@@ -211,13 +233,19 @@ def column_types(required: dict[str, dict[str, str]], native: dict[str, pd.DataF
     return pd.DataFrame(rows, columns=["expected", "actual"])
 
 
-def canonical_checks(raw: RawEHR, task: str) -> tuple[list[Check], dict[str, pd.DataFrame]]:
+def canonical_checks(raw: RawEHR, task: str, vcfg: ValidationConfig | None = None
+                     ) -> tuple[list[Check], dict[str, pd.DataFrame]]:
     from great_expectations import expectations as gxe
 
+    vcfg = vcfg or ValidationConfig()
     stays, meas = raw.stays, raw.measurements
     label = f"label_{task}"
+    tol = pd.Timedelta(hours=vcfg.time_tolerance_hours)
     in_stay = meas[["stay_id", "time"]].merge(stays[["stay_id", "admit_time", "discharge_time"]], on="stay_id", how="left")
     in_stay["discharge_day_end"] = in_stay["discharge_time"].dt.normalize() + pd.Timedelta(days=1)
+    in_stay["earliest"] = in_stay["admit_time"] - tol
+    in_stay["latest"] = in_stay["discharge_time"] + tol
+    impossible, hours = vcfg.impossible_time_max_share, f"{vcfg.time_tolerance_hours:g} h"
     checks = [
         Check("stays", gxe.ExpectColumnValuesToBeUnique(column="stay_id"), "error", "one row per stay"),
         Check("stays", gxe.ExpectColumnValuesToNotBeNull(column="stay_id"), "error"),
@@ -236,30 +264,62 @@ def canonical_checks(raw: RawEHR, task: str) -> tuple[list[Check], dict[str, pd.
         Check("measurements", gxe.ExpectColumnValuesToNotBeNull(column="time"), "error"),
         Check("measurements_in_stay", gxe.ExpectColumnValuesToNotBeNull(column="admit_time"), "error",
               "measurement of an unknown stay"),
+        Check("stays", gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="prediction_time", column_B="admit_time", or_equal=True, ignore_row_if="either_value_is_missing"),
+            why="prediction time before admission", error_above=impossible),
+        Check("measurements_in_stay", gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="time", column_B="earliest", or_equal=True, ignore_row_if="either_value_is_missing"),
+            why=f"measured more than {hours} before admission", error_above=impossible),
+        Check("measurements_in_stay", gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="latest", column_B="time", or_equal=True, ignore_row_if="either_value_is_missing"),
+            why=f"measured more than {hours} after discharge", error_above=impossible),
+        Check("measurements_in_stay", gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="time", column_B="admit_time", or_equal=True, ignore_row_if="either_value_is_missing"),
+            "warning", f"measured before admission (within {hours})"),
         Check("measurements_in_stay", gxe.ExpectColumnPairValuesAToBeGreaterThanB(
             column_A="discharge_day_end", column_B="time", ignore_row_if="either_value_is_missing"),
-            "warning", "measured after the day of discharge"),
+            "warning", f"measured after the day of discharge (within {hours})"),
+        Check("measurement_keys", gxe.ExpectColumnValuesToBeNull(column="conflicting"),
+              why="another value at the same stay, time and feature", error_above=vcfg.conflict_max_share),
     ]
-    return checks, {"stays": stays, "measurements": meas[["stay_id", "time", "feature"]], "measurements_in_stay": in_stay}
+    return checks, {"stays": stays, "measurements": meas[["stay_id", "time", "feature"]],
+                    "measurements_in_stay": in_stay, "measurement_keys": conflicting_keys(meas)}
 
 
-def cohort_checks(cohort: Cohort, min_positives: int, mostly: float) -> tuple[list[Check], dict[str, pd.DataFrame]]:
+def conflicting_keys(meas: pd.DataFrame) -> pd.DataFrame:
+    """One row per measurement: ``conflicting`` is ``stay@time:feature`` where another row of that key has another
+    value, else None (the same value twice is a harmless duplicate)."""
+    keys = ["stay_id", "time", "feature"]
+    distinct = meas.groupby(keys, observed=True, sort=False)["value"].transform("nunique")
+    bad = meas[distinct.to_numpy() > 1]
+    out = pd.Series(None, index=meas.index, dtype=object, name="conflicting")
+    if len(bad):
+        out[bad.index] = (bad["stay_id"].astype(str) + "@" + bad["time"].astype(str) + ":"
+                          + bad["feature"].astype(str) + "=" + bad["value"].astype(str)).to_numpy()
+    return out.to_frame()
+
+
+def cohort_checks(cohort: Cohort, min_positives: int, vcfg: ValidationConfig | None = None
+                  ) -> tuple[list[Check], dict[str, pd.DataFrame]]:
     from great_expectations import expectations as gxe
 
+    vcfg = vcfg or ValidationConfig()
     s, v = cohort.stays, cohort.visits
     checks: list[Check] = []
     for spec in cohort.features:
         if spec.plausible_low is not None or spec.plausible_high is not None:
             checks.append(Check("visits", gxe.ExpectColumnValuesToBeBetween(
-                column=spec.name, min_value=spec.plausible_low, max_value=spec.plausible_high, mostly=mostly),
-                "warning", f"physiologic range {spec.plausible_low}..{spec.plausible_high} {spec.unit}".strip()))
+                column=spec.name, min_value=spec.plausible_low, max_value=spec.plausible_high),
+                why=f"physiologic range {spec.plausible_low}..{spec.plausible_high} {spec.unit}".strip(),
+                error_above=vcfg.implausible_max_share))
     timing = v[["stay_id", "time"]].merge(s[["stay_id", "prediction_time"]], on="stay_id")
     per_patient = s.groupby("patient_id")["split"].nunique().rename("n_splits").reset_index()
     per_split = (s.groupby("split")["label"].agg(["size", "sum"]).reindex(list(SPLITS), fill_value=0)
                  .rename(columns={"size": "stays", "sum": "positives"}).reset_index())
     checks += [
         Check("timing", gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="prediction_time", column_B="time"),
-              "error", "every visit strictly before the prediction time (no leakage)"),
+              why="every visit strictly before the prediction time (no leakage)",
+              error_above=vcfg.impossible_time_max_share),
         Check("stays", gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)), "error"),
         Check("stays", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1]), "error"),
         Check("stays", gxe.ExpectColumnValuesToBeBetween(column="n_visits", min_value=1), "error"),
@@ -277,7 +337,7 @@ def cohort_checks(cohort: Cohort, min_positives: int, mostly: float) -> tuple[li
 def validate_source(cfg: Config) -> tuple[ValidationReport, Cohort | None]:
     """Read, check and (if the gates pass) build the cohort of ``cfg.data``; never raises on bad data.
 
-    Returns the report and the cohort (None when a gate failed before the cohort was built).
+    Returns the report and the cohort (None when a gate failed).
     """
     dcfg, vcfg = cfg.data, cfg.validation
     report = ValidationReport(dataset=dcfg.dataset, task=dcfg.task)
@@ -301,7 +361,7 @@ def validate_source(cfg: Config) -> tuple[ValidationReport, Cohort | None]:
         report.fatal = str(exc)
         return report, None
 
-    checks, tables = canonical_checks(raw, dcfg.task)
+    checks, tables = canonical_checks(raw, dcfg.task, vcfg)
     report.results += _run_suite("canonical", checks, tables, vcfg.max_examples)
     if report.errors:
         report.fatal = "the canonical stays/measurements failed an error-level check"
@@ -311,8 +371,11 @@ def validate_source(cfg: Config) -> tuple[ValidationReport, Cohort | None]:
     except DataError as exc:
         report.fatal = str(exc)
         return report, None
-    checks, tables = cohort_checks(cohort, vcfg.min_positives_per_split, vcfg.plausibility_mostly)
+    checks, tables = cohort_checks(cohort, vcfg.min_positives_per_split, vcfg)
     report.results += _run_suite("cohort", checks, tables, vcfg.max_examples)
+    if report.errors:
+        report.fatal = "the cohort failed an error-level check"
+        return report, None
     return report, cohort
 
 
@@ -327,7 +390,9 @@ def _render_html(r: ValidationReport) -> str:
         rows.append(
             "<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in (c.gate, c.table, c.column, c.expectation))
             + f'<td style="color:{badge};font-weight:bold">{state}</td>'
-            + f"<td>{c.unexpected_count} / {c.element_count}</td><td>{html.escape(json.dumps(c.examples, default=str))}</td>"
+            + f"<td>{c.unexpected_count} / {c.element_count} ({c.share:.2%})"
+            + (f"; error above {c.error_above:.2%}" if c.error_above is not None else "")
+            + f"</td><td>{html.escape(json.dumps(c.examples, default=str))}</td>"
             + f"<td>{html.escape(c.why)}</td></tr>"
         )
     fatal = f"<p><b>Stopped:</b> {html.escape(r.fatal)}</p>" if r.fatal else ""
