@@ -192,6 +192,68 @@ def test_openai_client_and_curl_get_answers(server):
     assert body["object"] == "text_completion" and body["usage"]["completion_tokens"] == 4
 
 
+def test_openai_client_streams_the_chunks_of_one_answer(server):
+    url, _ = server
+    client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=KEY)
+    whole = client.completions.create(model=NAME, prompt="The patient", max_tokens=8, temperature=0)
+    chunks = list(client.completions.create(model=NAME, prompt="The patient", max_tokens=8, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert len([t for t in texts if t]) > 1, texts  # token by token, not one piece
+    assert "".join(texts) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    messages = [{"role": "user", "content": "Risk of death?"}]
+    whole = client.chat.completions.create(model=NAME, messages=messages, max_tokens=8, temperature=0)
+    chunks = list(client.chat.completions.create(model=NAME, messages=messages, max_tokens=8, temperature=0,
+                                                 stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    deltas = [c.choices[0].delta.content or "" for c in chunks]
+    assert len([d for d in deltas if d]) > 1 and "".join(deltas) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert len({c.id for c in chunks}) == 1
+    many = list(client.chat.completions.create(model=NAME, messages=messages, max_tokens=4, n=2, seed=5,
+                                               stream=True))
+    alone = client.chat.completions.create(model=NAME, messages=messages, max_tokens=4, n=2, seed=5)
+    for j in (0, 1):  # n answers stream each under its own index
+        text = "".join(c.choices[0].delta.content or "" for c in many if c.choices[0].index == j)
+        assert text == alone.choices[j].message.content
+
+
+def test_openai_logprobs_are_the_models_own_and_n_and_stop_are_honoured(server):
+    url, _ = server
+    client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=KEY)
+    c = client.completions.create(model=NAME, prompt="The patient", max_tokens=6, temperature=0, logprobs=0)
+    lp = c.choices[0].logprobs
+    assert "".join(lp.tokens) == c.choices[0].text and len(lp.token_logprobs) == len(lp.tokens) == 6
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
+    model, tok = build_tiny()  # the served model, read directly: greedy steps and their log-softmax
+    ids = tok("The patient", add_special_tokens=False)["input_ids"]
+    expected = []
+    with torch.no_grad():
+        for _ in range(6):
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+            ids.append(int(logp.argmax()))
+            expected.append(float(logp.max()))
+    assert lp.token_logprobs == pytest.approx(expected, abs=1e-3)
+    chat = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Risk?"}],
+                                          max_tokens=5, temperature=0, logprobs=True)
+    content = chat.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == chat.choices[0].message.content
+    assert all(t.logprob <= 0 and bytes(t.bytes).decode() == t.token for t in content)
+    plain = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Risk?"}],
+                                           max_tokens=5, temperature=0)
+    assert plain.choices[0].logprobs is None  # only when asked
+    three = client.completions.create(model=NAME, prompt="The patient", max_tokens=6, n=3, seed=11)
+    assert len(three.choices) == 3 and len({ch.text for ch in three.choices}) > 1  # sampled, each its own
+    text = c.choices[0].text
+    stop = text[2:4]  # a stop string inside the greedy answer: the answer ends before its first occurrence
+    cut = client.completions.create(model=NAME, prompt="The patient", max_tokens=6, temperature=0, stop=[stop, "zzz"])
+    assert cut.choices[0].text == text[:text.index(stop)] and cut.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError, match="no alternatives"):
+        client.completions.create(model=NAME, prompt="a", max_tokens=2, logprobs=2)
+
+
 def test_clinical_route_answers_a_tjh_patient(server):
     url, _ = server
     r = httpx.post(f"{url}/clinical/v1/predict", json=_patient(0), headers=_auth(), timeout=60)
@@ -254,8 +316,16 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(server):
         (httpx.post(f"{url}/openai/v1/completions", json={"model": "other", "prompt": "a"}, headers=h), 404,
          "is not served here"),
         (httpx.post(f"{url}/openai/v1/completions", json={"model": NAME}, headers=h), 422, "prompt: Field required"),
-        (httpx.post(f"{url}/openai/v1/completions", json={"model": NAME, "prompt": "a", "stream": True}, headers=h),
-         400, "streaming is not supported"),
+        (httpx.post(f"{url}/openai/v1/completions", json={"model": NAME, "prompt": "a", "stream": True,
+                                                           "logprobs": 3}, headers=h), 400, "no alternatives"),
+        (httpx.post(f"{url}/openai/v1/chat/completions", json={"model": NAME, "logprobs": True, "top_logprobs": 2,
+                                                                "messages": [{"role": "user", "content": "a"}]},
+                    headers=h), 400, "top_logprobs=2"),
+        (httpx.post(f"{url}/openai/v1/completions", json={"model": NAME, "prompt": "a", "stop": list("abcde")},
+                    headers=h), 400, "stop has 5 strings"),
+        (httpx.post(f"{url}/openai/v1/completions", json={"model": NAME, "prompt": "a", "stream_options":
+                                                           {"include_usage": True}}, headers=h), 400,
+         "stream_options is only allowed with stream=true"),
         (httpx.post(f"{url}/openai/v1/completions", json={"model": NAME, "prompt": "a", "max_tokens": 10_000},
                     headers=h), 400, "above this server's limit of 512"),
         (httpx.post(f"{url}/openai/v1/completions", json={"model": NAME, "prompt": "word " * 5000}, headers=h), 400,
