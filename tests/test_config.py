@@ -56,8 +56,8 @@ def test_pipeline_params_round_trip_the_whole_config():
     cfg = load_config("smoke", {"data.dataset": "tjh", "data.task": "mortality", "data.seed": 11})
     again = config_from_params(cfg.profile, overrides=json.dumps(cfg.to_flat()))
     assert again == cfg
-    # plain UI parameters win over the profile, blanks leave it alone
+    # plain UI parameters win over the profile; a blank task is the dataset's default (issue 27)
     ui = config_from_params("default", dataset="tjh", task="", data_path="")
-    assert ui.data.dataset == "tjh" and ui.data.task == "readmission_30d"
+    assert ui.data.dataset == "tjh" and ui.data.task == "mortality"
     with pytest.raises(ConfigError, match="JSON"):
         config_from_params("default", overrides="{not json")

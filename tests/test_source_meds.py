@@ -226,3 +226,26 @@ def test_flat_layout_with_labels_file(tmp_path: Path) -> None:
     _write(_labels(), tmp_path / "labels.parquet")
     native = meds.read(tmp_path)
     assert len(native["labels"]) == N_SUBJECTS + 1 and native["events"]["subject_id"].nunique() == N_SUBJECTS
+
+
+# ---------------------------------------------------------------- the default task: the label table's
+def test_default_task_is_the_label_tables(meds_root: Path, tmp_path: Path) -> None:
+    from eagrl.config import load_config
+    from eagrl.errors import ConfigError
+
+    cfg = load_config("default", {"data.dataset": "meds", "data.data_path": str(meds_root)})
+    assert cfg.data.task == "mortality"  # labels/mortality.parquet
+    readm = tmp_path / "readm"
+    _write(_events(), readm / "data" / "0.parquet")
+    _write(_labels(), readm / "labels" / "readmission" / "30d" / "0.parquet")
+    assert DataConfig(dataset="meds", data_path=str(readm)).task == "readmission_30d"
+    # a task given wins over the table's name
+    assert DataConfig(dataset="meds", data_path=str(readm), task="mortality").task == "mortality"
+
+    flat = tmp_path / "flat"
+    _write(_events(), flat / "events.parquet")
+    _write(_labels(), flat / "labels.parquet")
+    with pytest.raises(ConfigError, match=r"labels\.parquet\) names no task.*pass --task"):
+        load_config("default", {"data.dataset": "meds", "data.data_path": str(flat)})
+    assert load_config("default", {"data.dataset": "meds", "data.data_path": str(flat),
+                                   "data.task": "mortality"}).data.task == "mortality"

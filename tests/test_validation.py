@@ -237,3 +237,31 @@ def test_clif_labs_moved_after_discharge_are_rejected(shared_data, tmp_path):
     report, cohort = validate_source(cfg)
     assert not report.passed and cohort is None
     assert "measured more than 24 h after discharge" in report.summary_line()
+
+
+# ---------------------------------------------------------------- the dataset's default task
+@pytest.mark.parametrize("profile, dataset, task", [
+    ("default", "tjh", "mortality"), ("default", "physionet2012", "mortality"),
+    ("paper", "mimic-iv-demo", "readmission_30d"), ("paper", "clif", "readmission_30d"),
+    ("smoke", None, "readmission_30d"), ("paper", None, "mortality"),
+])
+def test_task_follows_the_dataset_when_not_given(profile, dataset, task):
+    from eagrl.config import config_from_params
+
+    overrides = {"data.dataset": dataset} if dataset else {}
+    assert load_config(profile, overrides).data.task == task
+    assert config_from_params(profile, dataset=dataset or "", task="").data.task == task  # pipeline parameters
+    other = "mortality" if task == "readmission_30d" else "readmission_30d"
+    assert load_config(profile, {**overrides, "data.task": other}).data.task == other  # a given task wins
+
+
+def test_cli_validate_without_task_uses_the_datasets(shared_data, tmp_path):
+    """The issue's reproduction: `eagrl data validate --dataset tjh` (no --task) under the default profile,
+    whose own dataset's task is readmission_30d, validates TJH mortality."""
+    res = run_cli("data", "validate", "--dataset", "tjh", "--data-path", str(shared_data / "tjh"),
+                  "--workspace", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "out" / "validate" / "report.json").read_text())
+    assert report["task"] == "mortality" and report["passed"]
+    shown = run_cli("config", "--dataset", "physionet2012")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["data"]["task"] == "mortality"

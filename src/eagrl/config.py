@@ -31,7 +31,10 @@ class DataConfig(_Section):
     data_path: str | None = Field(
         None, description="Folder (or file) holding the source; None: the dataset's default location."
     )
-    task: Task = Field("readmission_30d", description="Binary outcome to predict.")
+    task: Task | None = Field(
+        None, description="Binary outcome to predict; None: the dataset's default (tjh, physionet2012: mortality; "
+        "mimic-iv-demo, clif: readmission_30d; meds: the label table's)."
+    )
     seed: int = Field(42, description="Seed of the patient-level stratified split.")
     split: tuple[float, float, float] = Field((0.7, 0.1, 0.2), description="Train/val/test fractions.")
     bin: str | float | None = Field(
@@ -57,6 +60,14 @@ class DataConfig(_Section):
         lo, hi = self.norm_percentiles
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"data.norm_percentiles must satisfy 0 <= low < high <= 100, got {self.norm_percentiles}")
+        if self.task is None:
+            from eagrl.data.sources import default_task  # the sources import this module: not at the top
+            from eagrl.errors import DataError
+
+            try:
+                self.task = default_task(self.dataset, self.data_path)
+            except DataError as exc:
+                raise ValueError(str(exc)) from None
         if isinstance(self.bin, str) and self.bin != "day":
             try:
                 self.bin = float(self.bin)
@@ -118,7 +129,7 @@ class Config(_Section):
     workspace: str = Field(
         ".", description="Folder holding data/, data.dvc, the DVC remote, mlflow.db and KFP artifacts."
     )
-    data: DataConfig = DataConfig()
+    data: DataConfig = Field(default_factory=lambda: DataConfig())
     validation: ValidationConfig = ValidationConfig()
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()

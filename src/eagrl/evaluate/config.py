@@ -112,7 +112,20 @@ class TransferTarget(Section):
     dataset: Literal["mimic-iv-demo", "tjh", "clif", "meds", "physionet2012"] = Field(
         ..., description="Dataset whose prepared cohort (<workspace>/data/cohorts) the models are scored on."
     )
-    task: Literal["mortality", "readmission_30d"] = Field("mortality", description="Task of that cohort.")
+    task: Literal["mortality", "readmission_30d"] | None = Field(
+        None, description="Task of that cohort; None: the dataset's default (as data.task).")
+
+    @model_validator(mode="after")
+    def _default_task(self) -> "TransferTarget":
+        if self.task is None:
+            from eagrl.data.sources import default_task
+            from eagrl.errors import DataError
+
+            try:
+                self.task = default_task(self.dataset)
+            except DataError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
 
 class GeneralisationConfig(Section):

@@ -36,6 +36,7 @@ from eagrl.data.sources import shared_data_dir
 from eagrl.errors import DataError
 
 NAME = "clif"
+DEFAULT_TASK = "readmission_30d"  # the MIMIC demo holds only 17 deaths
 DEMO_DIR_NAME = "mimic-iv-demo-clif"
 
 # adt is not used by to_raw yet; it is required as CLIF's core location table (ICU segments), so a

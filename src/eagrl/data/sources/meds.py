@@ -53,6 +53,27 @@ def default_path() -> Path:
     return shared_data_dir() / "meds"
 
 
+# Words in a label table's path (labels/<task>/...) that name a task, as MEDS task folders do.
+TASK_WORDS = {"mortality": ("mortality", "death", "died"), "readmission_30d": ("readmission", "readmit")}
+
+
+def default_task(path: str | Path) -> str:
+    """The task the label table is for, read from its path (``labels/mortality/...``, ``labels/readmission/30d``):
+    a MEDS label table holds one task and says which only by where it lies. None or two named: DataError."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"MEDS folder not found: {root}, so its label table cannot give the task; pass --task")
+    files = _label_files(root)
+    named = {task for f in files for task, words in TASK_WORDS.items()
+             if any(w in f.relative_to(root).as_posix().lower() for w in words)}
+    if len(named) != 1:
+        where = ", ".join(f.relative_to(root).as_posix() for f in files[:3])
+        said = f"names {sorted(named)}" if named else "names no task"
+        raise DataError(f"the MEDS label table under {root} ({where}) {said}; put it under labels/<task>/ "
+                        f"({', '.join(TASKS)}) or pass --task")
+    return named.pop()
+
+
 # ====================================================================== reading
 def read(path: str | Path) -> dict[str, pd.DataFrame]:
     """Native tables: ``events`` (of labelled subjects only), ``labels`` and, if present, ``codes`` and

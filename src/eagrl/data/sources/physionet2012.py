@@ -31,6 +31,7 @@ from eagrl.data.sources import shared_data_dir
 from eagrl.errors import DataError
 
 NAME = "physionet2012"
+DEFAULT_TASK = "mortality"  # in-hospital death, the challenge's outcome
 SETS = ("a", "b", "c")
 SPLIT_OF_SET = {"a": "train", "b": "train", "c": "test"}  # the challenge's own train/test protocol
 HEADER = b"Time,Parameter,Value"

@@ -18,6 +18,7 @@ from eagrl.data.sources import shared_data_dir
 from eagrl.errors import DataError
 
 NAME = "tjh"
+DEFAULT_TASK = "mortality"  # the only outcome the sheet has
 FILE_NAME = "time_series_375_prerpocess_en.xlsx"
 ID, TIME, ADMIT, DISCHARGE = "PATIENT_ID", "RE_DATE", "Admission time", "Discharge time"
 REQUIRED_COLUMNS = {
