@@ -144,8 +144,9 @@ def test_pipeline_compiles_to_kfp_v2_yaml(tmp_path):
     gpu = {name for name, t in spec["deploymentSpec"]["executors"].items()
            if t["container"].get("resources", {}).get("accelerator")}
     assert {"exec-train-expert", "exec-mcts-trajectories", "exec-sft-policy", "exec-rl-policy"} <= gpu
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {"ghcr.io/eagrl/eagrl:0.1.0"}
+    images = {name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()}
+    assert {images[n] for n in gpu} == {"ghcr.io/eagrl/eagrl-pipeline-cuda:0.1.0"}  # pipeline.gpu_image
+    assert {i for n, i in images.items() if n not in gpu} == {"ghcr.io/eagrl/eagrl-pipeline:0.1.0"}
 
 
 def test_cli_help_lists_the_stage_commands():
