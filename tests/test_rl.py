@@ -98,7 +98,7 @@ def sft_adapter(tiny, tmp_path_factory):
     return path
 
 
-def _trainer(cohort, c_exp, sft_adapter, out, label=None, **rl):
+def _trainer(cohort, c_exp, sft_adapter, out, label=None, gen=None, **rl):
     from eagrl.llm.loading import load_model
     from eagrl.rl.rollout import StructuredRollout
     from eagrl.rl.train import build_trainer, policy_model, prompt_table
@@ -108,13 +108,15 @@ def _trainer(cohort, c_exp, sft_adapter, out, label=None, **rl):
     mcfg = ModelConfig(source="tiny")
     loaded = load_model(mcfg)
     model = policy_model(loaded.model, cfg, sft_adapter, mcfg, out / "cache")
-    prompts, rows = prompt_table(cohort, c_exp, cfg, GEN, loaded.tokenizer)
+    gen = gen or GEN
+    prompts, rows = prompt_table(cohort, c_exp, cfg, gen, loaded.tokenizer)
     assert list(prompts) == cohort.sample_ids(cfg.split, cfg.max_stays, cfg.seed)  # a stratified sample, not a head
     labels = cohort.stays.assign(stay_id=cohort.stays["stay_id"].astype(str)).set_index("stay_id")["label"]
     assert labels[list(prompts)].nunique() == 2
     if label is not None:  # every patient rewarded against this label instead of its own
         rows = [{**r, "label": label} for r in rows]
-    rollout = StructuredRollout(prompts, cohort.features, GEN, seed=cfg.seed)
+    rollout = StructuredRollout(prompts, cohort.features, gen, seed=cfg.seed,
+                                labels={r["prompt"]: r["label"] for r in rows})
     return build_trainer(model, loaded.tokenizer, cfg, rows, rollout, out / "ckpt", cuda=False), rollout
 
 
@@ -189,34 +191,62 @@ def test_per_trajectory_bounds_reach_trls_loss(cohort, c_exp, sft_adapter, tmp_p
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in trainer.model.parameters() if p.requires_grad)
 
 
-def test_each_reward_reads_the_label_of_its_own_patient(cohort, c_exp, sft_adapter, tmp_path, monkeypatch):
-    """TRL hands the reward functions the dataset's label column beside the rollout's completions: every completion
-    must be scored against the patient it was written for (a shifted order would still pass the one-label test)."""
+def test_each_completion_was_written_from_its_own_patients_prompt(cohort, c_exp, sft_adapter, tmp_path, monkeypatch):
+    """Issue 29.4: the pairing of completions, prompts and labels, end to end through TRL. What the reward functions
+    receive (stay, label, completion ids) must be what the rollout wrote for that stay: every model-written token's
+    recorded log-prob equals the start policy's log-prob recomputed on *that stay's* prompt (and not on another
+    stay's), and the label is that stay's. A shifted or shuffled pairing anywhere fails here."""
     import eagrl.rl.train as train
 
     seen, score = [], train.r_cls
 
     def recording(completions, label, eagrl_probability, eagrl_well_formed, **kw):
-        seen.extend(zip(map(str, kw["prompts"]), label))
+        seen.extend(zip(map(str, kw["prompts"]), label, kw["completion_ids"]))
         return score(completions, label, eagrl_probability, eagrl_well_formed, **kw)
 
     recording.__name__ = "r_cls"  # TRL names the logged reward after the function
     monkeypatch.setattr(train, "r_cls", recording)
-    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, max_steps=4)
+    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, max_steps=2)  # one generation batch
+    start = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.model)).eval()
+    written = []
+    original = rollout.__call__
+
+    def capturing(prompts, tr):
+        out = original(prompts, tr)
+        written.extend(zip(out["completion_ids"], out["logprobs"], out["env_mask"]))
+        return out
+
+    monkeypatch.setattr(rollout, "__call__", capturing)
+    trainer.rollout_func = capturing
     trainer.train()
-    truth = {r["prompt"]: r["label"] for r in trainer.train_dataset}
-    assert len(seen) == 16 and {y for _, y in seen} == {0, 1}  # 2 batches x 2 stays x G = 4, both classes
-    assert all(y == truth[stay] for stay, y in seen)
+    truth = {str(s): int(y) for s, y in zip(cohort.stays["stay_id"], cohort.stays["label"])}
+    assert len(seen) == len(written) == 8 and {y for _, y, _ in seen} == {0, 1}  # 2 stays x G = 4, both classes
+
+    def recomputed(stay, ids):
+        prompt = rollout.prompt_ids[stay]
+        with torch.no_grad():
+            logits = start(torch.tensor([prompt + list(ids)])).logits[0].float()
+        return torch.log_softmax(logits, -1)[len(prompt) - 1:-1].gather(1, torch.tensor(ids)[:, None])[:, 0]
+
+    stays = sorted({s for s, _, _ in seen})
+    for (stay, label, ids), (w_ids, w_lp, w_mask) in zip(seen, written):
+        assert label == truth[stay]
+        assert list(ids) == list(w_ids)
+        keep = torch.tensor(w_mask, dtype=torch.bool)
+        recorded = torch.tensor(w_lp)[keep]
+        own = (recomputed(stay, ids)[keep] - recorded).abs().max().item()  # batched, padded sampling: ~3e-3
+        other = (recomputed(next(s for s in stays if s != stay), ids)[keep] - recorded).abs().max().item()
+        assert own < 1e-2 and other > 5 * own, (own, other)
 
 
-def _expected_answer(model, tokenizer, contexts) -> float:
-    """The mean over contexts of the policy's expected probability at the answer (the digits readout)."""
+def _expected_answer(model, tokenizer, contexts, readout: str = "digits") -> float:
+    """The mean over contexts of the policy's probability at the answer slot (digits or yes/no readout)."""
     import numpy as np
 
-    from eagrl.llm.structured import digit_tokens, expected_readout
+    from eagrl.llm.structured import digit_tokens, expected_readout, yes_no_tokens
 
     backend = TransformersBackend(model, tokenizer, prefix_cache_tokens=0, threads=1)
-    cand, values = digit_tokens(backend)
+    cand, values = digit_tokens(backend) if readout == "digits" else yes_no_tokens(backend)
     was = model.training
     model.eval()
     with torch.no_grad():
@@ -225,26 +255,30 @@ def _expected_answer(model, tokenizer, contexts) -> float:
     return float(np.mean(expected_readout(lp, values)))
 
 
+@pytest.mark.parametrize("readout, steps", [("digits", 24), ("yesno", 6)])
 @pytest.mark.parametrize("label", [1, 0])
-def test_training_moves_the_answer_toward_the_rewarded_label(label, cohort, c_exp, sft_adapter, tmp_path):
-    """The sign of the whole loop (reward, group advantage, TRL's loss, the optimiser): rewarded by R_cls against one
-    label for every patient, the policy's answer moves toward it. Read at fixed contexts (the start policy's greedy
-    responses up to the answer), so only the policy, not the text it writes, differs. Over 6 LoRA inits this moved
-    the mean by 0.033 to 0.060 toward the label (3 runs each); at 8 steps the direction was noise."""
+def test_training_moves_the_answer_toward_the_rewarded_label(label, readout, steps, cohort, c_exp, sft_adapter,
+                                                               tmp_path):
+    """The sign of the whole loop: trained against one label for every patient, the policy's answer moves toward it.
+    Read at fixed contexts (the start policy's greedy responses up to the answer), so only the policy, not the text
+    it writes, differs. digits: through the drawn answer and the policy gradient (reward, group advantage, TRL's
+    loss, the optimiser); over 6 LoRA inits this moved the mean by 0.033 to 0.060 (3 runs each). yesno: through the
+    answer-slot term, the readout's own gradient, which moves it in far fewer steps."""
     from eagrl.llm.structured import StructuredGenerator
 
-    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, label=label, variant="grpo", max_steps=24,
-                                learning_rate=1e-2)
+    gen = GEN.model_copy(update={"readout": readout})
+    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, label=label, variant="grpo", max_steps=steps,
+                                learning_rate=1e-2, gen=gen)
     tok = trainer.processing_class
     prompts = [rollout.prompt_ids[k] for k in rollout.prompt_ids]
     trainer.model.eval()
     with torch.no_grad():
         greedy = StructuredGenerator(TransformersBackend(trainer.model, tok, prefix_cache_tokens=0, threads=1),
-                                     GEN.model_copy(update={"temperature": 0.0}), cohort.features).generate(prompts)
+                                     gen.model_copy(update={"temperature": 0.0}), cohort.features).generate(prompts)
     contexts = [list(p) + g[0].token_ids[:g[0].readout_index] for p, g in zip(prompts, greedy)]
-    before = _expected_answer(trainer.model, tok, contexts)
+    before = _expected_answer(trainer.model, tok, contexts, readout)
     trainer.train()
-    after = _expected_answer(trainer.model, tok, contexts)
+    after = _expected_answer(trainer.model, tok, contexts, readout)
     assert (after - before) * (1 if label else -1) > 0.02, (before, after)
 
 

@@ -90,7 +90,8 @@ def float32_head(model: torch.nn.Module) -> torch.nn.Module:
     bfloat16 keeps 8 bits of mantissa, so logits of 10-30 are rounded in steps of 0.06-0.125: the answer slot's
     P(yes) and every log-prob and probability ratio would be that coarse. The layer's weights are frozen in SFT
     and RL (LoRA does not touch them), so a float32 copy is made once and kept beside them (transformers keeps
-    no hook for this; the instance's forward is replaced, and the weights, tying and saving are unchanged)."""
+    no hook for this; the instance's forward is replaced, and the weights, tying and saving are unchanged). The
+    decoder's last hidden states become float32 too, for code that projects them with the head's weight itself."""
     import types
 
     import torch.nn.functional as F
@@ -99,6 +100,15 @@ def float32_head(model: torch.nn.Module) -> torch.nn.Module:
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if head is None or head.weight.dtype == torch.float32 or getattr(head, "_eagrl_float32", False):
         return model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    if decoder is not None:  # TRL's fused log-prob kernel reads the head's weight itself, in the hidden states' dtype
+
+        def hidden_to_float32(module, args, output):
+            if getattr(output, "last_hidden_state", None) is not None:
+                output.last_hidden_state = output.last_hidden_state.float()
+            return output
+
+        decoder.register_forward_hook(hidden_to_float32)
 
     def forward(self, x):
         w = self.weight

@@ -31,7 +31,7 @@ class MCTSConfig(Section):
         "candidates even where evaluation decodes greedily); None: generation.temperature."
     )
     sample_readout: bool = Field(
-        True, description="Draw each rollout's answer token from the model (generation.sample_readout), so "
+        False, description="Draw each rollout's answer token from the model (generation.sample_readout), so "
         "trajectories of both classes can land on the correct side of 0.5 and SFT trains the answer token."
     )
     lam: float = Field(DEFAULT_LAMBDA, ge=0.0, le=1.0, description="lambda in R = lam * R_cls + (1 - lam) * R_att.")

@@ -47,6 +47,14 @@ class RLConfig(Section):
     variant: Variant = Field("eag-rl", description="Which method of the paper's table to train (module docstring).")
     # ---------------------------------------------------------------- reward
     lam: float = Field(DEFAULT_LAMBDA, ge=0.0, le=1.0, description="lambda in R = lam * R_cls + (1 - lam) * R_att.")
+    readout_weight: float = Field(
+        1.0, ge=0.0, description="yes/no readout: weight of the answer-slot term, the label's negative log-likelihood "
+        "at the slot (the readout's own gradient, which the policy gradient lacks; trainer.py); 0: none.",
+    )
+    balance: bool = Field(
+        True, description="Repeat the rarer label's stays until both labels have as many prompts, so every epoch "
+        "and batch draws positives and negatives alike.",
+    )
     # ---------------------------------------------------------------- clipping
     epsilon_low: float = Field(0.2, ge=0.0, lt=1.0, description="eps_low: the ratio is clipped below at 1 - eps_low.")
     eps_min: float = Field(0.2, ge=0.0, description="eps(tau) of the lowest-entropy trajectory of the update batch.")

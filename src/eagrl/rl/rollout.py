@@ -13,7 +13,12 @@ and returns what TRL needs plus what the rewards and the clipping read:
 * ``eagrl_probability`` / ``eagrl_features`` / ``eagrl_well_formed``: the parsed response, read by
   :func:`r_cls` and :func:`r_att`, TRL reward functions whose weighted sum is R;
 * ``eagrl_entropy``: H(tau) (:func:`eagrl.rl.clip.trajectory_entropy`), from the entropies the backend
-  recorded while sampling, so eps(tau) costs no extra forward pass.
+  recorded while sampling, so eps(tau) costs no extra forward pass;
+* ``eagrl_readout_index``: with the yes/no readout, where the answer slot lies in ``completion_ids``. The
+  probability is read there, teacher-forced on the response (never drawn); the token at the slot is set to the
+  patient's label word (inserted, so no policy-gradient loss), and the trainer adds the answer-slot term,
+  the label's log-likelihood at the slot (:mod:`eagrl.rl.trainer`). -1: none (digits readout, whose answer
+  digits are drawn and trained by the policy gradient, as before).
 
 Rollouts are seeded from (rl.seed, the optimiser step, the stay, j), so a resumed run samples what the
 interrupted one would have.
@@ -28,8 +33,9 @@ import torch
 from eagrl.llm.backends.base import sample_seed
 from eagrl.llm.config import GenerationConfig
 from eagrl.llm.rewards import r_att as jaccard
+from eagrl.llm.rewards import DEFAULT_CLS, ClsReward
 from eagrl.llm.rewards import r_cls as calibration_reward
-from eagrl.llm.structured import StructuredGenerator
+from eagrl.llm.structured import StructuredGenerator, answer_token
 from eagrl.rl.clip import trajectory_entropy
 
 
@@ -37,10 +43,12 @@ class StructuredRollout:
     """``rollout_func`` for TRL: structured P_QD responses of the policy being trained."""
 
     def __init__(self, prompt_ids: dict[str, list[int]], features, gen_cfg: GenerationConfig, seed: int = 0,
-                 batch_size: int = 8, prefix_cache_tokens: int = 16384):
+                 batch_size: int = 8, prefix_cache_tokens: int = 16384, labels: dict[str, int] | None = None):
         self.prompt_ids = {str(k): list(map(int, v)) for k, v in prompt_ids.items()}
         self.features = features
-        self.gen_cfg = gen_cfg.model_copy(update={"prompt_style": "pqd", "structured": True, "sample_readout": True})
+        digits = gen_cfg.readout == "digits"  # the drawn digits are the answer; the yes/no slot is read, not drawn
+        self.gen_cfg = gen_cfg.model_copy(update={"prompt_style": "pqd", "structured": True, "sample_readout": digits})
+        self.labels = {str(k): int(v) for k, v in (labels or {}).items()}
         self.seed = int(seed)
         self.batch_size = batch_size
         self.prefix_cache_tokens = prefix_cache_tokens
@@ -74,10 +82,14 @@ class StructuredRollout:
             trainer.model.train(was_training)
         out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "logprobs", "env_mask",
                                                "eagrl_probability", "eagrl_features", "eagrl_well_formed",
-                                               "eagrl_entropy", "eagrl_n_model_tokens")}
+                                               "eagrl_entropy", "eagrl_n_model_tokens", "eagrl_readout_index")}
+        slot = self.gen_cfg.readout == "yesno" and bool(self.labels)
         for key, r in zip((k for k, n in groups for _ in range(n)), responses):
+            ids = list(r.token_ids)
+            if slot and r.readout_index is not None:
+                ids[r.readout_index] = answer_token(generator.backend, self.labels[key])  # the label's word
             out["prompt_ids"].append(list(self.prompt_ids[key]))
-            out["completion_ids"].append(list(r.token_ids) + [eos])
+            out["completion_ids"].append(ids + [eos])
             out["logprobs"].append([float(x) for x in r.logprobs] + [0.0])
             out["env_mask"].append([int(m) for m in r.mask] + [0])
             out["eagrl_probability"].append(r.probability)
@@ -85,6 +97,7 @@ class StructuredRollout:
             out["eagrl_well_formed"].append(bool(r.well_formed))
             out["eagrl_entropy"].append(trajectory_entropy(r.entropies, r.mask, r.features_span, r.logprobs))
             out["eagrl_n_model_tokens"].append(int(sum(r.mask)))
+            out["eagrl_readout_index"].append(int(r.readout_index) if slot and r.readout_index is not None else -1)
         return out
 
     def group_seed(self, step: int, key: str, index: int) -> int:
@@ -110,10 +123,19 @@ class StructuredRollout:
 
 
 # ====================================================================== rewards (TRL reward functions)
-def r_cls(completions, label, eagrl_probability, eagrl_well_formed, **_) -> list[float]:
+def r_cls(completions, label, eagrl_probability, eagrl_well_formed, cls_cfg: ClsReward = DEFAULT_CLS,
+          **_) -> list[float]:
     """R_cls of each response against its patient's label; 0 for a malformed one."""
-    return [calibration_reward(p, y) if ok and p is not None else 0.0
+    return [calibration_reward(p, y, cls_cfg) if ok and p is not None else 0.0
             for p, y, ok in zip(eagrl_probability, label, eagrl_well_formed)]
+
+
+def r_cls_with(cls_cfg: ClsReward):
+    """:func:`r_cls` scoring with ``cls_cfg`` (TRL names a logged reward after its function: this one is r_cls)."""
+    def r_cls(completions, label, eagrl_probability, eagrl_well_formed, **kw) -> list[float]:
+        return _r_cls(completions, label, eagrl_probability, eagrl_well_formed, cls_cfg=cls_cfg, **kw)
+
+    return r_cls
 
 
 def r_att(completions, c_exp, eagrl_features, eagrl_well_formed, **_) -> list[float]:
@@ -136,3 +158,6 @@ def _eos_id(tokenizer) -> int:
     if eos is None:
         eos = getattr(tokenizer, "pad_token_id", None)
     return int(eos if eos is not None else 0)
+
+
+_r_cls = r_cls  # the module-level scorer, for r_cls_with's closure (its inner name shadows it)

@@ -32,7 +32,7 @@ from eagrl.stage import StageResult, records_failure, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
 
-SECTIONS = ("data", "expert", "model", "generation", "mcts", "sft", "rl")
+SECTIONS = ("data", "expert", "model", "generation", "reward", "mcts", "sft", "rl")
 
 
 def registered_name(cfg: Config) -> str:
@@ -99,7 +99,7 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         mlflow.set_tags({"eagrl.cohort_md5": cohort_md5, "eagrl.rl_variant": cfg.rl.variant,
                          "eagrl.start_adapter": adapter or "none (fresh adapter on the base model)"})
         res = run_rl(mcfg, cfg.generation, cfg.rl, cohort, c_exp, train_dir, sft_adapter=adapter,
-                     lora_cfg=cfg.sft.lora_model_config(mcfg))
+                     lora_cfg=cfg.sft.lora_model_config(mcfg), cls_reward=cfg.reward)
         plots = [training_curves(res.history, cfg.rl.variant, train_dir / "curves.png"),
                  eps_histogram(res.eps_values, cfg.rl, train_dir / "eps_distribution.png")]
 
@@ -157,6 +157,7 @@ def _run_key(cfg: Config, cohort_md5: str, attention: Path, adapter: str | None)
     key = {"model": cfg.model.weights(),
            "generation": cfg.generation.content(),
            "rl": cfg.rl.model_dump(mode="json", exclude=set(RLConfig.NOT_TRAINING)),
+           "reward": cfg.reward.model_dump(mode="json"),
            "cohort": cohort_md5, "c_exp": hashlib.md5(attention.read_bytes()).hexdigest(), "start": start}
     return hashlib.md5(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
 

@@ -26,7 +26,8 @@ from eagrl.errors import DataError
 from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.loading import LoadedModel, attach_lora, load_model, mlflow_model_dir
 from eagrl.rl.config import RLConfig
-from eagrl.rl.rollout import StructuredRollout, r_att, r_cls
+from eagrl.llm.rewards import DEFAULT_CLS, ClsReward
+from eagrl.rl.rollout import StructuredRollout, r_att, r_cls, r_cls_with
 from eagrl.rl.trainer import EAGRLTrainer, MlflowSteps, ProgressLog
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ ADAPTER_DIR = "adapter"
 HISTORY_KEYS = ("reward", "reward_std", "rewards/r_cls/mean", "rewards/r_att/mean", "entropy",
                 "entropy/features_mean", "eps/mean", "eps/min", "eps/max", "eps/std", "clip_ratio/low_mean",
                 "clip_ratio/high_mean", "clip_ratio/region_mean", "kl_to_start", "kl", "loss",
-                "completions/mean_length", "frac_reward_zero_std", "learning_rate", "grad_norm", "step_time")
+                "completions/mean_length", "frac_reward_zero_std", "readout/nll", "learning_rate", "grad_norm",
+                "step_time")
 
 
 @dataclass
@@ -50,7 +52,8 @@ class RLResult:
 
 def run_rl(model_cfg: ModelConfig, gen_cfg: GenerationConfig, rl_cfg: RLConfig, cohort: Cohort,
            c_exp: dict[str, list[str]], out_dir: str | Path, *, sft_adapter: str | Path | None = None,
-           lora_cfg: ModelConfig | None = None, loaded: LoadedModel | None = None) -> RLResult:
+           lora_cfg: ModelConfig | None = None, loaded: LoadedModel | None = None,
+           cls_reward: ClsReward | None = None) -> RLResult:
     """Train with GRPO (the variant of ``rl_cfg``) on the split's patients; save the adapter and the curves.
 
     ``sft_adapter`` (a folder or ``models:/`` URI) is required unless the variant starts from the base model,
@@ -71,8 +74,10 @@ def run_rl(model_cfg: ModelConfig, gen_cfg: GenerationConfig, rl_cfg: RLConfig, 
     cuda = loaded.device.type == "cuda"
     rollout = StructuredRollout(prompts, cohort.features, gen_cfg.model_copy(update={"temperature": rl_cfg.temperature}),
                                 seed=rl_cfg.seed, batch_size=gen_cfg.batch_size,
-                                prefix_cache_tokens=gen_cfg.prefix_cache_tokens)
-    trainer = build_trainer(model, loaded.tokenizer, rl_cfg, rows, rollout, out / "checkpoints", cuda)
+                                prefix_cache_tokens=gen_cfg.prefix_cache_tokens,
+                                labels={r["prompt"]: r["label"] for r in rows})
+    trainer = build_trainer(model, loaded.tokenizer, rl_cfg, rows, rollout, out / "checkpoints", cuda,
+                            cls_reward=cls_reward)
     resume = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
     if resume:
         log.info("RL resumes from %s", resume)
@@ -172,7 +177,17 @@ def prompt_table(cohort: Cohort, c_exp: dict[str, list[str]], rl_cfg: RLConfig, 
                               tokenizer=tokenizer)
         prompts[sid] = encode(prompt, tokenizer)
         rows.append({"prompt": sid, "label": int(rec.label), "c_exp": [str(c) for c in c_exp[sid]]})
-    return prompts, rows
+    return prompts, balanced(rows) if rl_cfg.balance else rows
+
+
+def balanced(rows: list[dict]) -> list[dict]:
+    """The rows, the rarer label's repeated in turn until both labels have as many (unchanged when one is absent)."""
+    by = {y: [r for r in rows if r["label"] == y] for y in (0, 1)}
+    if not by[0] or not by[1]:
+        return rows
+    small, big = sorted(by.values(), key=len)
+    extra = [small[i % len(small)] for i in range(len(big) - len(small))]
+    return rows + extra
 
 
 # ====================================================================== the trainer
@@ -229,7 +244,7 @@ def training_args(rl_cfg: RLConfig, out_dir: Path, cuda: bool):
 
 
 def build_trainer(model, tokenizer, rl_cfg: RLConfig, rows: list[dict], rollout: StructuredRollout, out_dir: Path,
-                  cuda: bool) -> EAGRLTrainer:
+                  cuda: bool, cls_reward: ClsReward | None = None) -> EAGRLTrainer:
     import os
 
     from datasets import Dataset
@@ -237,7 +252,7 @@ def build_trainer(model, tokenizer, rl_cfg: RLConfig, rows: list[dict], rollout:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is pinned and tested with trl 1.16
     trainer = EAGRLTrainer(
         model=model,
-        reward_funcs=[r_cls, r_att],
+        reward_funcs=[r_cls if cls_reward in (None, DEFAULT_CLS) else r_cls_with(cls_reward), r_att],
         args=training_args(rl_cfg, out_dir, cuda),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,

@@ -14,6 +14,20 @@ Two steps are overridden, each small:
 * :meth:`EAGRLTrainer._compute_loss` sets ``epsilon_low`` / ``epsilon_high`` to (B, 1) tensors for the
   duration of TRL's loss, which reads them only inside tensor expressions (the clamp and the clip-fraction
   masks). Both must be tensors: ``torch.clamp`` rejects a float lower bound with a tensor upper bound.
+  With the yes/no readout it adds the *answer-slot term*: ``rl.readout_weight`` x the mean negative
+  log-likelihood of the label's word at the slot (the rollout put it there, inserted, so the policy-gradient
+  term never sees it), read from the per-token log-probs TRL computes for its own loss (no extra forward pass).
+
+Why the extra term: the reward's R_cls depends on the parameters twice, through the text the policy samples
+(the policy gradient acts there) and through the readout of that text, which is a differentiable function of
+the weights (read, not sampled). The gradient of the expected reward is the sum of both; TRL's loss has only
+the first, under which the answer slot would never be trained. The second, for R_cls's log-likelihood, is the
+gradient of log p_y at the slot: this term (weighted by a config value rather than lam * w_ll / log(100),
+since the policy term's advantages are normalised per group and so have no common scale with the reward).
+
+The policy's last hidden states and LM head are float32 here (:func:`eagrl.llm.loading.float32_head`, so TRL's
+chunked log-prob kernel computes in float32; TRL's own ``cast_lm_head_to_fp32`` does not handle a PEFT model with
+tied embeddings): in bfloat16 every log-prob, ratio and clip decision would be rounded to 8 bits of mantissa.
 """
 from __future__ import annotations
 
@@ -37,6 +51,7 @@ class EAGRLTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.rl_cfg = rl_cfg
         self.eps_values: list[float] = []  # every eps(tau) used, for the distribution plot
+        self._stash: list | None = None  # per-token log-probs of the loss's own forward pass, while it is computed
 
     # ------------------------------------------------------------------ scoring
     def _generate_and_score_completions(self, inputs):
@@ -64,6 +79,9 @@ class EAGRLTrainer(GRPOTrainer):
             metrics["entropy/features_max"].append(known.max().item())
         if self.rl_cfg.log_kl:
             metrics["kl_to_start"].append(self._kl_to_start(out))
+        slots = [int(x.get("eagrl_readout_index", -1)) for x in inputs]
+        if any(i >= 0 for i in slots):
+            out["readout_index"] = torch.tensor(slots, device=device)  # (B,)
         return out
 
     @torch.no_grad()
@@ -92,7 +110,32 @@ class EAGRLTrainer(GRPOTrainer):
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
     # ------------------------------------------------------------------ loss
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        if self._stash is not None:
+            self._stash.append(out[0])  # (B, C): the loss's forward pass, with its graph
+        return out
+
     def _compute_loss(self, model, inputs):
+        slots = inputs.get("readout_index")
+        weight = self.rl_cfg.readout_weight
+        if slots is None or weight <= 0 or not bool((slots >= 0).any()):
+            return self._policy_loss(model, inputs)
+        self._stash = []
+        try:
+            loss = self._policy_loss(model, inputs)
+            logps = self._stash[-1]  # (B, C)
+        finally:
+            self._stash = None
+        rows = (slots >= 0).nonzero(as_tuple=True)[0]
+        nll = -logps[rows, slots[rows]].float().mean()
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["readout/nll"].append(self.accelerator.gather(nll.detach()).mean().item())
+        scale = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        return loss + weight * nll / scale
+
+    def _policy_loss(self, model, inputs):
+        """TRL's loss, with the per-trajectory upper bounds when the batch carries them."""
         eps = inputs.get("eps_high")
         if eps is None:
             return super()._compute_loss(model, inputs)
@@ -129,9 +172,10 @@ class ProgressLog(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs and "train_loss" not in logs:
-            log.info("rl step %d/%d reward %.3f (R_cls %.3f, R_att %.3f) entropy %.3f eps %.3f [%.3f, %.3f] "
-                     "clip-high %.3f kl %.4f", state.global_step, state.max_steps, logs.get("reward", math.nan),
-                     logs.get("rewards/r_cls/mean", math.nan), logs.get("rewards/r_att/mean", math.nan),
-                     logs.get("entropy", math.nan), logs.get("eps/mean", math.nan), logs.get("eps/min", math.nan),
-                     logs.get("eps/max", math.nan), logs.get("clip_ratio/high_mean", math.nan),
-                     logs.get("kl_to_start", math.nan))
+            log.info("rl step %d/%d reward %.3f (R_cls %.3f, R_att %.3f) readout NLL %.3f, groups without "
+                     "advantage %.2f, entropy %.3f eps %.3f [%.3f, %.3f] clip-high %.3f kl %.4f", state.global_step,
+                     state.max_steps, logs.get("reward", math.nan), logs.get("rewards/r_cls/mean", math.nan),
+                     logs.get("rewards/r_att/mean", math.nan), logs.get("readout/nll", math.nan),
+                     logs.get("frac_reward_zero_std", math.nan), logs.get("entropy", math.nan),
+                     logs.get("eps/mean", math.nan), logs.get("eps/min", math.nan), logs.get("eps/max", math.nan),
+                     logs.get("clip_ratio/high_mean", math.nan), logs.get("kl_to_start", math.nan))
