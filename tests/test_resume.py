@@ -108,6 +108,29 @@ def test_a_failed_stage_is_never_reused(toy):
     assert len(CALLS) == 2
 
 
+@records_failure("toy-live", sections=("data",), state=lambda cfg, a: Path(a["live"]).read_text())
+def toy_live_stage(cfg, out_dir, live=None) -> StageResult:
+    """Depends on live state outside its inputs (like promotion on the registry): counts the calls in ``live``."""
+    CALLS.append("live")
+    count = int(Path(live).read_text()) + 1
+    Path(live).write_text(str(count))  # changes the state it depends on, as a promotion moves the alias
+    result = StageResult("toy-live", metrics={"count": count})
+    result.write(out_dir)
+    return result
+
+
+def test_a_stage_on_live_state_is_reused_while_the_state_is_as_it_left_it(toy, tmp_path):
+    cfg, out, _ = toy
+    live = tmp_path / "live.txt"
+    live.write_text("0")
+    assert toy_live_stage(cfg, out, live=str(live)).metrics == {"count": 1}
+    again = toy_live_stage(cfg, out, live=str(live))
+    assert again.message.startswith("reused") and again.metrics == {"count": 1} and CALLS == ["live"]
+    live.write_text("5")  # someone else changed it: decided again
+    assert toy_live_stage(cfg, out, live=str(live)).metrics == {"count": 6} and CALLS == ["live", "live"]
+    assert json.loads((out / "toy-live" / FINGERPRINT).read_text())["result"]["metrics"] == {"count": 6}
+
+
 # ------------------------------------------------------------------ killing the smoke pipeline
 def _start(workspace: Path, data: Path) -> subprocess.Popen:
     exe = Path(sys.executable).parent / "eagrl"
@@ -161,6 +184,8 @@ def outputs_of(workspace: Path) -> dict:
     found["expert_model_md5"] = path_md5(workspace / "data" / "expert" / name / "model.pt")
     found["zeroshot_predictions_md5"] = path_md5(out / "zeroshot" / "pqd" / "predictions.csv")
     found["trajectories_md5"] = path_md5(StageResult.read(out, "mcts").outputs["selected"])
+    promotion = json.loads((out / "promote" / "promotion.json").read_text())  # the decision and why
+    found["promotion"] = {k: promotion[k] for k in ("promoted", "reason", "version", "candidate_source")}
     return found
 
 

@@ -40,7 +40,8 @@ class StageResult:
         return cls(metrics=metrics, **status)
 
 
-def records_failure(stage: str, sections: tuple[str, ...] | None = None, inputs=None, reuse: bool = True):
+def records_failure(stage: str, sections: tuple[str, ...] | None = None, inputs=None, reuse: bool = True,
+                    state=None):
     """Decorate a stage function ``f(cfg, out_dir, ...)``: the stage contract every stage shares.
 
     * Reuse: with ``cfg.pipeline.reuse`` on, a stage whose fingerprint (its config ``sections``, default the
@@ -50,8 +51,15 @@ def records_failure(stage: str, sections: tuple[str, ...] | None = None, inputs=
       result is restored (see :func:`reuse_finished`).
     * Failure: any exception leaves a failed status.json first.
 
-    ``reuse=False``: never restored (a stage whose result depends on live state outside its inputs, such as
-    promotion on the registry's current champion).
+    * Live state: ``state(cfg, args)`` describes what a stage's result depends on outside its inputs (promotion:
+      the served model's versions and who holds its alias in the registry). It is folded into the fingerprint,
+      and the fingerprint is recorded with the state *as the stage left it*: a rerun reuses the result while the
+      registry is as this stage left it (its own promotion included), and decides again once anything else
+      changed it (another candidate promoted, a new registry).
+
+    Every stage records a fingerprint when it succeeds (``OUT/<stage>/fingerprint.json``), so a run killed
+    anywhere reruns only what had not finished. ``reuse=False``: never restored nor recorded (kept for stages
+    outside the pipeline that must always recompute; no pipeline stage uses it).
 
     Arguments named ``*_out`` are paths the caller wants an output copied to (``cohort_out`` gets
     ``outputs["cohort"]``); ``parent_run_id`` is not an input.
@@ -69,7 +77,8 @@ def records_failure(stage: str, sections: tuple[str, ...] | None = None, inputs=
                 bound = signature.bind(cfg, out_dir, *args, **kwargs)
                 bound.apply_defaults()
                 named = dict(list(bound.arguments.items())[2:])
-                key = fingerprint(stage, cfg, named, sections, inputs(cfg, named) if inputs else (), fn)
+                extra = inputs(cfg, named) if inputs else ()
+                key = fingerprint(stage, cfg, named, sections, extra, fn, state(cfg, named) if state else None)
                 reused = reuse_finished(stage, cfg, out_dir, key, named)
                 if reused is not None:
                     return reused
@@ -81,6 +90,8 @@ def records_failure(stage: str, sections: tuple[str, ...] | None = None, inputs=
                     StageResult(stage, status="failed", message=f"{type(exc).__name__}: {exc}").write(out_dir)
                 raise
             if key is not None and result.status == "succeeded":
+                if state:  # the state as this stage left it: what a rerun must find to reuse the result
+                    key = fingerprint(stage, cfg, named, sections, extra, fn, state(cfg, named))
                 record_finished(out_dir, stage, key, result)
             return result
 
@@ -116,8 +127,9 @@ def _is_path(value) -> bool:
     return isinstance(value, (str, Path)) and str(value) != "" and len(str(value)) < 4096 and Path(value).exists()
 
 
-def fingerprint(stage: str, cfg, named: dict, sections, extra_inputs, fn) -> str:
-    """What a stage's result depends on: config values, input contents, its code and eagrl's version."""
+def fingerprint(stage: str, cfg, named: dict, sections, extra_inputs, fn, state=None) -> str:
+    """What a stage's result depends on: config values, input contents, live ``state`` (JSON-able; see
+    :func:`records_failure`), its code and eagrl's version."""
     import hashlib
     import inspect
 
@@ -133,8 +145,10 @@ def fingerprint(stage: str, cfg, named: dict, sections, extra_inputs, fn) -> str
         args[name] = path_md5(value) if _is_path(value) else repr(value)
     extra = sorted(path_md5(p) for p in extra_inputs if p is not None and Path(p).exists())
     code = _library_md5()  # all of eagrl: a stage's result also depends on the shared code it calls (llm, data, ...)
-    blob = json.dumps({"stage": stage, "config": flat, "args": args, "inputs": extra, "code": code,
-                       "version": eagrl.__version__}, sort_keys=True, default=str)
+    parts = {"stage": stage, "config": flat, "args": args, "inputs": extra, "code": code, "version": eagrl.__version__}
+    if state is not None:  # only then: the keys of stages without live state stay as they were
+        parts["state"] = state
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

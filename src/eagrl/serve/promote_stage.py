@@ -77,17 +77,47 @@ def served_version(client, name: str, source_uri: str) -> str:
     return str(mv.version)
 
 
-@records_failure("promote", reuse=False)  # the decision depends on the registry's current champion
+def registry_state(cfg: Config, args: dict) -> dict:
+    """What a promotion decision depends on outside its inputs: the served model's versions (each with the
+    training registration it copies) and the version holding the alias, in the configured registry."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from eagrl.tracking.mlflow_run import tracking_uri
+
+    client, pcfg = MlflowClient(tracking_uri(cfg)), cfg.promote
+    try:
+        versions = client.search_model_versions(f"name = '{pcfg.registered_name}'")
+    except MlflowException:
+        versions = []
+    try:
+        holder = str(client.get_model_version_by_alias(pcfg.registered_name, pcfg.alias).version)
+    except MlflowException:
+        holder = None
+    return {"alias": holder,
+            "versions": sorted([int(v.version), v.run_id or "", v.tags.get(SOURCE_TAG, "")] for v in versions)}
+
+
+# The decision depends on the registry, so the fingerprint includes it as the stage left it (eagrl.stage): a
+# rerun reuses the decision while nobody else has moved the alias or registered a version since.
 def promote_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                   evaluation_dir: str | Path | None = None, candidate: str | None = None) -> StageResult:
-    """Register the candidate as a version of ``promote.registered_name``; move the alias if it wins."""
+    """Register the candidate as a version of ``promote.registered_name``; move the alias if it wins.
+    ``evaluation_dir`` defaults to ``out_dir/evaluate``; its content is an input of the fingerprint either way."""
+    evaluation = Path(evaluation_dir) if evaluation_dir else Path(out_dir) / "evaluate"
+    return _promote_stage(cfg, out_dir, parent_run_id, evaluation_dir=evaluation, candidate=candidate)
+
+
+@records_failure("promote", state=registry_state)
+def _promote_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None, evaluation_dir: Path,
+                   candidate: str | None) -> StageResult:
     import mlflow
 
     from eagrl.serve.promote import check_predictions, promote
 
     pcfg = cfg.promote
     out = stage_dir(out_dir, "promote")
-    evaluation = Path(evaluation_dir) if evaluation_dir else Path(out_dir) / "evaluate"
+    evaluation = evaluation_dir
     entry = pcfg.entry or cfg.rl.variant
     row = candidate_row(evaluation, entry)
     scored = row["uri"]
