@@ -154,3 +154,46 @@ def test_smollm2_from_the_wheel_offline(tmp_path, monkeypatch):
     ids = again.tokenizer(chat, return_tensors="pt", add_special_tokens=False)
     out = again.model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert "Paris" in again.tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+# ====================================================================== precision (issue 29.2, 29.3)
+@pytest.mark.parametrize("scale", [1e-4, 3e-4])
+def test_a_small_lora_update_survives_loading_over_a_bfloat16_base(tmp_path, scale):
+    """A trained adapter is what SFT and RL learned: loading it over the bfloat16 base (the default profile's dtype)
+    must change the logits the way the adapter does in float32. Merged into bfloat16 weights, small updates were
+    rounded away (cosine 0.54 at LoRA-B scale 1e-4 on the tiny model); merged in float32 they are kept."""
+    lora = attach_lora(load_model(ModelConfig(source="tiny")).model, ModelConfig(source="tiny"))
+    gen = torch.Generator().manual_seed(0)
+    for name, w in lora.named_parameters():
+        if "lora_B" in name:
+            w.data.copy_(torch.randn(w.shape, generator=gen) * scale)
+    lora.save_pretrained(tmp_path / "adapter")
+    from peft import PeftModel
+
+    ids = torch.tensor([list(range(5, 60))])
+    with torch.no_grad():
+        rounded = load_model(ModelConfig(source="tiny", dtype="bfloat16", float32_head=False)).model.float()
+        base32 = rounded(ids).logits  # the bfloat16 weights, computed in float32
+        unmerged = PeftModel.from_pretrained(rounded, str(tmp_path / "adapter")).eval()
+        want = unmerged(ids).logits.float() - base32  # the update, unmerged, in float32
+        got = load_model(ModelConfig(source="tiny", dtype="bfloat16", adapter=str(tmp_path / "adapter"))).model(
+            ids).logits.float() - base32
+        base16 = load_model(ModelConfig(source="tiny", dtype="bfloat16")).model(ids).logits.float()
+        lossy = load_model(ModelConfig(source="tiny", dtype="bfloat16", merge_dtype="model",
+                                       adapter=str(tmp_path / "adapter"))).model(ids).logits.float() - base16
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0).item()
+    lossy_cos = torch.nn.functional.cosine_similarity(lossy.flatten(), want.flatten(), dim=0).item()
+    assert cos > 0.99 and lossy_cos < cos - 0.05, (cos, lossy_cos)
+
+
+def test_the_float32_head_keeps_logits_that_bfloat16_rounds():
+    """Logits of 10-30 are rounded in steps of 0.06-0.125 in bfloat16; the float32 head keeps what the bfloat16
+    weights compute, to float32 precision (the answer slot's readout and RL's ratios read these)."""
+    ids = torch.tensor([list(range(5, 40))])
+    with torch.no_grad():
+        rounded = load_model(ModelConfig(source="tiny", dtype="bfloat16", float32_head=False)).model(ids).logits
+        kept = load_model(ModelConfig(source="tiny", dtype="bfloat16")).model(ids).logits
+    assert rounded.dtype == torch.bfloat16 and kept.dtype == torch.float32
+    distinct = lambda x: torch.unique(x.float()).numel()  # noqa: E731
+    assert distinct(kept) > 2 * distinct(rounded)
+    assert torch.allclose(kept, rounded.float(), atol=0.1)  # the same function, less rounded

@@ -155,8 +155,14 @@ def _log_mlflow(metrics: dict) -> None:
 
 
 def evaluate_trained(peft_model, tokenizer, cohort: Cohort, out_dir: str | Path, model_cfg: ModelConfig,
-                     gen_cfg: GenerationConfig, *, split: str, max_stays: int | None, n_boot: int, seed: int) -> dict:
-    """P_QD on held-out stays of a policy just trained (SFT, RL): its adapter folded in, the transformers backend."""
+                     gen_cfg: GenerationConfig, *, split: str, max_stays: int | None, n_boot: int, seed: int,
+                     fit_max_stays: int | None = 0) -> dict:
+    """P_QD on held-out stays of a policy just trained (SFT, RL): its adapter folded in, the transformers backend.
+
+    Fit before generalisation: with ``fit_max_stays`` (None: all; 0: none) the same policy is also scored on that
+    many of the *train* stays (a label-stratified sample; SFT and RL train there), into ``out_dir``'s sibling
+    ``fit-train``; those metrics are the ``train_*`` keys. A policy that cannot rank its own training stays has a
+    bug or a broken readout, which no learning rate fixes."""
     from eagrl.llm.loading import LoadedModel, float32_head, merge_adapter
 
     merged = merge_adapter(peft_model, model_cfg.merge_dtype)  # training is over: fold the adapter in (fast)
@@ -165,8 +171,12 @@ def evaluate_trained(peft_model, tokenizer, cohort: Cohort, out_dir: str | Path,
         float32_head(merged)
     gen_cfg = heldout_generation(gen_cfg)
     backend = make_backend(model_cfg, gen_cfg, loaded=LoadedModel(merged, tokenizer, model_cfg.source, None))
-    return evaluate_zero_shot(cohort, out_dir, model_cfg, gen_cfg, split=split, max_stays=max_stays, n_boot=n_boot,
-                              seed=seed, backend=backend)
+    metrics = evaluate_zero_shot(cohort, out_dir, model_cfg, gen_cfg, split=split, max_stays=max_stays, n_boot=n_boot,
+                                 seed=seed, backend=backend)
+    if fit_max_stays != 0 and split != "train":
+        metrics.update(evaluate_zero_shot(cohort, Path(out_dir).parent / "fit-train", model_cfg, gen_cfg, split="train",
+                                          max_stays=fit_max_stays, n_boot=n_boot, seed=seed, backend=backend))
+    return metrics
 
 
 def heldout_generation(gen_cfg: GenerationConfig) -> GenerationConfig:

@@ -96,6 +96,10 @@ class RLConfig(Section):
         None, ge=1, description="Score at most this many stays (label-stratified sample); None: all."
     )
     eval_n_boot: int = Field(1000, ge=0, description="Bootstrap resamples for the held-out intervals.")
+    fit_max_stays: int | None = Field(
+        32, ge=0, description="Also score the trained policy on this many of its own training stays (metrics "
+        "train_*); None: all; 0: none.",
+    )
     # ---------------------------------------------------------------- GPU path
     bf16: bool | None = Field(None, description="bf16 mixed precision; None: on when CUDA supports it, off on CPU.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (long prompts, GPU).")
@@ -109,7 +113,8 @@ class RLConfig(Section):
     # Settings that change neither the rollouts nor the updates (logging, checkpoints, the held-out check after
     # training): left out of the run key, so changing them still resumes an interrupted run.
     NOT_TRAINING: ClassVar[frozenset[str]] = frozenset(
-        {"logging_steps", "save_steps", "save_total_limit", "eval_split", "eval_max_stays", "eval_n_boot"})
+        {"logging_steps", "save_steps", "save_total_limit", "eval_split", "eval_max_stays", "eval_n_boot",
+         "fit_max_stays"})
 
     @model_validator(mode="after")
     def _check(self) -> "RLConfig":

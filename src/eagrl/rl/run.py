@@ -106,7 +106,8 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         heldout = train_dir / heldout_folder(cfg)
         held = evaluate_trained(res.model, res.tokenizer, cohort, heldout, mcfg, cfg.generation,
                                 split=cfg.rl.eval_split, max_stays=cfg.rl.eval_max_stays,
-                                n_boot=cfg.rl.eval_n_boot, seed=cfg.evaluate.seed)
+                                n_boot=cfg.rl.eval_n_boot, seed=cfg.evaluate.seed,
+                                fit_max_stays=cfg.rl.fit_max_stays)
         metrics = {**res.metrics, **held,
                    "train_epochs": cfg.rl.epochs_done(res.metrics["train_steps"], res.metrics["n_rl_stays"])}
         log_metrics(metrics)
@@ -124,7 +125,9 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                    f"over {res.metrics['n_rl_stays']} stays): {_reward_trend(res.metrics)}"
                    f"; {split} P_QD AUROC " + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else
                                               "undefined")
-                   + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}; registered {registered_name(cfg)}"
+                   + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}"
+                   + (f"; on its own training stays {held['train_auroc']:.3f}" if "train_auroc" in held else "")
+                   + f"; registered {registered_name(cfg)}"
                    + (f" v{version}" if version else ""))
         result = StageResult("rl", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
                              outputs={"adapter": str(res.adapter_dir), "heldout": str(heldout),

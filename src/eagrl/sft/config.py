@@ -46,6 +46,10 @@ class SFTConfig(Section):
         4096, ge=16, description="Longest prompt + response in tokens; longer: the prompt loses tokens from its left."
     )
     max_examples: int | None = Field(None, ge=1, description="Train on at most this many trajectories (smoke runs).")
+    fit_max_stays: int | None = Field(
+        32, ge=0, description="Also score the trained policy on this many of its own training stays (fit before "
+        "generalisation: metrics train_*); None: all; 0: none.",
+    )
     answer_weight: float = Field(
         1.0, ge=0.0, description="Weight of the answer-slot loss (cross-entropy of the label's word against the other "
         "word, P(yes) vs P(no), the readout itself; yes/no readout) beside the mean NLL of the reasoning tokens.",

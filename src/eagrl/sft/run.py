@@ -71,12 +71,15 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
 
         held = evaluate_trained(res.model, res.tokenizer, cohort, out / "heldout", mcfg, cfg.generation,
                                 split=cfg.sft.eval_split, max_stays=cfg.sft.eval_max_stays,
-                                n_boot=cfg.sft.eval_n_boot, seed=cfg.evaluate.seed)
+                                n_boot=cfg.sft.eval_n_boot, seed=cfg.evaluate.seed,
+                                fit_max_stays=cfg.sft.fit_max_stays)
         metrics = {**res.metrics, **held}
         log_metrics(metrics)
         for path in (plot, out / "train" / "train_history.json"):
             mlflow.log_artifact(str(path))
         mlflow.log_artifacts(str(out / "heldout"), artifact_path="heldout")
+        if (out / "fit-train").is_dir():
+            mlflow.log_artifacts(str(out / "fit-train"), artifact_path="fit-train")
         tag_heldout(mcfg, res.adapter_dir, cfg.generation, cohort_md5, cfg.sft.eval_split)  # for the evaluation
         info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered_name(cfg),
                           metadata={"stage": "sft", "dataset": cfg.data.dataset, "task": cfg.data.task})
@@ -88,7 +91,9 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
                    f"{int(res.metrics.get('reasoning_tokens_trained', 0))} reasoning tokens: loss "
                    f"{res.metrics.get('first_loss', float('nan')):.3f} -> {res.metrics.get('last_loss', float('nan')):.3f}; "
                    f"{split} P_QD AUROC " + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else "undefined")
-                   + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}; registered {registered_name(cfg)}"
+                   + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}"
+                   + (f"; on its own training stays {held['train_auroc']:.3f}" if "train_auroc" in held else "")
+                   + f"; registered {registered_name(cfg)}"
                    + (f" v{info.registered_model_version}" if getattr(info, "registered_model_version", None) else ""))
         result = StageResult("sft", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
                              outputs={"adapter": str(res.adapter_dir), "heldout": str(out / "heldout"),

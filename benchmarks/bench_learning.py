@@ -1,0 +1,162 @@
+"""The learning ladder: does the policy learn where the answer is known, then on TJH? One JSON line last per rung.
+
+Each rung runs the real stages in order (the functions `eagrl run`, the KFP components and the CLI call) in its
+own workspace, on the default profile's model and settings (``--set KEY=VALUE`` changes any of them):
+
+* ``synthetic``: the project's planted-cause cohort (:mod:`eagrl.data.synthetic`; the outcome is caused by two
+  labs among twenty): validate, prepare, expert, zero-shot, MCTS, SFT, EAG-RL and the GRPO baseline from the same
+  SFT start, and the direct fine-tune (the answer slot alone, no reasoning). It prints
+  ``{"rung": "synthetic", "auroc_sft": .., "auroc_eagrl": .., "r_att_truth_eagrl": .., "r_att_truth_grpo": ..}``
+  plus the zero-shot, GRPO and direct AUROCs, each trained policy's AUROC on its own training stays (fit before
+  generalisation), and each stage's seconds. ``r_att_truth`` is the mean Jaccard overlap of the features a
+  policy named on the test stays with the planted causes.
+* ``tjh``: the same chain on TJH mortality (``../shared/data/tjh`` or ``$EAGRL_SHARED_DATA``), printing the
+  table's AUROCs.
+
+    .venv/bin/python benchmarks/bench_learning.py --rung synthetic --workspace /tmp/ladder-syn
+    .venv/bin/python benchmarks/bench_learning.py --rung tjh --workspace /tmp/ladder-tjh --set mcts.max_stays=64
+
+A rerun in the same workspace reuses every finished stage (the stage contract), so a rung can be resumed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+RUNGS = {"synthetic": {"data.dataset": "synthetic", "data.task": "mortality"},
+         "tjh": {"data.dataset": "tjh", "data.task": "mortality"}}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def config(rung: str, workspace: Path, sets: list[str]):
+    from eagrl.cli import build_config
+
+    return build_config("default", sets=[f"{k}={v}" for k, v in RUNGS[rung].items()] + list(sets),
+                        workspace=workspace)
+
+
+def named_overlap(predictions: Path, truth: set[str]) -> float:
+    """Mean Jaccard of the features each stay's response named (predictions.csv) with ``truth``."""
+    from eagrl.llm.rewards import r_att
+
+    df = pd.read_csv(predictions)
+    named = [[n.strip() for n in str(f).split(";") if n.strip()] if isinstance(f, str) else [] for f in df["features"]]
+    return float(sum(r_att(n, truth) for n in named) / max(len(named), 1))
+
+
+def direct_fine_tune(cfg, cohort, out: Path) -> dict:
+    """The direct fine-tune row: SFT on the answer slot alone over every training stay, then scored like the rest."""
+    from eagrl.llm.loading import load_model
+    from eagrl.llm.run import model_config
+    from eagrl.llm.zeroshot import evaluate_trained
+    from eagrl.sft.direct import direct_generation, write_direct_examples
+    from eagrl.sft.train import run_sft
+
+    mcfg = model_config(cfg)
+    loaded = load_model(mcfg.model_copy(update={"adapter": None}))
+    path = write_direct_examples(cohort, "train", cfg.generation, loaded.tokenizer, out / "examples.jsonl")
+    res = run_sft(mcfg, cfg.sft, path, out / "train", loaded=loaded, readout="yesno")
+    held = evaluate_trained(res.model, res.tokenizer, cohort, out / "heldout", mcfg, direct_generation(cfg.generation),
+                            split="test", max_stays=cfg.sft.eval_max_stays, n_boot=cfg.sft.eval_n_boot,
+                            seed=cfg.evaluate.seed, fit_max_stays=cfg.sft.fit_max_stays)
+    return {**{f"train_{k}": v for k, v in res.metrics.items() if k in ("train_seconds", "optimizer_steps")}, **held}
+
+
+def run_rung(rung: str, workspace: Path, sets: list[str], skip: set[str]) -> dict:
+    from eagrl.data.cohort import Cohort
+    from eagrl.data.stages import prepare, validate
+    from eagrl.expert.run import cohort_dir, expert_stage
+    from eagrl.llm.run import zeroshot_stage
+    from eagrl.mcts.run import mcts_stage
+    from eagrl.rl.run import rl_stage
+    from eagrl.sft.run import sft_stage
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    cfg = config(rung, workspace, sets)
+    out = workspace / "out"
+    seconds: dict[str, float] = {}
+    results = {}
+
+    def stage(name: str, fn, c=None, **kw):
+        t0 = time.perf_counter()
+        log(f"{rung}: {name} ...")
+        res = fn(c or cfg, out if name not in ("grpo",) else workspace / "out-grpo", **kw)
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        log(f"{rung}: {name} {res.status} in {seconds[name]:.0f} s: {res.message}")
+        if res.status != "succeeded":
+            raise SystemExit(f"{name} failed: {res.message}")
+        results[name] = res
+        return res
+
+    stage("validate", validate)
+    stage("prepare", prepare)
+    stage("expert", expert_stage)
+    if "zeroshot" not in skip:
+        stage("zeroshot", zeroshot_stage)
+    stage("mcts", mcts_stage)
+    stage("sft", sft_stage)
+    stage("eag-rl", rl_stage)
+    if "grpo" not in skip:
+        grpo = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"variant": "grpo"})})
+        (workspace / "out-grpo").mkdir(exist_ok=True)
+        sft_status = out / "sft"
+        link = workspace / "out-grpo" / "sft"
+        if not link.exists():
+            link.symlink_to(sft_status.resolve())  # GRPO starts from the same SFT adapter
+        stage("grpo", rl_stage, grpo)
+    cohort = Cohort.load(cohort_dir(cfg))
+    if "direct" not in skip:
+        t0 = time.perf_counter()
+        log(f"{rung}: direct fine-tune ...")
+        direct = direct_fine_tune(cfg, cohort, workspace / "direct")
+        seconds["direct"] = round(time.perf_counter() - t0, 1)
+        log(f"{rung}: direct fine-tune test AUROC {direct.get('test_auroc')} in {seconds['direct']:.0f} s")
+    else:
+        direct = {}
+
+    def m(name: str, key: str):
+        res = results.get(name)
+        return None if res is None else res.metrics.get(key)
+
+    line = {"rung": rung, "auroc_zeroshot": m("zeroshot", "test_auroc"),
+            "auroc_sft": m("sft", "test_auroc"), "auroc_eagrl": m("eag-rl", "test_auroc"),
+            "auroc_grpo": m("grpo", "test_auroc"), "auroc_direct": direct.get("test_auroc"),
+            "fit_auroc_sft": m("sft", "train_auroc"), "fit_auroc_eagrl": m("eag-rl", "train_auroc"),
+            "fit_auroc_direct": direct.get("train_auroc"), "seconds": seconds}
+    if rung == "synthetic":
+        from eagrl.data import synthetic
+
+        truth = set(synthetic.PLANTED)
+        for name, key in (("eag-rl", "r_att_truth_eagrl"), ("grpo", "r_att_truth_grpo"), ("sft", "r_att_truth_sft")):
+            res = results.get(name)
+            line[key] = None if res is None else named_overlap(Path(res.outputs["heldout"]) / "predictions.csv",
+                                                               truth)
+    return line
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rung", choices=list(RUNGS), default="synthetic")
+    ap.add_argument("--workspace", type=Path, default=None, help="default: runs/ladder-<rung>")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--skip", action="append", default=[], choices=["zeroshot", "grpo", "direct"])
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ws = (args.workspace or Path("runs") / f"ladder-{args.rung}").resolve()
+    line = run_rung(args.rung, ws, args.sets, set(args.skip))
+    print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
