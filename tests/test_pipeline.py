@@ -98,10 +98,25 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
         mine = pd.read_parquet(out / "evaluate" / "models" / name / "predictions.parquet")["probability"]
         theirs = pd.read_csv(check / "predictions.csv")["probability"]
         assert mine.tolist() == theirs.tolist(), name
+    # the smoke policy is random: on these 16 test stays it ranks worse than chance, so the promotion floor refuses
+    # it, first candidate or not; it stays a registered version with the reason, and the stage and the run succeed
     promotion = json.loads((out / "promote" / "promotion.json").read_text())
-    assert promotion["promoted"] and promotion["candidate_source"] == rl_uri  # the first candidate: no champion yet
-    champion = client.get_model_version_by_alias("eagrl-policy", "champion")
-    assert champion.tags["eagrl.promotion.source"] == rl_uri and champion.run_id == rl_run_id(client, rl_uri)
+    assert promotion["candidate_source"] == rl_uri and not promotion["promoted"] and not promotion["floor"]["passed"]
+    assert promotion["floor"]["auroc_ci"][0] <= 0.5 and promotion["reason"].startswith("below the promotion floor")
+    assert promotion["champion_now"] is None and promotion["floor"]["baseline"] == "pqd"
+    version = client.get_model_version("eagrl-policy", promotion["version"])
+    assert version.tags["eagrl.promotion.source"] == rl_uri and version.run_id == rl_run_id(client, rl_uri)
+    assert version.tags["eagrl.promotion.reason"] == promotion["reason"]
+    assert version.tags["eagrl.promotion.decision"] == "rejected"
+    message = next(s["message"] for s in summary["stages"] if s["stage"] == "promote")
+    assert message.startswith(f"nothing promoted: {rl_uri} is registered as models:/eagrl-policy/") and \
+        promotion["reason"] in message and message.endswith("no version holds @champion yet")
+    assert "promote: succeeded nothing promoted:" in " ".join(res.stdout.split())  # printed with its reason
+    import pytest
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):  # a below-chance policy never becomes @champion
+        client.get_model_version_by_alias("eagrl-policy", "champion")
 
 
 def rl_run_id(client, uri: str) -> str:

@@ -226,6 +226,7 @@ def test_killed_at_a_random_point_the_rerun_finishes_with_the_same_outputs(point
     proc.wait()
     finished = {s for s in STAGES if (ws / "out" / s / FINGERPRINT).is_file()}
     stored = {s: json.loads((ws / "out" / s / FINGERPRINT).read_text())["result"] for s in finished}
+    print(f"killed {where}; finished before: {[s for s in STAGES if s in finished]}")  # shown with -s / -rP
 
     summary, _ = _finish(ws, data)
 

@@ -259,7 +259,10 @@ def test_the_evaluation_reuses_a_stage_s_held_out_predictions_only_for_the_same_
         assert res.metrics["n_models_reused"] == 0, tag
 
 
-def test_evaluation_then_promotion_moves_champion_only_on_a_win(prepared, rl_trained):
+def test_evaluation_then_promotion_moves_champion_only_above_the_floor_and_on_a_win(prepared, rl_trained):
+    """The promotion floor (test-AUROC interval above chance, not worse than the zero-shot base model on the same
+    stays) on this module's real candidates, then the champion rule. Refusals by the floor are tested on
+    constructed candidates in test_serve_promote.py, and on the smoke pipeline's in test_pipeline.py."""
     from eagrl.evaluate.stage import evaluate_stage
     from eagrl.serve.promote_stage import SOURCE_TAG, promote_stage
 
@@ -272,7 +275,8 @@ def test_evaluation_then_promotion_moves_champion_only_on_a_win(prepared, rl_tra
     pinned = {"eag-rl": result.outputs["model_version"], "grpo": grpo.outputs["model_version"]}
     with pytest.raises(Exception, match="not registered entries"):
         evaluate_stage(cfg, out, only=["eag-rl"], versions={"pqd": "1"})
-    ev = evaluate_stage(cfg, out, only=["eag-rl", "grpo"], versions=pinned)  # what the RL stages registered
+    # what the RL stages registered, and the zero-shot base model the floor pairs every candidate with
+    ev = evaluate_stage(cfg, out, only=["pqd", "eag-rl", "grpo"], versions=pinned)
     candidate = f"models:/{result.outputs['registered_model']}/{result.outputs['model_version']}"
     client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
 
@@ -282,27 +286,37 @@ def test_evaluation_then_promotion_moves_champion_only_on_a_win(prepared, rl_tra
     with pytest.raises(Exception):
         client.get_registered_model("eagrl-policy")  # nothing was registered by the refused call
 
+    # this candidate ranks the 16 test stays well enough (AUROC 0.875, interval above 0.5; level with the base
+    # model, which the tiny RL policy barely moved): it clears the floor, and with no champion it becomes one
     first = promote_stage(cfg, out, candidate=candidate)
-    assert first.outputs["model_uri"] == "models:/eagrl-policy/1" and first.metrics["promoted"] == 1.0
+    assert first.outputs["model_uri"] == "models:/eagrl-policy/1" and first.metrics["promoted"] == 1.0, first.message
+    assert first.metrics["floor_passed"] == 1.0 and first.metrics["candidate_auroc_ci"][0] > 0.5
+    assert first.metrics["baseline_auroc_diff"] >= 0 and "clears the promotion floor" in first.message
     served = client.get_model_version_by_alias("eagrl-policy", "champion")
     assert str(served.version) == "1" and served.tags[SOURCE_TAG] == candidate
+    assert served.tags["eagrl.promotion.floor"] == "passed" and served.tags["eagrl.promotion.baseline"] == "pqd"
     assert served.run_id == result.mlflow_run_id  # the RL run: its predictions and the reason are stored there
     assert client.get_run(served.run_id).data.tags["eagrl.promotion.decision"] == "promoted"
     assert json.loads(Path(first.outputs["promotion"]).read_text())["n_stays"] == ev.metrics["test_n_stays"]
 
-    # a rerun of the same candidate registers no second copy and keeps the alias
+    # a rerun of the same candidate registers no second copy, keeps the alias and decides the same
     again = promote_stage(cfg, out, candidate=candidate)
-    assert again.outputs["model_uri"] == "models:/eagrl-policy/1" and again.metrics["promoted"] == 0.0
-    assert "already holds" in again.message
+    assert again.outputs["model_uri"] == "models:/eagrl-policy/1" and again.metrics == first.metrics
+    assert again.message.endswith(first.message)
+    assert str(client.get_model_version_by_alias("eagrl-policy", "champion").version) == "1"
 
-    # another candidate (the GRPO row) is compared with the champion on the same stays, and the why is kept
+    # another candidate (the GRPO row): the floor, then the champion on the same stays, and the why is kept
     other = promote_stage(_cfg(ws, "promote.entry=grpo", "promote.n_boot=200"), out)
     assert other.outputs["model_uri"] == "models:/eagrl-policy/2"
     tags = client.get_model_version("eagrl-policy", "2").tags
-    assert tags["eagrl.promotion.compared_with"] == "1" and "eagrl.promotion.auroc_diff_ci" in tags
+    floor = other.metrics["floor_passed"] == 1.0
+    assert floor == (other.metrics["candidate_auroc_ci"][0] > 0.5 and other.metrics["baseline_auroc_diff"] >= 0)
+    assert tags["eagrl.promotion.floor"] == ("passed" if floor else "failed")
+    assert tags["eagrl.promotion.compared_with"] == ("1" if floor else "")
+    if floor:
+        assert (json.loads(tags["eagrl.promotion.auroc_diff_ci"])[0] > 0) == bool(other.metrics["promoted"])
     champion = str(client.get_model_version_by_alias("eagrl-policy", "champion").version)
     assert champion == ("2" if other.metrics["promoted"] else "1")
-    assert (json.loads(tags["eagrl.promotion.auroc_diff_ci"])[0] > 0) == bool(other.metrics["promoted"])
     assert tags["eagrl.promotion.decision"] == ("promoted" if other.metrics["promoted"] else "rejected")
 
     with pytest.raises(DataError, match="no row 'dapo'"):

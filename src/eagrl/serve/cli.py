@@ -1,6 +1,7 @@
 """The ``eagrl serve`` command (registered in :mod:`eagrl.cli`)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -35,8 +36,42 @@ def serve_command(
 
     cfg = build_config(profile, sets=set_)
     model_cfg = cfg.model.model_copy(update={k: v for k, v in {"source": model, "adapter": adapter}.items() if v})
+    for source in (model_cfg.source, model_cfg.adapter):
+        check_alias(source, cfg.tracking.mlflow_tracking_uri)
     serve_cfg = ServeConfig(model_name=name, host=host, port=port, backend=backend, dataset=dataset, task=task,
                             features_file=str(features_file) if features_file else None, max_batch_size=max_batch_size,
                             max_wait_ms=max_wait_ms, request_timeout_s=timeout, max_body_bytes=max_body_bytes,
                             api_key_env=api_key_env)
     serve(serve_cfg, model_cfg, cfg.generation)
+
+
+def check_alias(source: str | None, tracking_uri: str) -> None:
+    """``models:/<name>@<alias>`` that no version holds (no candidate cleared promotion yet): one line naming the
+    missing alias, the store, and how to get one. Other sources, and a held alias, pass unchanged."""
+    m = re.fullmatch(r"models:/([^/@]+)@([^/]+)", source or "")
+    if not m:
+        return
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from eagrl.errors import ConfigError
+
+    mlflow.set_tracking_uri(tracking_uri)  # the store the pipeline registered in; the server resolves it there
+    name, alias = m.groups()
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        client.get_model_version_by_alias(name, alias)
+        return
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise  # the store itself failed: its own message
+    try:
+        n = len(client.search_model_versions(f"name = '{name}'"))
+    except MlflowException:
+        n = 0
+    held = (f"{name} has {n} version(s), none promoted" if n else f"no registered model {name!r}")
+    raise ConfigError(
+        f"{source}: no version of {name} holds the {alias!r} alias in {tracking_uri} ({held}); `make run` (or "
+        f"`eagrl promote` after an evaluation) sets it once a candidate clears the promotion floor and beats the "
+        f"champion, and says why when none does (promote/promotion.json, the eagrl.promotion.reason tag of each "
+        f"version); or serve one version: --model models:/{name}/<version>")

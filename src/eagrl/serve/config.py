@@ -47,7 +47,8 @@ class PromoteConfig(Section):
     """The pipeline's last step: which registered model is served, and when its ``champion`` alias moves.
 
     Mounted in the main config as ``promote``. The candidate is the policy the RL stage registered, judged on
-    the evaluation stage's predictions for it (the same test stays every earlier candidate was judged on).
+    the evaluation stage's predictions for it (the same test stays every earlier candidate was judged on): it
+    must clear the floor (better than chance, not worse than the zero-shot base model), then beat the champion.
     """
 
     registered_name: str = Field(
@@ -59,6 +60,19 @@ class PromoteConfig(Section):
     )
     min_improvement: float = Field(
         0.0, ge=0.0, description="The paired-bootstrap interval of the AUROC gain must lie above this to promote."
+    )
+    # ---------------------------------------------------------------- the floor every candidate must clear
+    min_auroc_low: float = Field(
+        0.5, ge=0.5, lt=1.0, description="Floor: the lower bound of the candidate's test-AUROC interval must lie "
+        "above this (0.5: better than chance), first candidate or not."
+    )
+    baseline_entry: str = Field(
+        "pqd", min_length=1, description="Floor: the evaluate.models entry of the zero-shot base model the "
+        "candidate is paired with on the same test stays."
+    )
+    min_gain_over_baseline: float = Field(
+        0.0, ge=0.0, description="Floor: the candidate's paired AUROC difference against that base model must not "
+        "be below this."
     )
     min_overlap: float = Field(
         0.9, gt=0.0, le=1.0, description="Share of test stays two candidates must share to be compared at all."

@@ -6,17 +6,22 @@
 1. the candidate's test predictions (``stay_id, label, probability``) are logged to its version's run as
    ``eagrl_eval/test_predictions.csv``, so any later candidate can be compared with it;
 2. the registered model ``name`` gets the version (already there, or registered from the run);
-3. the version holding the alias (``champion``) is looked up; with none, the candidate becomes champion;
-4. otherwise both prediction files are aligned on ``stay_id`` and compared with a paired bootstrap of the
+3. the floor, which every candidate must clear, first or not (:func:`floor_check`): the lower bound of its
+   test-AUROC bootstrap interval above ``min_auroc_low`` (0.5: it ranks patients better than chance on
+   resampled test sets), and its paired AUROC difference against the zero-shot base model's predictions on
+   the same stays (``baseline``) not below ``min_gain_over_baseline``. A candidate below it stays a registered
+   version and the alias does not move, whether or not a champion exists;
+4. the version holding the alias (``champion``) is looked up; with none, the candidate becomes champion;
+5. otherwise both prediction files are aligned on ``stay_id`` and compared with a paired bootstrap of the
    test AUROC (:func:`eagrl.evaluate.metrics.paired_bootstrap`); the alias moves only when the lower bound
    of the difference's interval is above ``min_improvement`` (the candidate is better on resampled test
    sets, not only on this one). Test sets sharing under ``min_overlap`` of their stays are not comparable:
    no promotion.
 
-Why is recorded either way: tags ``eagrl.promotion.*`` on the new version (decision, reason, both AUROCs, the
-difference, its interval, the p-value, the compared version) and the same numbers as metrics/tags on the
-candidate's run. Nothing already registered is changed except the alias (and a ``replaced_by`` tag on the
-old champion).
+Why is recorded either way: tags ``eagrl.promotion.*`` on the new version (decision, reason, the floor's
+numbers, both AUROCs, the difference, its interval, the p-value, the compared version) and the same numbers as
+metrics/tags on the candidate's run. Nothing already registered is changed except the alias (and a
+``replaced_by`` tag on the old champion).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from eagrl.errors import DataError, EagrlError
-from eagrl.evaluate.metrics import auroc, paired_bootstrap
+from eagrl.evaluate.metrics import auroc, evaluate_binary, paired_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,8 @@ class PromotionDecision:
     reason: str
     auroc: float
     champion_auroc: float | None = None
-    comparison: dict = field(default_factory=dict)  # paired_bootstrap's output
+    comparison: dict = field(default_factory=dict)  # paired_bootstrap's output against the champion
+    floor: dict = field(default_factory=dict)  # floor_check's output (empty: not checked)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +77,49 @@ def check_predictions(frame: pd.DataFrame, where: str = "predictions") -> pd.Dat
     return out
 
 
+def floor_check(preds: pd.DataFrame, baseline: pd.DataFrame, *, baseline_name: str = "pqd",
+                min_auroc_low: float = 0.5, min_gain_over_baseline: float = 0.0, min_overlap: float = 0.9,
+                n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> dict:
+    """The floor every candidate must clear: ``{"passed", "reason", "auroc_ci", "baseline", ...}``.
+
+    Passed when the lower bound of the candidate's test-AUROC interval is above ``min_auroc_low`` and its
+    paired AUROC difference against ``baseline`` (the zero-shot base model's predictions) on the stays both
+    scored is not below ``min_gain_over_baseline``; base predictions sharing under ``min_overlap`` of the
+    candidate's stays, or with other labels on them, are not the same test and fail it.
+    """
+    preds = check_predictions(preds, "candidate predictions")
+    base = check_predictions(baseline, f"base model {baseline_name!r} predictions")
+    y, p = preds["label"].to_numpy(dtype=int), preds["probability"].to_numpy(dtype=float)
+    own = evaluate_binary(y, p, metrics=("auroc",), n_boot=n_boot, ci=ci, seed=seed)
+    lo, hi = own["auroc_ci"]
+    above_chance = lo > min_auroc_low
+    parts = [f"test AUROC {own['auroc']:.4f}, {ci:.0%} CI [{lo:.4f}, {hi:.4f}] on {len(preds)} stays: the lower "
+             f"bound is {'above' if above_chance else 'not above'} {min_auroc_low:g}"]
+    out = {"auroc": own["auroc"], "auroc_ci": [lo, hi], "min_auroc_low": min_auroc_low, "baseline": baseline_name,
+           "min_gain_over_baseline": min_gain_over_baseline}
+    joined = preds.merge(base, on="stay_id", suffixes=("", "_base"))
+    overlap = len(joined) / len(preds)
+    if overlap < min_overlap or (joined["label"] != joined["label_base"]).any() or joined["label"].nunique() < 2:
+        same = False
+        parts.append(f"the zero-shot base model {baseline_name!r} was not scored on the same test "
+                     f"({len(joined)} of the candidate's {len(preds)} stays shared, need {min_overlap:.0%}, with the "
+                     "same labels and both classes), so the candidate cannot be shown not to be worse than it")
+    else:
+        cmp = paired_bootstrap(joined["label"].to_numpy(dtype=int), joined["probability"].to_numpy(),
+                               joined["probability_base"].to_numpy(), "auroc", n_boot=n_boot, ci=ci, seed=seed)
+        same = cmp["diff"] >= min_gain_over_baseline
+        dlo, dhi = cmp["diff_ci"]
+        parts.append(f"against the zero-shot base model {baseline_name!r} on {len(joined)} shared stays "
+                     f"{cmp['a']:.4f} vs {cmp['b']:.4f}, difference {cmp['diff']:+.4f} ({ci:.0%} CI "
+                     f"[{dlo:+.4f}, {dhi:+.4f}]), {'not below' if same else 'below'} {min_gain_over_baseline:g}")
+        out.update(baseline_auroc=cmp["b"], baseline_diff=cmp["diff"], baseline_diff_ci=[dlo, dhi],
+                   baseline_p_value=cmp["p_value"], baseline_n_stays=len(joined))
+    passed = above_chance and same
+    out.update(passed=passed, reason=("clears the promotion floor: " if passed else "below the promotion floor: ")
+               + "; ".join(parts))
+    return out
+
+
 def register_and_promote(
     run_id: str,
     artifact_path: str,
@@ -84,6 +133,8 @@ def register_and_promote(
     from mlflow import MlflowClient
 
     check_predictions(predictions, "candidate predictions")  # refuse before registering anything
+    if kwargs.get("baseline") is not None:
+        check_predictions(kwargs["baseline"], "base model predictions")
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     ensure_registered_model(client, name)
@@ -107,6 +158,8 @@ def promote(
     version: str | int,
     predictions: pd.DataFrame,
     *,
+    baseline: pd.DataFrame,
+    baseline_name: str = "pqd",
     alias: str = "champion",
     tracking_uri: str | None = None,
     n_boot: int = 1000,
@@ -114,14 +167,18 @@ def promote(
     seed: int = 0,
     min_improvement: float = 0.0,
     min_overlap: float = 0.9,
+    min_auroc_low: float = 0.5,
+    min_gain_over_baseline: float = 0.0,
 ) -> PromotionDecision:
     """Move ``alias`` to an already registered ``version`` (e.g. logged with ``registered_model_name``) only if
-    its test predictions beat the current holder's; the predictions are stored on the version's run."""
+    its test predictions clear the floor (:func:`floor_check` against ``baseline``, the zero-shot base model's
+    predictions) and beat the current holder's; the predictions are stored on the version's run."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri)
     preds = check_predictions(predictions, "candidate predictions")
+    check_predictions(baseline, f"base model {baseline_name!r} predictions")
     version = str(version)
     run_id = client.get_model_version(name, version).run_id
     if not run_id:
@@ -136,13 +193,24 @@ def promote(
         champion = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         champion = None
-    if champion is None:
-        decision = PromotionDecision(True, name, version, None, f"no version held the {alias!r} alias", score)
-    elif str(champion.version) == version:
+    if champion is not None and str(champion.version) == version:
         decision = PromotionDecision(False, name, version, version, f"v{version} already holds {alias!r}", score)
     else:
-        decision = _compare(client, name, version, champion, preds, score, alias=alias, n_boot=n_boot, ci=ci,
-                            seed=seed, min_improvement=min_improvement, min_overlap=min_overlap)
+        floor = floor_check(preds, baseline, baseline_name=baseline_name, min_auroc_low=min_auroc_low,
+                            min_gain_over_baseline=min_gain_over_baseline, min_overlap=min_overlap, n_boot=n_boot,
+                            ci=ci, seed=seed)
+        if not floor["passed"]:
+            stays = f"stays on v{champion.version}" if champion is not None else "stays unset (no version holds it)"
+            decision = PromotionDecision(False, name, version, None, f"{floor['reason']}; {alias!r} {stays}", score,
+                                         floor=floor)
+        elif champion is None:
+            decision = PromotionDecision(True, name, version, None,
+                                         f"{floor['reason']}; no version held the {alias!r} alias", score, floor=floor)
+        else:
+            decision = _compare(client, name, version, champion, preds, score, alias=alias, n_boot=n_boot, ci=ci,
+                                seed=seed, min_improvement=min_improvement, min_overlap=min_overlap)
+            decision.floor = floor
+            decision.reason = f"{floor['reason']}; {decision.reason}"
     if decision.promoted:
         client.set_registered_model_alias(name, alias, version)
         if champion is not None:
@@ -190,8 +258,16 @@ def _champion_predictions(client, champion) -> pd.DataFrame:
 
 
 def _record(client, d: PromotionDecision, run_id: str) -> None:
-    tags = {"decision": "promoted" if d.promoted else "rejected", "reason": d.reason, "auroc": f"{d.auroc:.6f}",
-            "compared_with": d.champion_version or ""}
+    tags = {"decision": "promoted" if d.promoted else "rejected", "reason": d.reason[:5000],
+            "auroc": f"{d.auroc:.6f}", "compared_with": d.champion_version or ""}
+    if d.floor:
+        tags.update({"floor": "passed" if d.floor["passed"] else "failed",
+                     "auroc_ci": json.dumps([round(x, 6) for x in d.floor["auroc_ci"]]),
+                     "baseline": d.floor["baseline"]})
+        if "baseline_diff" in d.floor:
+            tags.update({"baseline_auroc": f"{d.floor['baseline_auroc']:.6f}",
+                         "baseline_auroc_diff": f"{d.floor['baseline_diff']:.6f}",
+                         "baseline_auroc_diff_ci": json.dumps([round(x, 6) for x in d.floor["baseline_diff_ci"]])})
     if d.comparison:
         tags.update({"champion_auroc": f"{d.comparison['b']:.6f}", "auroc_diff": f"{d.comparison['diff']:.6f}",
                      "auroc_diff_ci": json.dumps([round(x, 6) for x in d.comparison["diff_ci"]]),
@@ -201,6 +277,11 @@ def _record(client, d: PromotionDecision, run_id: str) -> None:
         client.set_tag(run_id, f"eagrl.promotion.{key}", value)
     client.log_metric(run_id, "promotion_promoted", float(d.promoted))
     client.log_metric(run_id, "promotion_test_auroc", d.auroc)
+    if d.floor:
+        client.log_metric(run_id, "promotion_floor_passed", float(d.floor["passed"]))
+        client.log_metric(run_id, "promotion_test_auroc_ci_low", d.floor["auroc_ci"][0])
+        if "baseline_diff" in d.floor:
+            client.log_metric(run_id, "promotion_baseline_auroc_diff", d.floor["baseline_diff"])
     if d.comparison:
         client.log_metric(run_id, "promotion_auroc_diff", d.comparison["diff"])
         client.log_metric(run_id, "promotion_auroc_diff_ci_low", d.comparison["diff_ci"][0])
