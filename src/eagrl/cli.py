@@ -98,7 +98,11 @@ def data_pull(
 
 def _run_stage(stage_fn, profile, dataset, data_path, task, out, sets, workspace, *shown: str) -> None:
     """The body every stage command shares: resolve the config, run the stage, say what it produced."""
-    result = stage_fn(build_config(profile, dataset, data_path, task, sets, workspace), out)
+    from eagrl.workspace_lock import workspace_lock
+
+    cfg = build_config(profile, dataset, data_path, task, sets, workspace)
+    with workspace_lock(cfg.workspace, wait_s=cfg.pipeline.lock_wait_s):  # one writer per workspace
+        result = stage_fn(cfg, out)
     console.print(f"[green]{result.message}[/green]")
     details = [f"{key}: {result.outputs[key]}" for key in shown if key in result.outputs]
     console.print("  ".join([*details, f"metrics: {Path(out) / result.stage / 'metrics.json'}",
@@ -248,9 +252,11 @@ def run(profile: Profile = "default", dataset: DatasetOpt = None, data_path: Dat
         out: Out = Path("runs/latest"), set_: Sets = None, workspace: Workspace = None) -> None:
     """Run the whole pipeline with KFP's local runner; write OUT/summary.json."""
     from eagrl.pipeline_run import run_local
+    from eagrl.workspace_lock import workspace_lock
 
     cfg = build_config(profile, dataset, data_path, task, set_, workspace)
-    summary = run_local(cfg, out)
+    with workspace_lock(cfg.workspace, wait_s=cfg.pipeline.lock_wait_s):  # one writer per workspace
+        summary = run_local(cfg, out)
     for stage in summary["stages"]:
         color = "green" if stage["status"] == "succeeded" else "red"
         console.print(f"[{color}]{stage['stage']:>10}: {stage['status']}[/{color}] {stage.get('message', '')}")

@@ -122,6 +122,10 @@ class PipelineConfig(_Section):
     reuse: bool = Field(
         True, description="Skip a stage whose inputs, code and outputs are unchanged since it succeeded in this --out."
     )
+    lock_wait_s: float = Field(
+        0.0, ge=0, description="Seconds a command waits for another process's lock on the workspace (data/, data.dvc, "
+        "mlflow.db); 0: it stops at once, naming the holder (pid, command, start time)."
+    )
 
 
 class Config(_Section):

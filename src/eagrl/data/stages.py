@@ -14,7 +14,7 @@ from eagrl.config import Config
 from eagrl.data.cohort import Cohort
 from eagrl.data.sources import get_source
 from eagrl.data.validation import validate_source
-from eagrl.errors import ValidationFailed
+from eagrl.errors import DataError, ValidationFailed
 from eagrl.stage import StageResult, records_failure, stage_dir
 from eagrl.tracking.dvc_store import DataStore, tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
@@ -105,17 +105,33 @@ def prepare(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
 
 
 def _replace_dir(src: Path, dest: Path, copy: bool) -> None:
-    """Put ``src``'s content at ``dest`` in one rename, so a reader never sees a half-written folder."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    staged = tmp / "new"
-    if src.is_dir():
-        shutil.copytree(src, staged)
-    else:
-        staged.mkdir()
-        shutil.copy2(src, staged / src.name)
-    old = tmp / "old"
-    if dest.exists():
-        dest.rename(old)
-    staged.rename(dest)
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Put ``src``'s content at ``dest`` in one rename, so a reader never sees a half-written folder.
+
+    A copy that fails (a full or read-only disk) removes what it staged and leaves ``dest`` as it was.
+    """
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    except OSError as exc:
+        raise DataError(f"cannot write {dest.parent} ({exc.strerror or exc}); nothing was changed") from None
+    try:
+        staged = tmp / "new"
+        if src.is_dir():
+            shutil.copytree(src, staged)
+        else:
+            staged.mkdir()
+            shutil.copy2(src, staged / src.name)
+        old = tmp / "old"
+        if dest.exists():
+            dest.rename(old)
+        try:
+            staged.rename(dest)
+        except OSError:
+            if old.exists() and not dest.exists():
+                old.rename(dest)  # put the previous version back
+            raise
+    except (OSError, shutil.Error) as exc:
+        raise DataError(f"cannot write {dest} ({getattr(exc, 'strerror', None) or exc}); the previous version "
+                        f"is kept") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
