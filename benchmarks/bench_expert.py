@@ -15,6 +15,15 @@ after the epoch, then prints the times and the ratio. It also times the last-vis
 
     .venv/bin/python benchmarks/bench_expert.py              # TJH train split (73 features, up to 13 visits)
     .venv/bin/python benchmarks/bench_expert.py --synthetic --stays 512 --visits 24
+
+``--planted`` measures C_exp instead (issue 28): the expert (the profile's config) trained on the planted-cause
+cohort (``eagrl.data.synthetic``, default recipe, ``--seed`` to vary it), then the mean Jaccard of C_exp with the
+planted causes, beside the final attention's own top-k; the last line is one JSON object.
+
+    .venv/bin/python benchmarks/bench_expert.py --planted [--profile default] [--seed 0] [--set attention_entropy_weight=0.2]
+
+It also prints every C_exp rule (attention, occlusion, their blend; top-k or adaptive mass) on the same trained
+expert, so one run compares them.
 """
 from __future__ import annotations
 
@@ -95,8 +104,70 @@ def load_data(args) -> dict[str, np.ndarray]:
     }
 
 
+def planted(profile: str, seed: int, overrides: dict) -> None:
+    """Train on the planted-cause cohort; print C_exp's overlap with the causes, and the attention top-k's."""
+    import json
+    import tempfile
+
+    from eagrl.config import DataConfig, load_config
+    from eagrl.data import synthetic
+    from eagrl.data.cohort import build_cohort
+    from eagrl.expert.attention import (adaptive_k, jaccard_with, observed_features, occlusion, top_k,
+                                        train_quantiles)
+    from eagrl.expert.stage import load_expert, train_expert
+    from eagrl.expert.train import predict
+
+    ehr = synthetic.generate(synthetic.default_recipe().model_copy(update={"seed": seed}))
+    cohort = build_cohort(ehr.to_raw(), DataConfig(dataset="synthetic", task="mortality"))
+    cfg = load_config(profile, {f"expert.{k}": v for k, v in overrides.items()}).expert
+    cfg = cfg.model_copy(update={"progress": False, "n_boot": 0, "reference_features": {"synthetic": ehr.planted}})
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-expert-") as tmp:
+        m = train_expert(cohort, cfg, tmp).metrics
+        model, _, _ = load_expert(tmp)
+    seconds = time.perf_counter() - start
+    everyone = cohort.tensors(None)
+    _, attention = predict(model, everyone)
+    allowed = observed_features(cohort)
+    baseline = jaccard_with(top_k(attention, cohort.feature_names, cfg.top_k, allowed), ehr.planted)
+    occ = occlusion(model, everyone, train_quantiles(cohort, cfg.occlusion_quantiles), cfg.batch_size)
+    rules = {}  # every C_exp rule on this same trained expert: mean Jaccard with the causes, mean size
+    for score_name, score in (("attention", attention), ("occlusion", occ), ("blend0.5", (attention + occ) / 2)):
+        for mass in (None, 0.5, 0.7, 0.8, 0.9):
+            c = adaptive_k(score, cohort.feature_names, cfg.top_k, mass, allowed)
+            rules[f"{score_name}/mass={mass}"] = [round(float(jaccard_with(c, ehr.planted).mean()), 4),
+                                                  round(float(np.mean([len(x) for x in c])), 2)]
+    out = {"bench": "expert_c_exp_planted", "profile": profile, "recipe_seed": seed, "causes": ehr.planted,
+           "n_stays": len(cohort.stays), "c_exp_score": cfg.c_exp_score, "c_exp_blend": cfg.c_exp_blend,
+           "c_exp_mass": cfg.c_exp_mass, "top_k": cfg.top_k,
+           "c_exp_jaccard": round(m["c_exp_reference_jaccard"], 4),
+           "c_exp_holds_a_cause": round(m["c_exp_reference_share"], 4),
+           "attention_top_k_jaccard": round(float(baseline.mean()), 4),
+           "c_exp_size_mean": round(m["c_exp_size_mean"], 3),
+           "c_exp_attention_mass_mean": round(m["c_exp_attention_mass_mean"], 4),
+           "attention_entropy_median": round(m["attention_entropy_median"], 4),
+           "attention_entropy_p25_p75": [round(m["attention_entropy_p25"], 4), round(m["attention_entropy_p75"], 4)],
+           "test_auroc": round(m["test_auroc"], 4), "test_auprc": round(m["test_auprc"], 4),
+           "seconds": round(seconds, 1), "expert_overrides": overrides,
+           "rules_jaccard_size": rules}
+    print(f"planted causes {ehr.planted}; expert test AUROC {out['test_auroc']}, AUPRC {out['test_auprc']}")
+    print(f"C_exp ({cfg.c_exp_score}, mass {cfg.c_exp_mass}, k<={cfg.top_k}): mean Jaccard with the causes "
+          f"{out['c_exp_jaccard']} (attention top-{cfg.top_k}: {out['attention_top_k_jaccard']}), "
+          f"mean size {out['c_exp_size_mean']}")
+    for rule, (jac, size) in rules.items():
+        print(f"  {rule:24s} Jaccard {jac:.3f}  mean size {size:.2f}")
+    print(f"final attention entropy median {out['attention_entropy_median']} nats "
+          f"(uniform {np.log(len(cohort.feature_names)):.2f}); {seconds:.0f} s")
+    print(json.dumps(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--planted", action="store_true", help="C_exp's overlap with the planted causes (issue 28)")
+    ap.add_argument("--profile", default="default", help="--planted: the profile whose expert config is trained")
+    ap.add_argument("--seed", type=int, default=0, help="--planted: the synthetic recipe's seed")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="--planted: an expert config override, e.g. attention_entropy_weight=0.2 (repeatable)")
     ap.add_argument("--synthetic", action="store_true", help="random data instead of the TJH train split")
     ap.add_argument("--stays", type=int, default=256)
     ap.add_argument("--visits", type=int, default=13)
@@ -106,6 +177,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.planted:
+        from eagrl.config import parse_override
+
+        planted(args.profile, args.seed, dict(parse_override(o) for o in args.set))
+        return
 
     arrays = load_data(args)
     data = to_tensors(arrays)

@@ -42,6 +42,16 @@ def test_outputs_on_disk(trained):
     assert all(isinstance(v, float) for v in result.scalar_metrics().values())
     assert len(result.history) == metrics["epochs"] and 1 <= result.best_epoch <= metrics["epochs"]
     assert ExpertConfig.model_validate_json(result.config_path.read_text()) == SMALL
+    # issue 28: how spread the final attention is and what C_exp holds, per stay and summarised
+    for k in ("attention_entropy_median", "attention_entropy_p25", "attention_entropy_p75", "c_exp_size_mean",
+              "c_exp_attention_mass_mean"):
+        assert isinstance(metrics[k], float), k
+    assert 0 <= metrics["attention_entropy_p25"] <= metrics["attention_entropy_median"] <= metrics["attention_entropy_p75"]
+    assert metrics["attention_entropy_p75"] <= np.log(len(cohort.feature_names)) + 1e-6
+    pred = pd.read_parquet(result.predictions_path)
+    assert np.median(pred["attention_entropy"]) == pytest.approx(metrics["attention_entropy_median"])
+    assert pred["c_exp_size"].between(1, SMALL.top_k).all() and pred["c_exp_attention_mass"].between(0, 1 + 1e-9).all()
+    assert pred["c_exp_size"].mean() == pytest.approx(metrics["c_exp_size_mean"])
 
 
 def test_attention_table(trained):

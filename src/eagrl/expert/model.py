@@ -178,6 +178,23 @@ class ConCare(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.hidden, 1)
 
+    def encode(self, x: Tensor, mask: Tensor, query_pos: Tensor) -> Tensor:
+        """x (B, T, F), mask (B, T), query_pos (B, Q) -> (B, Q, F, H): each feature's token at each query visit.
+
+        Feature f's token depends on x[..., f] only (its own GRU and time-aware attention), so a token of one
+        feature can be swapped for another series' without rerunning the others (the occlusion does)."""
+        return self.time_attention(self.gru(x), mask, query_pos)
+
+    def readout(self, feats: Tensor, demo: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """feats (N, F, H) feature tokens, demo (N, demo_dim) -> logit (N,), final attention (N, F), and the
+        self-attention context (N, S, H) that DeCov reads."""
+        f = feats.shape[1]
+        demo_tok = torch.tanh(self.demo_proj(demo))[:, None]  # (N, 1, H)
+        tokens = self.drop(torch.cat([feats, demo_tok], dim=1))  # (N, S, H)
+        mixed, context = self.mixer(tokens)  # (N, S, H) each
+        pooled, attn = self.final_attention(mixed[:, :f], mixed[:, f])  # (N, H), (N, F)
+        return self.head(self.drop(pooled)).squeeze(-1), attn, context
+
     def forward(self, x: Tensor, mask: Tensor, demo: Tensor, every_visit: bool = False) -> ConCareOutput:
         """x (B, T, F) normalised and imputed, mask (B, T) bool, demo (B, demo_dim).
 
@@ -191,15 +208,11 @@ class ConCare(nn.Module):
             query_pos = torch.minimum(torch.arange(t, device=x.device)[None, :], last)  # (B, T)
         else:
             query_pos = last  # (B, 1)
-        states = self.gru(x)  # (B, T, F, H)
-        feats = self.time_attention(states, mask, query_pos)  # (B, Q, F, H)
+        feats = self.encode(x, mask, query_pos)  # (B, Q, F, H)
         # Only distinct queries go on: visits up to each stay's last (padding repeats the last one).
         distinct = torch.arange(query_pos.shape[1], device=x.device)[None, :] <= last  # (B, Q)
-        demo_tok = torch.tanh(self.demo_proj(demo))[:, None, None].expand(-1, query_pos.shape[1], 1, -1)  # (B, Q, 1, H)
-        tokens = self.drop(torch.cat([feats, demo_tok], dim=2)[distinct])  # (N, S, H), N distinct queries
-        mixed, context = self.mixer(tokens)  # (N, S, H) each
-        pooled, attn = self.final_attention(mixed[:, :f], mixed[:, f])  # (N, H), (N, F)
-        logit = self.head(self.drop(pooled)).squeeze(-1)  # (N,)
+        stay = torch.arange(b, device=x.device)[:, None].expand_as(distinct)[distinct]  # (N,) stay of each query
+        logit, attn, context = self.readout(feats[distinct], demo[stay])  # (N,), (N, F), (N, S, H)
         decov = decov_loss(context)  # () across the N representations of the batch
         if not every_visit:
             return ConCareOutput(logit, attn, decov)

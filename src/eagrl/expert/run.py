@@ -51,7 +51,7 @@ def expert_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = N
         log_metrics(result.metrics)
         for path in (result.attention_path, result.predictions_path, result.config_path, out / "history.json"):
             mlflow.log_artifact(str(path))
-        _log_and_register(cfg, result.model_path)
+        _log_and_register(cfg, result.model_path, result.metrics)
 
         dest = expert_dir(cfg)
         dest.mkdir(parents=True, exist_ok=True)
@@ -71,16 +71,34 @@ def expert_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = N
     return stage
 
 
-def _log_and_register(cfg: Config, model_path: Path) -> None:
-    """Log the trained ConCare as an MLflow PyTorch model and register a new version of it."""
+# What a re-export takes from the config rather than from the checkpoint: how C_exp is chosen.
+EXPORT_KEYS = ("top_k", "c_exp_score", "c_exp_blend", "c_exp_mass", "occlusion_quantiles", "c_exp_observed_only")
+
+# The figures each registered version carries as tags, beside its run's metrics: how well it predicts and
+# what its C_exp holds (issue 28: the share of stays whose C_exp names a reference feature, per version).
+VERSION_TAGS = ("test_auroc", "test_auprc", "c_exp_reference_share", "c_exp_reference_jaccard", "c_exp_size_mean",
+                "c_exp_attention_mass_mean", "attention_entropy_median")
+
+
+def _log_and_register(cfg: Config, model_path: Path, metrics: dict | None = None) -> None:
+    """Log the trained ConCare as an MLflow PyTorch model, register a new version of it and tag the version
+    with :data:`VERSION_TAGS` and the C_exp rule it was exported with."""
     import mlflow
 
     from eagrl.expert.stage import load_expert
 
-    model, _, features = load_expert(model_path)
-    mlflow.pytorch.log_model(model, name="expert", registered_model_name=registered_name(cfg),
-                             pip_requirements=[], metadata={"feature_names": features},
-                             serialization_format="pickle")  # pt2 would need a traced example input
+    model, ecfg, features = load_expert(model_path)
+    info = mlflow.pytorch.log_model(model, name="expert", registered_model_name=registered_name(cfg),
+                                    pip_requirements=[], metadata={"feature_names": features},
+                                    serialization_format="pickle")  # pt2 would need a traced example input
+    version = getattr(info, "registered_model_version", None)
+    if version is None:
+        return
+    tags = {k: f"{metrics[k]:.4f}" for k in VERSION_TAGS if isinstance((metrics or {}).get(k), (int, float))}
+    tags["c_exp_rule"] = f"{ecfg.c_exp_score} mass={ecfg.c_exp_mass} k<={ecfg.top_k}"
+    client = mlflow.MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(registered_name(cfg), str(version), k, v)
 
 
 def _ci(ci) -> str:
@@ -136,14 +154,14 @@ def evaluate_expert_stage(cfg: Config, out_dir: str | Path, model_path: str | Pa
 
 @records_failure("expert-attention", inputs=lambda cfg, a: [cohort_dir(cfg), a["model_path"] or expert_dir(cfg)])
 def export_attention_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None) -> StageResult:
-    """Write every stay's attention weights and C_exp (top-k) from a trained expert."""
+    """Write every stay's score and C_exp from a trained expert, by this config's C_exp rule (``EXPORT_KEYS``)."""
     from eagrl.expert.attention import export_attention
 
     out = stage_dir(out_dir, "expert-attention")
     cohort = Cohort.load(cohort_dir(cfg))
     model, ecfg, features = _trained(cfg, model_path)
     _check_features(cohort, features, Path(model_path or expert_dir(cfg)))
-    ecfg = ecfg.model_copy(update={"top_k": cfg.expert.top_k})
+    ecfg = ecfg.model_copy(update={k: getattr(cfg.expert, k) for k in EXPORT_KEYS})
     table = export_attention(model, cohort, ecfg, out / "attention.parquet")
     import mlflow
 
@@ -152,6 +170,6 @@ def export_attention_stage(cfg: Config, out_dir: str | Path, model_path: str | P
     result = StageResult("expert-attention", metrics={"n_stays": len(table), "top_k": ecfg.top_k},
                          mlflow_run_id=run.info.run_id,
                          outputs={"attention": str(out / "attention.parquet")},
-                         message=f"C_exp (top-{ecfg.top_k}) of {len(table)} stays -> {out / 'attention.parquet'}")
+                         message=f"C_exp ({ecfg.c_exp_score}, mass {ecfg.c_exp_mass}, k<={ecfg.top_k}) of {len(table)} stays -> {out / 'attention.parquet'}")
     result.write(out_dir)
     return result

@@ -4,9 +4,13 @@
 
 * ``model.pt``: ``{"state_dict", "config", "feature_names", "demo_dim", "dataset", "task"}`` (the
   resolved config travels inside the checkpoint); ``config.json``: the same config on its own;
-* ``metrics.json``: flat numbers and [low, high] intervals (``test_auroc``, ``test_auroc_ci``, ...);
-* ``attention.parquet``: per stay, C_exp and the weights over the features (see ``attention.py``);
-* ``predictions.parquet``: per stay, split, label and the expert's probability (for paired comparisons);
+* ``metrics.json``: flat numbers and [low, high] intervals (``test_auroc``, ``test_auroc_ci``, ...), with the
+  guidance figures over all stays (``attention_entropy_median``/``_p25``/``_p75``, ``c_exp_attention_mass_mean``,
+  ``c_exp_size_mean``, ``c_exp_reference_share``, ``c_exp_reference_jaccard``);
+* ``attention.parquet``: per stay, C_exp and the score it ranks, over the features (see ``attention.py``);
+* ``predictions.parquet``: per stay, split, label and the expert's probability (for paired comparisons), the
+  final attention's entropy, C_exp's size and the attention mass it holds (and, where the dataset has
+  ``expert.reference_features``, whether C_exp holds one and its Jaccard with them);
 * ``history.json``: one record per epoch.
 
 The CLI command, the KFP component and the tests all call this function; MLflow logging happens in the
@@ -26,7 +30,7 @@ import torch
 from eagrl.data.cohort import Cohort
 from eagrl.errors import ConfigError, DataError
 from eagrl.evaluate.metrics import auprc, auroc, evaluate_binary, scalar_metrics
-from eagrl.expert.attention import export_attention
+from eagrl.expert.attention import export_attention, guidance_stats, importance
 from eagrl.expert.config import ExpertConfig
 from eagrl.expert.model import ConCare
 from eagrl.expert.train import fit, predict, seed_everything
@@ -88,11 +92,15 @@ def train_expert(cohort: Cohort, cfg: ExpertConfig, out_dir: Path) -> ExpertResu
     metrics.update(val_auroc=auroc(val["y"], p_val), val_auprc=auprc(val["y"], p_val))
     metrics.update(best_epoch=result.best_epoch, epochs=len(result.history), train_seconds=result.seconds)
 
-    attention_path = out / "attention.parquet"
-    export_attention(model, cohort, cfg, attention_path)
-
     everyone = cohort.tensors(None)
-    p_all, _ = predict(model, everyone)
+    p_all, attention = predict(model, everyone)
+    attention, scores = importance(model, cohort, everyone, cfg, attention)
+    attention_path = out / "attention.parquet"
+    table = export_attention(model, cohort, cfg, attention_path, scores=scores)
+    per_stay, guidance = guidance_stats(table, attention, cohort.feature_names,
+                                        cfg.reference_features.get(cohort.dataset))
+    metrics.update(guidance)
+
     predictions_path = out / "predictions.parquet"
     split_of = cohort.stays.set_index("stay_id")["split"]
     pd.DataFrame({
@@ -100,6 +108,7 @@ def train_expert(cohort: Cohort, cfg: ExpertConfig, out_dir: Path) -> ExpertResu
         "split": split_of.loc[everyone["stay_ids"]].to_numpy(),
         "label": everyone["y"].astype(int),
         "prob": p_all.astype(np.float64),
+        **{c: per_stay[c].to_numpy() for c in per_stay.columns if c != "stay_id"},
     }).to_parquet(predictions_path, index=False)
 
     model_path, config_path = out / "model.pt", out / "config.json"

@@ -1,4 +1,4 @@
-"""Training loop for the expert: Adam on BCE + w*DeCov, early stopping on validation AUPRC.
+"""Training loop for the expert: Adam on BCE + w*DeCov (- e*attention entropy), early stopping on validation AUPRC.
 
 Inputs are the arrays of :meth:`Cohort.tensors` (``x``, ``mask``, ``demo``, ``y``). ``fit`` is seeded: on
 CPU two runs with the same config give identical weights. ``on_epoch`` receives each epoch's record
@@ -128,6 +128,9 @@ def fit(
             out = model(b["x"], b["mask"], b["demo"])
             bce = F.binary_cross_entropy_with_logits(out.logit, b["y"])
             loss = bce + cfg.decov_weight * out.decov
+            if cfg.attention_entropy_weight:  # a spread final attention, against its collapse onto one feature
+                ent = -(out.attention * out.attention.clamp_min(1e-12).log()).sum(-1).mean()
+                loss = loss - cfg.attention_entropy_weight * ent
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
