@@ -1,18 +1,24 @@
-# The pipeline components on CPU: every `eagrl` stage (KFP component image, $EAGRL_IMAGE) and the MLflow
-# tracking server. Build from the repository root:
+# The pipeline components on CPU: every `eagrl` stage (the KFP component image, `pipeline.image`) and the
+# MLflow tracking server. Build from the repository root (`make images` does, with the local base):
 #   docker build -f docker/pipeline.Dockerfile -t eagrl-pipeline:0.1.0 .
-FROM python:3.11.14-slim-bookworm AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+# BASE_IMAGE: any Debian bookworm with python3.11 and python3.11-venv; the default is the pinned public one.
+# TORCH_INDEX: where the CPU torch wheel comes from (empty when docker/local/ holds it).
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE} AS build
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt ./
+COPY docker/install.sh ./docker/install.sh
+COPY docker/local ./docker/local
+RUN PYTHON=python3.11 sh docker/install.sh --deps-only "tracking"
+COPY README.md ./
 COPY src ./src
 COPY components ./components
 COPY pipelines ./pipelines
-COPY docker/install.sh ./docker/install.sh
-RUN PYTHON=python3.11 sh docker/install.sh "tracking"
+RUN sh docker/install.sh "tracking"
 
-FROM python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE}
 # git: DVC runs git; nothing else is added to the base
 RUN apt-get update && apt-get install -y --no-install-recommends git \
  && rm -rf /var/lib/apt/lists/* \

@@ -1,19 +1,23 @@
-# The model server: `eagrl serve` on KServe's ModelServer with the vLLM backend (the `gpu` extra pins the
-# vLLM release built on the project's torch). Without a GPU the same image serves through transformers.
+# The model server on NVIDIA GPUs: `eagrl serve` on KServe's ModelServer with the vLLM backend (the `gpu` extra
+# pins the vLLM release built on the project's torch). `serve-cpu.Dockerfile` is the CPU variant (transformers).
 #   docker build -f docker/serve.Dockerfile -t eagrl-serve:0.1.0 .
-FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu22.04 AS build
+ARG BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu22.04
+FROM ${BASE_IMAGE} AS build
 ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev \
     build-essential && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt ./
+COPY docker/install.sh ./docker/install.sh
+COPY docker/local ./docker/local
+RUN DROP_PINS="fastapi" PYTHON=python3.11 sh docker/install.sh --deps-only "gpu"
+COPY README.md ./
 COPY src ./src
 COPY components ./components
 COPY pipelines ./pipelines
-COPY docker/install.sh ./docker/install.sh
-RUN DROP_PINS="fastapi" PYTHON=python3.11 sh docker/install.sh "gpu"
+RUN DROP_PINS="fastapi" sh docker/install.sh "gpu"
 
-FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu22.04
+FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends python3.11 \
  && rm -rf /var/lib/apt/lists/* \
