@@ -9,10 +9,11 @@ import pytest
 
 from eagrl.evaluate.perturb import shuffled, with_value_noise
 from eagrl.llm.config import GenerationConfig
-from eagrl.llm.prompt import build_prompt, feature_line
+from eagrl.llm.prompt import build_prompt, compact_line, feature_line
 from llm_helpers import tjh_cohort
 
-FULL = GenerationConfig(compact=False, max_prompt_tokens=None, chat_template=False)
+FULL = GenerationConfig(serialization="full", compact=False, max_prompt_tokens=None, chat_template=False)
+COMPACT = GenerationConfig(serialization="compact", max_prompt_tokens=None, chat_template=False)
 
 
 def _lines(cohort, stay_id, gen):
@@ -21,7 +22,12 @@ def _lines(cohort, stay_id, gen):
 
 
 def _name(line: str) -> str:
-    return re.match(r"- (.*) \(unit: ", line).group(1)
+    return re.match(r"- (.*?)(?: \(unit: |: )", line).group(1)  # full: "- name (unit: ...", compact: "- name: ..."
+
+
+def _line(gen, spec, values) -> str:
+    return compact_line(spec, values, gen.trend_threshold) if gen.serialization == "compact" \
+        else feature_line(spec, values)
 
 
 @pytest.mark.parametrize("level", [0.2, 0.4, 0.6, 1.0])
@@ -40,6 +46,21 @@ def test_shuffle_moves_lines_but_keeps_values_with_their_names(level):
     assert 0 < displaced <= round(level * n)
     if level == 1.0:
         assert displaced > n // 2
+
+
+@pytest.mark.parametrize("level", [0.6, 1.0])
+def test_shuffle_moves_compact_lines_but_keeps_each_last_value_with_its_name(level):
+    """The compact serialisation (default and smoke profiles) shuffles its lines the same way."""
+    cohort = tjh_cohort()
+    sid = cohort.split_ids("test")[0]
+    record = cohort.patient(sid)
+    by_name = {f.name: f for f in cohort.features}
+    plain = _lines(cohort, sid, COMPACT)
+    moved = _lines(cohort, sid, shuffled(COMPACT, level, seed=3))
+    assert len(plain) > 10 and sorted(moved) == sorted(plain)
+    for line in moved:
+        assert line == compact_line(by_name[_name(line)], record.values[_name(line)], COMPACT.trend_threshold)
+    assert sum(a != b for a, b in zip(plain, moved)) > len(plain) // 4
 
 
 def test_shuffle_is_seeded_and_differs_between_stays():
@@ -80,13 +101,14 @@ def test_value_noise_scales_with_train_spread_and_keeps_missingness():
     np.testing.assert_array_equal(with_value_noise(cohort, 0.0).visits[names].to_numpy(dtype=float), before)
 
 
-def test_noisy_values_reach_the_prompt():
+@pytest.mark.parametrize("gen", [FULL, COMPACT], ids=["full", "compact"])
+def test_noisy_values_reach_the_prompt(gen):
     cohort = tjh_cohort()
     sid = cohort.split_ids("test")[0]
     noisy = with_value_noise(cohort, 0.5, seed=0)
-    plain, moved = _lines(cohort, sid, FULL), _lines(noisy, sid, FULL)
+    plain, moved = _lines(cohort, sid, gen), _lines(noisy, sid, gen)
     assert [_name(a) for a in plain] == [_name(b) for b in moved]  # same order, other values
     assert sum(a != b for a, b in zip(plain, moved)) > len(plain) // 2
     by_name = {f.name: f for f in noisy.features}
     rec = noisy.patient(sid)
-    assert all(line == feature_line(by_name[_name(line)], rec.values[_name(line)]) for line in moved)
+    assert all(line == _line(gen, by_name[_name(line)], rec.values[_name(line)]) for line in moved)
