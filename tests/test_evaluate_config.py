@@ -21,6 +21,9 @@ def test_profiles_carry_the_whole_table_and_round_trip(name):
     rl = cfg.evaluate.entry("eag-rl")
     assert rl.registered_name("tjh", "mortality") == "eagrl-eag-rl-tjh-mortality"
     assert cfg.evaluate.entry("expert").registered_name("tjh", "mortality") == "eagrl-expert-tjh-mortality"
+    logreg = cfg.evaluate.entry("logreg")  # the tabular reference: fitted at evaluation time, no registry
+    assert (logreg.kind, logreg.group, logreg.registered) == ("tabular", "reference", None)
+    assert cfg.evaluate.tabular.c > 0 and cfg.evaluate.tabular.balanced
 
 
 def test_default_profile_runs_the_paper_robustness_levels():
@@ -42,6 +45,9 @@ def test_default_profile_runs_the_paper_robustness_levels():
     ({"evaluate.generalisation.targets": [{"dataset": "nowhere"}]}, "nowhere"),
     ({"evaluate.tune_threshold": True, "evaluate.split": "val"}, "cannot score that split too"),
     ({"evaluate.tune_max_stays": 0}, "tune_max_stays"),
+    ({"evaluate.models": [{"name": "t", "kind": "tabular", "registered": "lr-{dataset}"}]},
+     "entry 't' of kind 'tabular' is fitted at evaluation time and takes no registered name"),
+    ({"evaluate.tabular.c": 0}, "evaluate.tabular.c"),
 ])
 def test_bad_evaluate_values_are_named(override, fragment):
     with pytest.raises(ConfigError) as err:

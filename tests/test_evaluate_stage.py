@@ -3,8 +3,8 @@
 One workspace (module scope): a MIMIC-IV demo 30-day readmission cohort (60 stays, the first 10 test stays
 scored) and the TJH mortality cohort (40 stays) as a generalisation target; a ConCare expert trained for one
 epoch, registered and its C_exp exported; the tiny policy registered twice, as a full checkpoint (``sft``) and, as the training stages register policies
-(a pyfunc with the adapter and policy.json), as a LoRA adapter with non-zero weights (``eag-rl``); a registered ``grpo`` whose artifacts hold no model. Everything else of the default table is
-not registered.
+(a pyfunc with the adapter and policy.json), as a LoRA adapter with non-zero weights (``eag-rl``); a registered ``grpo`` whose artifacts hold no model. The logistic
+regression (``logreg``) is fitted on the cohort's train split. Everything else of the default table is not registered.
 """
 from __future__ import annotations
 
@@ -17,13 +17,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from eagrl.config import DataConfig, load_config
 from eagrl.data.cohort import build_cohort
+from eagrl.evaluate.diagnostics import copies_number
 from eagrl.evaluate.models import registry_version
 from eagrl.evaluate.score import read_c_exp, restricted
 from eagrl.evaluate.stage import evaluate_stage
+from eagrl.evaluate.tabular import last_values
 from eagrl.expert.attention import read_attention
 from eagrl.expert.run import _log_and_register, cohort_dir, expert_dir
 from eagrl.llm.config import ModelConfig
@@ -38,9 +41,9 @@ OVERRIDES = {
     "data.dataset": "mimic-iv-demo", "data.task": "readmission_30d", "tracking.dvc": False,
     "generation.cpu_threads": 1, "evaluate.max_stays": 10,
     "expert.max_epochs": 1, "expert.progress": False,
-    "evaluate.robustness.models": ["pqd", "eag-rl"], "evaluate.robustness.shuffle_levels": [0.6, 1.0],
+    "evaluate.robustness.models": ["pqd", "eag-rl", "logreg"], "evaluate.robustness.shuffle_levels": [0.6, 1.0],
     "evaluate.robustness.noise_levels": [0.3],
-    "evaluate.generalisation.models": ["pqd", "eag-rl"],
+    "evaluate.generalisation.models": ["pqd", "eag-rl", "logreg"],  # logreg: left out of both, with a note
     "evaluate.generalisation.targets": [{"dataset": "tjh", "task": "mortality"},
                                         {"dataset": "mimic-iv-demo", "task": "readmission_30d"},
                                         {"dataset": "physionet2012", "task": "mortality"}],
@@ -115,7 +118,8 @@ def _pred(evaluated, name: str) -> pd.DataFrame:
 def test_registered_models_are_scored_and_the_rest_visibly_skipped(evaluated):
     table = _table(evaluated)
     status = table["status"].to_dict()
-    assert {n for n, s in status.items() if s == "scored"} == {"vanilla", "think", "pqd", "sft", "eag-rl", "expert"}
+    assert {n for n, s in status.items() if s == "scored"} == {"vanilla", "think", "pqd", "sft", "eag-rl", "logreg",
+                                                               "expert"}
     assert status["grpo"] == "failed" and "no config.json or adapter_config.json" in table.loc["grpo", "note"]
     for name in ("dapo", "eag-rl-no-stage1", "eag-rl-no-stage2", "eag-rl-no-ratt", "eag-rl-no-adaptive-clip"):
         assert status[name] == "skipped"
@@ -123,7 +127,7 @@ def test_registered_models_are_scored_and_the_rest_visibly_skipped(evaluated):
     assert "full checkpoint" in table.loc["sft", "note"] and "LoRA adapter on tiny" in table.loc["eag-rl", "note"]
     result = evaluated["result"]
     assert result.status == "succeeded"
-    assert "6 of 12 models scored" in result.message and "failed: grpo" in result.message
+    assert "7 of 13 models scored" in result.message and "failed: grpo" in result.message
     assert "skipped: dapo" in result.message
     on_disk = StageResult.read(evaluated["root"] / "out", "evaluate")
     assert on_disk.metrics["n_models_skipped"] == 5 and on_disk.metrics["n_models_failed"] == 1
@@ -133,13 +137,13 @@ def test_every_model_is_scored_on_the_same_test_stays(evaluated):
     ids = evaluated["cohort"].sample_ids("test", 10, seed=0)
     labels = evaluated["cohort"].stays.set_index("stay_id").loc[ids, "label"]
     assert len(ids) == 10 and labels.nunique() == 2
-    for name in ("vanilla", "think", "pqd", "sft", "eag-rl", "expert"):
+    for name in ("vanilla", "think", "pqd", "sft", "eag-rl", "logreg", "expert"):
         assert _pred(evaluated, name)["stay_id"].tolist() == ids
 
 
 def test_table_metrics_equal_sklearn_on_the_written_predictions(evaluated):
     table = _table(evaluated)
-    for name in ("pqd", "eag-rl", "expert"):
+    for name in ("pqd", "eag-rl", "logreg", "expert"):
         p = _pred(evaluated, name)
         assert table.loc[name, "auroc"] == pytest.approx(roc_auc_score(p["label"], p["probability"]), abs=1e-12)
         assert table.loc[name, "auprc"] == pytest.approx(average_precision_score(p["label"], p["probability"]),
@@ -171,6 +175,56 @@ def test_well_formed_rate_and_mean_r_att_against_the_expert_c_exp(evaluated):
     assert np.isnan(table.loc["expert", "well_formed_rate"])
 
 
+def test_logistic_regression_row_is_fitted_on_the_train_split_and_left_out_of_re_scoring(evaluated):
+    """The tabular reference: fitted here on the cohort's train stays, scored on the table's stays with the same
+    metrics and intervals as the expert; not re-scored under prompt perturbations or on other datasets (a note)."""
+    table, cohort, cfg = _table(evaluated), evaluated["cohort"], evaluated["cfg"]
+    train = [str(s) for s in cohort.split_ids("train")]
+    labels = cohort.stays.assign(stay_id=cohort.stays["stay_id"].astype(str)).set_index("stay_id")["label"]
+    assert f"fitted on {len(train)} train stays ({int(labels[train].sum())} positive)" in table.loc["logreg", "note"]
+    p = _pred(evaluated, "logreg")
+    manual = LogisticRegression(C=cfg.evaluate.tabular.c, class_weight="balanced", max_iter=1000).fit(
+        last_values(cohort, train), labels[train])
+    np.testing.assert_allclose(p["probability"], manual.predict_proba(last_values(cohort, p["stay_id"].tolist()))[:, 1],
+                               atol=1e-6)
+    expert_cols = {c for c in table.columns if pd.notna(table.loc["expert", c])}
+    assert {c for c in table.columns if pd.notna(table.loc["logreg", c])} == expert_cols - {"uri"}  # no registry
+    assert table.loc["logreg", "group"] == "reference" and table.loc["logreg", "label"] == \
+        "Logistic regression (last values)"
+    assert (evaluated["out"] / "models" / "logreg" / "coefficients.csv").is_file()
+    notes = json.loads((evaluated["out"] / "notes.json").read_text())
+    for key in ("robustness", "generalisation"):
+        assert f"Logistic regression (last values): left out of evaluate.{key}" in " ".join(notes)
+    assert "logreg" not in set(pd.read_csv(evaluated["out"] / "robustness.csv").entry)
+    assert "logreg" not in set(pd.read_csv(evaluated["out"] / "generalisation.csv").entry)
+
+
+def test_llm_rows_report_the_auroc_of_one_minus_p_and_the_share_of_answers_copying_a_number(evaluated):
+    table = _table(evaluated)
+    metrics = json.loads((evaluated["out"] / "metrics.json").read_text())
+    run = mlflow.MlflowClient().get_run(evaluated["result"].mlflow_run_id)
+    html = (evaluated["out"] / "report.html").read_text()
+    assert "AUROC of 1 − p" in html and "answers copying an earlier number" in html
+    for name in ("vanilla", "think", "pqd", "sft", "eag-rl"):
+        p = _pred(evaluated, name)
+        inverted = roc_auc_score(p["label"], 1 - p["probability"])
+        assert table.loc[name, "auroc_inverted"] == pytest.approx(inverted, abs=1e-12)
+        assert table.loc[name, "auroc_inverted_ci_low"] <= inverted <= table.loc[name, "auroc_inverted_ci_high"]
+        responses = pd.read_json(evaluated["out"] / "models" / name / "responses.jsonl", lines=True,
+                                 dtype={"stay_id": str})
+        assert responses["stay_id"].tolist() == p["stay_id"].tolist()
+        copied = [float(copies_number(t)) for t in responses["text"]]
+        assert p["copied"].tolist() == copied
+        assert table.loc[name, "copy_share"] == pytest.approx(np.mean(copied), abs=1e-12)
+        assert metrics[f"{name}_test_auroc_inverted"] == pytest.approx(inverted)
+        assert metrics[f"{name}_test_copy_share"] == pytest.approx(np.mean(copied))
+        assert run.data.metrics[f"{name}_test_auroc_inverted"] == pytest.approx(inverted)
+        assert run.data.metrics[f"{name}_test_copy_share"] == pytest.approx(np.mean(copied))
+        assert f"<td>{inverted:.3f} [" in html
+    for name in ("expert", "logreg"):  # not LLMs: no such diagnostics
+        assert pd.isna(table.loc[name, "auroc_inverted"]) and pd.isna(table.loc[name, "copy_share"])
+
+
 def test_paired_comparisons_against_pqd_and_sft(evaluated):
     paired = pd.read_csv(evaluated["out"] / "paired.csv")
     row = paired[(paired.entry == "eag-rl") & (paired.reference == "pqd") & (paired.metric == "auroc")].iloc[0]
@@ -180,6 +234,7 @@ def test_paired_comparisons_against_pqd_and_sft(evaluated):
     assert row["diff_ci_low"] <= row["diff"] <= row["diff_ci_high"]
     pairs = set(zip(paired.entry, paired.reference, paired.metric))
     assert ("eag-rl", "sft", "auprc") in pairs and ("expert", "pqd", "auroc") in pairs
+    assert ("logreg", "pqd", "auroc") in pairs and ("logreg", "sft", "auroc") in pairs
     assert ("pqd", "sft", "auroc") not in pairs and ("sft", "pqd", "auroc") in pairs  # each pair once
     assert not any(e == r for e, r, _ in pairs)
     # at each robustness level the perturbed models are compared too (sft is a reference but not perturbed here)
@@ -226,7 +281,7 @@ def test_f1_at_each_models_threshold_tuned_on_val_stays(evaluated):
     table, cohort = _table(evaluated), evaluated["cohort"]
     val_ids = cohort.sample_ids("val", 8, seed=0)  # the 60-stay cohort's whole val split (4 stays, both labels)
     assert not set(val_ids) & set(cohort.sample_ids("test", 10, seed=0))
-    for name in ("vanilla", "pqd", "eag-rl", "expert"):
+    for name in ("vanilla", "pqd", "eag-rl", "logreg", "expert"):
         val = pd.read_parquet(evaluated["out"] / "models" / name / "val" / "predictions.parquet")
         assert val["stay_id"].tolist() == val_ids and val["label"].sum() > 0
         cands = np.unique(val["probability"])
@@ -295,6 +350,11 @@ def test_several_sampled_responses_a_stay_are_averaged_and_their_spread_reported
             pd.Series(att).groupby(each["stay_id"], sort=False).mean().loc[pred["stay_id"]].to_numpy())
         assert pred["well_formed"].to_numpy() == pytest.approx(
             ok.groupby(each["stay_id"], sort=False).mean().loc[pred["stay_id"]].to_numpy())
+        texts = pd.read_json(out / "models" / name / "responses.jsonl", lines=True, dtype={"stay_id": str})
+        assert len(texts) == 18  # the copy share counts every response of a stay
+        assert pred["copied"].to_numpy() == pytest.approx(texts["text"].map(copies_number).astype(float)
+                                                          .groupby(texts["stay_id"], sort=False).mean()
+                                                          .loc[pred["stay_id"]].to_numpy())
         sd = by["probability"].std(ddof=0).loc[pred["stay_id"]]
         assert table.loc[name, "probability_sd_within"] == pytest.approx(sd.mean()) and sd.mean() > 0
         assert table.loc[name, "probability_sd_between"] == pytest.approx(pred["probability"].std(ddof=0))

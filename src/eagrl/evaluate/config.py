@@ -7,10 +7,13 @@
   dataset and task the model was trained on (``eagrl-eag-rl-{dataset}-{task}``; the SFT stage registers
   ``eagrl-sft-{dataset}-{task}``) and ``version`` a
   number, ``latest`` or ``@alias``; a full checkpoint or a LoRA adapter of ``model.source``;
-* ``expert``: the registered ConCare expert (``eagrl-expert-{dataset}-{task}``).
+* ``expert``: the registered ConCare expert (``eagrl-expert-{dataset}-{task}``);
+* ``tabular``: logistic regression on each stay's last values (``evaluate.tabular``), fitted at evaluation time
+  on the cohort's train split; no registry.
 
 Entries that are not registered are skipped with a visible note in the table and the report, never silently.
-Robustness and generalisation name entries of this list. Mounted in the main config as ``evaluate``.
+Robustness and generalisation name LLM entries of this list (a tabular entry named there is left out with a
+note). Mounted in the main config as ``evaluate``.
 """
 from __future__ import annotations
 
@@ -22,13 +25,15 @@ from eagrl.section import Section
 
 Style = Literal["pqd", "vanilla", "think"]
 TUNE_SPLIT = "val"  # where evaluate.tune_threshold picks each model's threshold
-Group = Literal["prompting", "training", "ablation", "expert"]
+Group = Literal["prompting", "training", "ablation", "reference", "expert"]
+LLM_KINDS = ("prompt", "registered")
 
 
 class ModelEntry(Section):
     name: str = Field(..., min_length=1, description="Row name in the table, e.g. pqd, sft, eag-rl.")
-    kind: Literal["prompt", "registered", "expert"] = Field(
-        ..., description="prompt: base model prompted; registered: a policy in MLflow; expert: ConCare from MLflow."
+    kind: Literal["prompt", "registered", "expert", "tabular"] = Field(
+        ..., description="prompt: base model prompted; registered: a policy in MLflow; expert: ConCare from MLflow; "
+        "tabular: logistic regression on the last values, fitted on the train split at evaluation time."
     )
     label: str = Field("", description="Human-readable row label; empty: the name.")
     group: Group = Field("training", description="Section of the table the row belongs to.")
@@ -40,8 +45,11 @@ class ModelEntry(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "ModelEntry":
-        if self.kind != "prompt" and not self.registered:
+        if self.kind in ("registered", "expert") and not self.registered:
             raise ValueError(f"evaluate.models entry {self.name!r} of kind {self.kind!r} needs a registered name")
+        if self.kind == "tabular" and self.registered:
+            raise ValueError(f"evaluate.models entry {self.name!r} of kind 'tabular' is fitted at evaluation time "
+                             f"and takes no registered name (got {self.registered!r})")
         if self.registered:
             self.registered_name("dataset", "task")  # a bad placeholder fails here, quoting the template
         v = self.version
@@ -80,9 +88,16 @@ DEFAULT_MODELS = [
     _policy("eag-rl-no-stage2", "w/o Stage 2", "ablation"),
     _policy("eag-rl-no-ratt", "w/o R_att", "ablation"),
     _policy("eag-rl-no-adaptive-clip", "w/o eps(tau)", "ablation"),
+    ModelEntry(name="logreg", kind="tabular", label="Logistic regression (last values)", group="reference"),
     ModelEntry(name="expert", kind="expert", label="ConCare expert", group="expert",
                registered="eagrl-expert-{dataset}-{task}"),
 ]
+
+
+class TabularConfig(Section):
+    c: float = Field(1.0, gt=0.0, description="Inverse L2 strength C of the logistic regression (fixed, not tuned).")
+    balanced: bool = Field(True, description="Weight the classes inversely to their train frequency.")
+    max_iter: int = Field(1000, ge=1, description="Solver iterations at most (lbfgs).")
 
 
 class RobustnessConfig(Section):
@@ -180,6 +195,7 @@ class EvaluateConfig(Section):
         "the same model with the same settings on these stays (greedy decoding only; eagrl.evaluate.reuse) instead "
         "of generating them again; false: score every row afresh."
     )
+    tabular: TabularConfig = Field(default_factory=TabularConfig, description="The tabular (logistic regression) rows.")
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
     generalisation: GeneralisationConfig = Field(default_factory=GeneralisationConfig)
 
@@ -192,14 +208,14 @@ class EvaluateConfig(Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"evaluate.models names must be unique, got {dup} more than once")
-        llm = {m.name for m in self.models if m.kind != "expert"}
+        llm = {m.name for m in self.models if m.kind in LLM_KINDS or m.kind == "tabular"}  # tabular: left out
         for key, listed, allowed in (("references", self.references, set(names)),
                                      ("robustness.models", self.robustness.models, llm),
                                      ("generalisation.models", self.generalisation.models, llm)):
             bad = [n for n in listed if n not in allowed]
             if bad:
-                raise ValueError(f"evaluate.{key} names {bad}, which are not LLM entries of evaluate.models "
-                                 f"({sorted(allowed)})" if key != "references" else
+                raise ValueError(f"evaluate.{key} names {bad}, which are not LLM (or tabular) entries of "
+                                 f"evaluate.models ({sorted(allowed)})" if key != "references" else
                                  f"evaluate.references names {bad}, not entries of evaluate.models ({names})")
         return self
 

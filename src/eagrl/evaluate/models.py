@@ -7,7 +7,8 @@
   ``adapter_config.json`` is a LoRA adapter, one holding ``config.json`` a full checkpoint. An adapter is
   attached to the base named in the version's ``policy.json`` (what :func:`eagrl.llm.registry.log_policy`
   writes: the base it was trained on), else to ``model.source``;
-* ``expert``: the registered ConCare (an MLflow PyTorch model) with the feature names it was trained on.
+* ``expert``: the registered ConCare (an MLflow PyTorch model) with the feature names it was trained on;
+* ``tabular``: nothing to load (the logistic regression is fitted on the cohort when it is scored).
 
 A model that is not registered (or lacks the asked version or alias) comes back ``skipped`` with a note
 saying so; one that is registered but cannot be read comes back ``failed`` with the reason. Neither raises,
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eagrl.config import Config
-from eagrl.evaluate.config import ModelEntry
+from eagrl.evaluate.config import LLM_KINDS, ModelEntry
 from eagrl.llm.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Resolved:
 
     @property
     def is_llm(self) -> bool:
-        return self.entry.kind != "expert"
+        return self.entry.kind in LLM_KINDS
 
 
 def base_model_config(cfg: Config) -> ModelConfig:
@@ -79,6 +80,8 @@ def registry_version(name: str, version: str) -> tuple[str | None, str]:
 def resolve(entry: ModelEntry, cfg: Config, dataset: str | None = None, task: str | None = None) -> Resolved:
     """The entry made scoreable, for a model trained on ``dataset``/``task`` (default: ``cfg.data``'s)."""
     dataset, task = dataset or cfg.data.dataset, task or cfg.data.task
+    if entry.kind == "tabular":
+        return Resolved(entry, READY, "logistic regression on the last values, fitted at evaluation time")
     base = base_model_config(cfg)
     if entry.kind == "prompt":
         return Resolved(entry, READY, f"base model {base.source}, {entry.style} prompt", model_cfg=base)

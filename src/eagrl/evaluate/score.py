@@ -2,9 +2,10 @@
 
 Every scorer returns the same table, one row per stay in split order: ``stay_id`` (str), ``label``,
 ``probability``, and for LLMs ``well_formed``, ``features`` (the parsed C_llm) and ``r_att`` (Jaccard with the
-expert's C_exp of that stay; 0 for a malformed response, as in the reward). With ``evaluate.samples`` K > 1 the
-probability is the mean over a stay's K sampled responses, ``well_formed`` the share of them that were and
-``r_att`` their mean. :func:`summarise` turns it into
+expert's C_exp of that stay; 0 for a malformed response, as in the reward) and ``copied`` (whether the final
+answer copies a number the response wrote earlier: :mod:`eagrl.evaluate.diagnostics`). With ``evaluate.samples``
+K > 1 the probability is the mean over a stay's K sampled responses, ``well_formed`` the share of them that were,
+``r_att`` and ``copied`` their means. :func:`summarise` turns it into
 AUROC, AUPRC, F1, Brier and ECE, the well-formed rate and the mean R_att, each with its interval; every model
 scored on the same stays with the same seed sees the same resamples, so paired comparisons line up.
 """
@@ -19,6 +20,7 @@ import pandas as pd
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
 from eagrl.evaluate.config import EvaluateConfig
+from eagrl.evaluate.diagnostics import copied_per_stay
 from eagrl.evaluate.metrics import METRICS, evaluate_binary, evaluate_means, max_f1_threshold
 from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.rewards import r_att
@@ -62,7 +64,9 @@ def read_scored(out: Path, gen_cfg: GenerationConfig, c_exp: Mapping[str, list[s
     """The scorer's ``predictions.csv`` in ``out`` as the evaluation's table (with R_att), also as parquet.
 
     Where the stays got several responses (``samples.csv`` beside it), ``well_formed`` is the share of a stay's
-    responses that were and ``r_att`` their mean, each response counted as the reward counts it."""
+    responses that were and ``r_att`` their mean, each response counted as the reward counts it. ``copied``, the
+    share of a stay's responses (``responses.jsonl``) whose answer copies an earlier number, is left out where
+    there is no responses file."""
     from eagrl.llm.zeroshot import SAMPLES
 
     pred = _read_responses(out / "predictions.csv")
@@ -83,8 +87,11 @@ def read_scored(out: Path, gen_cfg: GenerationConfig, c_exp: Mapping[str, list[s
         pred["probability_sd"] = pred["stay_id"].map(by_stay["probability"].std(ddof=0))
         if "r_att" in each:
             pred["r_att"] = pred["stay_id"].map(by_stay["r_att"].mean())
-    pred = pred[[c for c in ("stay_id", "label", "probability", "well_formed", "features", "r_att", "probability_sd")
-                 if c in pred]]
+    copied = copied_per_stay(out / "responses.jsonl", list(pred["stay_id"]))
+    if copied is not None:
+        pred["copied"] = copied.to_numpy()
+    pred = pred[[c for c in ("stay_id", "label", "probability", "well_formed", "features", "r_att", "probability_sd",
+                             "copied") if c in pred]]
     pred.to_parquet(out / "predictions.parquet", index=False)
     return pred
 

@@ -4,9 +4,11 @@ generalisation, and the HTML report.
 ``evaluate_stage(cfg, out_dir)`` is what ``eagrl evaluate``, the KFP component and the tests call. It
 
 1. resolves each entry of ``cfg.evaluate.models`` (prompting baselines on the base model, the policies
-   registered in MLflow, the ConCare expert); an entry that is not registered is a visible ``skipped`` row;
+   registered in MLflow, the ConCare expert, logistic regression on the last values, fitted here on the train
+   split); an entry that is not registered is a visible ``skipped`` row;
 2. scores every resolved model on the same stays of ``cfg.evaluate.split`` and summarises it (AUROC, AUPRC,
-   F1, Brier, ECE, well-formed rate, mean R_att against the expert's C_exp, each with its interval); with
+   F1, Brier, ECE, well-formed rate, mean R_att against the expert's C_exp, each with its interval; for LLMs
+   also the AUROC of 1 - p and the share of answers that copy an earlier number); with
    ``evaluate.tune_threshold`` also on val stays, whose max-F1 threshold gives the model's ``f1_tuned``;
 3. compares each model with every reference (``evaluate.references``, default P_QD and SFT) by paired
    bootstrap, difference and relative gain with intervals;
@@ -30,9 +32,11 @@ from eagrl.config import Config
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
 from eagrl.evaluate.config import TUNE_SPLIT, EvaluateConfig
+from eagrl.evaluate.diagnostics import llm_diagnostics
 from eagrl.evaluate.metrics import paired_bootstrap
 from eagrl.evaluate.models import READY, Resolved, resolve
 from eagrl.evaluate.perturb import shuffled, with_value_noise
+from eagrl.evaluate.tabular import fit_tabular, score_tabular
 from eagrl.evaluate.score import (aligned, read_c_exp, read_scored, restricted, score_expert, score_llm, summarise,
                                   tuned_f1)
 from eagrl.expert.run import cohort_dir
@@ -171,6 +175,7 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
                         f"temperature {ecfg.sample_temperature:g} (evaluate.samples); probability_sd_within is the "
                         "mean spread of a stay's responses, probability_sd_between the spread of the stays' means")
     resolved = [resolve(entry, cfg) for entry in ecfg.models]
+    _tabular_left_out(ecfg, ev)
     c_exp = _c_exp(cfg, cohort, resolved, out, ev)
     targets = _targets(cfg, ecfg, ev)
     tune = _tuning_stays(ecfg, cohort, ev)
@@ -183,10 +188,14 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
         if res.status != READY:
             ev.notes.append(f"{res.entry.title}: {res.status}, {res.note}")
             continue
-        backend, step, val = None, "scoring", None
+        backend, step, val, fitted = None, "scoring", None, None
         where = out / "models" / res.name
         try:
-            if not res.is_llm:
+            if res.entry.kind == "tabular":
+                fitted = fit_tabular(cohort, ecfg.tabular, ecfg.seed)
+                row["note"] = fitted.note + (" (the scored split: in-sample)" if ecfg.split == "train" else "")
+                pred = score_tabular(fitted, cohort, ids, where)
+            elif not res.is_llm:
                 pred = score_expert(res.expert, res.expert_features, cohort, ids, where)
             else:
                 pred = _reused(cfg, ecfg, res, cohort, ecfg.split, ids, cohort_md5, where, c_exp, row)
@@ -203,10 +212,14 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
                     pred = _score(cfg, ecfg, res, cohort, where, c_exp, backend,
                                   key=_key(cfg, ecfg, res, cohort_md5, ecfg.split))
             row["metrics"] = summarise(pred, ecfg)
+            if res.is_llm:
+                row["metrics"].update(llm_diagnostics(pred, n_boot=ecfg.n_boot, ci=ecfg.ci, seed=ecfg.seed))
             ev.predictions[res.name] = pred
             if tune is not None:
                 step = "threshold tuning"
-                if not res.is_llm:
+                if fitted is not None:
+                    val = score_tabular(fitted, tune[0], tune[1], where / TUNE_SPLIT)
+                elif not res.is_llm:
                     val = score_expert(res.expert, res.expert_features, tune[0], tune[1], where / TUNE_SPLIT)
                 elif val is None:
                     val = _score(cfg, ecfg, res, tune[0], where / TUNE_SPLIT, c_exp, backend, split=TUNE_SPLIT,
@@ -231,10 +244,22 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
                 _release_memory()
     _paired(ecfg, ev)
     _generalisation_gains(ecfg, ev, [t[0] for t in targets], f"{cfg.data.dataset}/{cfg.data.task}")
-    missing = [n for n in ecfg.robustness.models if n not in ev.predictions]
+    tabular = {m.name for m in ecfg.models if m.kind == "tabular"}
+    missing = [n for n in ecfg.robustness.models if n not in ev.predictions and n not in tabular]
     if missing:
         ev.notes.append(f"robustness curves left out for {', '.join(missing)}: not scored")
     return ev
+
+
+def _tabular_left_out(ecfg: EvaluateConfig, ev: Evaluation) -> None:
+    """A note for each tabular entry named in the robustness or generalisation models: those re-score prompts or
+    other datasets' cohorts, which a regression fitted on this cohort's features does not take."""
+    tabular = {m.name: m.title for m in ecfg.models if m.kind == "tabular"}
+    for key, names in (("robustness", ecfg.robustness.models), ("generalisation", ecfg.generalisation.models)):
+        for name in names:
+            if name in tabular:
+                ev.notes.append(f"{tabular[name]}: left out of evaluate.{key} (a tabular row fitted on this "
+                                "cohort's features; only LLM rows are re-scored there)")
 
 
 def _release_memory() -> None:
@@ -452,8 +477,9 @@ def _generalise(cfg, ecfg: EvaluateConfig, res: Resolved, targets, out: Path, ba
 
 def _generalisation_gains(ecfg: EvaluateConfig, ev: Evaluation, target_keys: list[str], source: str) -> None:
     scored_names = {r["entry"] for r in ev.generalisation}
+    tabular = {m.name for m in ecfg.models if m.kind == "tabular"}
     for name in ecfg.generalisation.models:  # entries never scored still get a visible row per target
-        if name not in scored_names:
+        if name not in scored_names and name not in tabular:
             row = next(r for r in ev.table if r["name"] == name)
             for key in target_keys:
                 ev.generalisation.append({"entry": name, "source": source, "target": key, "n": None,
