@@ -411,3 +411,45 @@ def test_the_reward_trend_averages_halves_of_the_steps_and_the_message_says_so()
     assert _reward_trend(m) == "mean reward 0.300 over the first half of the steps -> 0.300 over the last"
     one = summary_metrics(history[:1], SimpleNamespace(global_step=1, training_loss=0.0), 1.0, 8, [])
     assert "early_reward" not in one and _reward_trend(one) == "reward 0.400"
+
+
+def test_the_answer_slot_term_is_the_labels_nll_at_the_slot(cohort, c_exp, sft_adapter, tmp_path):
+    """With the yes/no readout the rollout puts each stay's label word at the answer slot (inserted: no policy-gradient
+    loss there) and the loss adds rl.readout_weight x its mean negative log-likelihood, computed here by hand."""
+    from trl.trainer.utils import pad
+
+    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, readout_weight=2.0)
+    keys = list(rollout.prompt_ids)[:2]
+    out = rollout([k for k in keys for _ in range(2)], trainer)
+    tok = trainer.processing_class
+    words = {1: tok.encode("yes", add_special_tokens=False)[0], 0: tok.encode("no", add_special_tokens=False)[0]}
+    slots = out["eagrl_readout_index"]
+    for key, ids, mask, i in zip([k for k in keys for _ in range(2)], out["completion_ids"], out["env_mask"], slots):
+        assert i >= 0 and ids[i] == words[rollout.labels[key]] and mask[i] == 0
+        assert tok.decode(ids[:i]).endswith("<final_answer>")
+    prompt_ids = pad([torch.tensor(p) for p in out["prompt_ids"]], padding_value=0, padding_side="left")
+    prompt_mask = pad([torch.ones(len(p), dtype=torch.long) for p in out["prompt_ids"]], padding_value=0,
+                      padding_side="left")
+    completion_ids = pad([torch.tensor(c) for c in out["completion_ids"]], padding_value=0)
+    completion_mask = pad([torch.ones(len(c), dtype=torch.long) for c in out["completion_ids"]], padding_value=0)
+    tool_mask = pad([torch.tensor(m) for m in out["env_mask"]], padding_value=1) * completion_mask
+    trainer.model.eval()
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
+            completion_ids.size(1))
+        inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+                  "completion_mask": completion_mask, "tool_mask": tool_mask, "advantages": torch.zeros(4),
+                  "old_per_token_logps": logps, "num_items_in_batch": tool_mask.sum().float()}
+        trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
+        plain = trainer._compute_loss(trainer.model, inputs)
+        with_slot = trainer._compute_loss(trainer.model, {**inputs, "readout_index": torch.tensor(slots)})
+        full = trainer.accelerator.unwrap_model(trainer.model)(
+            torch.cat([prompt_ids, completion_ids], 1), attention_mask=torch.cat([prompt_mask, completion_mask], 1)
+        ).logits.float()
+    start = prompt_ids.size(1)
+    nll = -torch.stack([torch.log_softmax(full[b, start + i - 1], -1)[completion_ids[b, i]]
+                        for b, i in enumerate(slots)]).mean()
+    expected = plain + 2.0 * nll  # eval mode: no gradient-accumulation scaling (training divides both terms by it)
+    assert with_slot.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-5)
+    assert trainer._metrics["eval"]["readout/nll"][-1] == pytest.approx(nll.item(), rel=1e-4)

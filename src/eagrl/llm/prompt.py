@@ -70,7 +70,7 @@ TASKS = {
 FORMATS = {
     "pqd": (
         "Response format: break the question into short sub-questions and answer each in turn, then name "
-        "the features that mattered most and give the probability. Write exactly:\n"
+        "the features that mattered most and give your answer. Write exactly:\n"
         "<subquestion>a question about this patient</subquestion><answer>its answer</answer>\n"
         "(1 to {depth} such steps)\n"
         "<important_features>feature name; feature name; ...</important_features>\n"
