@@ -36,9 +36,9 @@ from eagrl.evaluate.diagnostics import llm_diagnostics
 from eagrl.evaluate.metrics import paired_bootstrap
 from eagrl.evaluate.models import READY, Resolved, resolve
 from eagrl.evaluate.perturb import shuffled, with_value_noise
-from eagrl.evaluate.tabular import fit_tabular, score_tabular
 from eagrl.evaluate.score import (aligned, read_c_exp, read_scored, restricted, score_expert, score_llm, summarise,
                                   tuned_f1)
+from eagrl.evaluate.tabular import fit_tabular, score_tabular
 from eagrl.expert.run import cohort_dir
 from eagrl.stage import StageResult, records_failure, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
