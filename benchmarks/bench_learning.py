@@ -54,32 +54,13 @@ def named_overlap(predictions: Path, truth: set[str]) -> float:
     return float(sum(r_att(n, truth) for n in named) / max(len(named), 1))
 
 
-def direct_fine_tune(cfg, cohort, out: Path) -> dict:
-    """The direct fine-tune row: SFT on the answer slot alone over every training stay, then scored like the rest."""
-    from eagrl.llm.loading import load_model
-    from eagrl.llm.run import model_config
-    from eagrl.llm.zeroshot import evaluate_trained
-    from eagrl.sft.direct import direct_generation, write_direct_examples
-    from eagrl.sft.train import run_sft
-
-    mcfg = model_config(cfg)
-    loaded = load_model(mcfg.model_copy(update={"adapter": None}))
-    path = write_direct_examples(cohort, "train", cfg.generation, loaded.tokenizer, out / "examples.jsonl")
-    res = run_sft(mcfg, cfg.sft, path, out / "train", loaded=loaded, readout="yesno")
-    held = evaluate_trained(res.model, res.tokenizer, cohort, out / "heldout", mcfg, direct_generation(cfg.generation),
-                            split="test", max_stays=cfg.sft.eval_max_stays, n_boot=cfg.sft.eval_n_boot,
-                            seed=cfg.evaluate.seed, fit_max_stays=cfg.sft.fit_max_stays)
-    return {**{f"train_{k}": v for k, v in res.metrics.items() if k in ("train_seconds", "optimizer_steps")}, **held}
-
-
 def run_rung(rung: str, workspace: Path, sets: list[str], skip: set[str]) -> dict:
-    from eagrl.data.cohort import Cohort
-    from eagrl.data.stages import prepare, validate
-    from eagrl.expert.run import cohort_dir, expert_stage
+        from eagrl.data.stages import prepare, validate
+    from eagrl.expert.run import expert_stage
     from eagrl.llm.run import zeroshot_stage
     from eagrl.mcts.run import mcts_stage
     from eagrl.rl.run import rl_stage
-    from eagrl.sft.run import sft_stage
+    from eagrl.sft.run import direct_stage, sft_stage
 
     workspace.mkdir(parents=True, exist_ok=True)
     cfg = config(rung, workspace, sets)
@@ -114,15 +95,8 @@ def run_rung(rung: str, workspace: Path, sets: list[str], skip: set[str]) -> dic
         if not link.exists():
             link.symlink_to(sft_status.resolve())  # GRPO starts from the same SFT adapter
         stage("grpo", rl_stage, grpo)
-    cohort = Cohort.load(cohort_dir(cfg))
     if "direct" not in skip:
-        t0 = time.perf_counter()
-        log(f"{rung}: direct fine-tune ...")
-        direct = direct_fine_tune(cfg, cohort, workspace / "direct")
-        seconds["direct"] = round(time.perf_counter() - t0, 1)
-        log(f"{rung}: direct fine-tune test AUROC {direct.get('test_auroc')} in {seconds['direct']:.0f} s")
-    else:
-        direct = {}
+        stage("direct", direct_stage)
 
     def m(name: str, key: str):
         res = results.get(name)
@@ -130,9 +104,9 @@ def run_rung(rung: str, workspace: Path, sets: list[str], skip: set[str]) -> dic
 
     line = {"rung": rung, "auroc_zeroshot": m("zeroshot", "test_auroc"),
             "auroc_sft": m("sft", "test_auroc"), "auroc_eagrl": m("eag-rl", "test_auroc"),
-            "auroc_grpo": m("grpo", "test_auroc"), "auroc_direct": direct.get("test_auroc"),
+            "auroc_grpo": m("grpo", "test_auroc"), "auroc_direct": m("direct", "test_auroc"),
             "fit_auroc_sft": m("sft", "train_auroc"), "fit_auroc_eagrl": m("eag-rl", "train_auroc"),
-            "fit_auroc_direct": direct.get("train_auroc"), "seconds": seconds}
+            "fit_auroc_direct": m("direct", "train_auroc"), "seconds": seconds}
     if rung == "synthetic":
         from eagrl.data import synthetic
 

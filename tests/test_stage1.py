@@ -133,6 +133,36 @@ def test_sft_stage_trains_scores_and_registers_a_loadable_policy(prepared):
         mlflow.set_tracking_uri(None)
 
 
+def test_the_direct_fine_tune_trains_the_slot_on_every_training_stay_and_registers(prepared):
+    """The direct baseline: one example a training stay (vanilla prompt, <final_answer>, the label's word at the slot),
+    the answer-slot loss alone, scored in the vanilla style on held-out and on its own training stays."""
+    import json
+
+    from eagrl.data.cohort import Cohort
+    from eagrl.expert.run import cohort_dir
+    from eagrl.llm.loading import build_tiny
+    from eagrl.sft.run import direct_stage
+
+    ws, _ = prepared
+    cfg = _cfg(ws, "sft.eval_max_stays=6", "sft.eval_n_boot=50", "sft.fit_max_stays=6")
+    result = direct_stage(cfg, ws / "out-d")
+    cohort = Cohort.load(cohort_dir(cfg))
+    records = [json.loads(x) for x in (ws / "out-d" / "direct" / "examples.jsonl").read_text().splitlines()]
+    assert sorted(r["stay_id"] for r in records) == sorted(map(str, cohort.split_ids("train")))
+    tok = build_tiny()[1]
+    words = {1: tok.encode("yes", add_special_tokens=False)[0], 0: tok.encode("no", add_special_tokens=False)[0]}
+    for r in records:
+        assert r["token_ids"][r["readout_index"]] == words[r["label"]] and not any(r["mask"])
+        assert tok.decode(r["prompt_ids"]).count("<subquestion>") == 0  # the vanilla style: no reasoning asked
+    m = result.metrics
+    assert m["n_answer_targets"] == len(records) and m["n_target_tokens"] == 0 and m["optimizer_steps"] >= 1
+    assert m["test_n_stays"] == 6 and m["train_n_stays"] == 6 and m["test_well_formed_rate"] == 1.0
+    first = json.loads((ws / "out-d" / "direct" / "heldout" / "responses.jsonl").read_text().splitlines()[0])
+    assert first["text"].startswith("<final_answer>") and "<subquestion>" not in first["text"]
+    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    assert client.get_latest_versions("eagrl-direct-mimic-iv-demo-readmission_30d")[0].run_id == result.mlflow_run_id
+
+
 def test_sft_without_trajectories_says_what_to_run(prepared):
     from eagrl.sft.run import sft_stage
 

@@ -202,11 +202,16 @@ def mcts(profile: Profile = "default", dataset: DatasetOpt = None, data_path: Da
 def sft(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
         task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None, workspace: Workspace = None,
         trajectories: Annotated[Optional[Path], typer.Option(help="selected.jsonl; default: the MCTS stage's.")] = None,
+        direct: Annotated[bool, typer.Option(help="The direct fine-tune baseline instead: the answer slot alone over "
+                                             "every training stay (eagrl-direct-<dataset>-<task>).")] = False,
         ) -> None:
     """Stage 1b: LoRA SFT on the selected trajectories; score on held-out stays; register the adapter."""
-    from eagrl.sft.run import sft_stage
+    from eagrl.sft.run import direct_stage, sft_stage
 
-    stage = lambda cfg, o: sft_stage(cfg, o, trajectories_path=trajectories)  # noqa: E731
+    if direct:
+        stage = lambda cfg, o: direct_stage(cfg, o)  # noqa: E731
+    else:
+        stage = lambda cfg, o: sft_stage(cfg, o, trajectories_path=trajectories)  # noqa: E731
     _run_stage(stage, profile, dataset, data_path, task, out, set_, workspace, "adapter", "registered_model")
 
 

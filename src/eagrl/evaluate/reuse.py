@@ -85,11 +85,11 @@ def tag_scored(key: str | None, artifact_path: str) -> None:
 
 
 def tag_heldout(model_cfg: ModelConfig, adapter_dir: str | Path, gen_cfg: GenerationConfig, cohort_md5: str,
-                split: str, artifact_path: str = "heldout") -> None:
+                split: str, artifact_path: str = "heldout", style: str = "pqd") -> None:
     """Tag the active stage run with the key of its held-out check (:func:`eagrl.llm.zeroshot.evaluate_trained`)."""
     from eagrl.llm.zeroshot import heldout_generation
 
-    tag_scored(scoring_key(model_cfg.model_copy(update={"adapter": str(adapter_dir)}), heldout_generation(gen_cfg),
+    tag_scored(scoring_key(model_cfg.model_copy(update={"adapter": str(adapter_dir)}), heldout_generation(gen_cfg, style),
                            cohort_md5, split), artifact_path)
 
 

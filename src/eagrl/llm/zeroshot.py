@@ -156,7 +156,7 @@ def _log_mlflow(metrics: dict) -> None:
 
 def evaluate_trained(peft_model, tokenizer, cohort: Cohort, out_dir: str | Path, model_cfg: ModelConfig,
                      gen_cfg: GenerationConfig, *, split: str, max_stays: int | None, n_boot: int, seed: int,
-                     fit_max_stays: int | None = 0) -> dict:
+                     fit_max_stays: int | None = 0, style: str = "pqd") -> dict:
     """P_QD on held-out stays of a policy just trained (SFT, RL): its adapter folded in, the transformers backend.
 
     Fit before generalisation: with ``fit_max_stays`` (None: all; 0: none) the same policy is also scored on that
@@ -169,7 +169,7 @@ def evaluate_trained(peft_model, tokenizer, cohort: Cohort, out_dir: str | Path,
     merged.eval()
     if model_cfg.float32_head:
         float32_head(merged)
-    gen_cfg = heldout_generation(gen_cfg)
+    gen_cfg = heldout_generation(gen_cfg, style)
     backend = make_backend(model_cfg, gen_cfg, loaded=LoadedModel(merged, tokenizer, model_cfg.source, None))
     metrics = evaluate_zero_shot(cohort, out_dir, model_cfg, gen_cfg, split=split, max_stays=max_stays, n_boot=n_boot,
                                  seed=seed, backend=backend)
@@ -179,6 +179,7 @@ def evaluate_trained(peft_model, tokenizer, cohort: Cohort, out_dir: str | Path,
     return metrics
 
 
-def heldout_generation(gen_cfg: GenerationConfig) -> GenerationConfig:
-    """The settings of a just-trained policy's held-out check: P_QD on the in-process transformers model."""
-    return gen_cfg.model_copy(update={"prompt_style": "pqd", "backend": "transformers"})
+def heldout_generation(gen_cfg: GenerationConfig, style: str = "pqd") -> GenerationConfig:
+    """The settings of a just-trained policy's held-out check: P_QD (the direct fine-tune: vanilla) on the in-process
+    transformers model."""
+    return gen_cfg.model_copy(update={"prompt_style": style, "backend": "transformers"})

@@ -125,3 +125,56 @@ def loss_plot(history: list[dict], out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def direct_registered_name(cfg: Config) -> str:
+    return f"eagrl-direct-{cfg.data.dataset}-{cfg.data.task}"
+
+
+@records_failure("direct", ("data", "model", "generation", "sft"), lambda cfg, a: [a["cohort_path"] or cohort_dir(cfg)])
+def direct_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
+                 cohort_path: str | Path | None = None) -> StageResult:
+    """The direct fine-tune baseline (:mod:`eagrl.sft.direct`): the same LoRA SFT on the answer slot alone over every
+    training stay, scored on held-out stays in the vanilla style, registered as ``eagrl-direct-<dataset>-<task>``."""
+    import mlflow
+
+    from eagrl.evaluate.reuse import tag_heldout
+    from eagrl.llm.loading import load_model
+    from eagrl.llm.registry import log_policy
+    from eagrl.llm.zeroshot import evaluate_trained
+    from eagrl.sft.direct import direct_generation, write_direct_examples
+    from eagrl.sft.train import run_sft
+
+    out = stage_dir(out_dir, "direct")
+    source = Path(cohort_path) if cohort_path else cohort_dir(cfg)
+    cohort = Cohort.load(source)
+    mcfg = model_config(cfg)
+    gen = direct_generation(cfg.generation)
+    with stage_run(cfg, "direct", parent_run_id) as run:
+        cohort_md5 = tree_md5(source)
+        mlflow.set_tags({"eagrl.cohort_md5": cohort_md5})
+        loaded = load_model(mcfg.model_copy(update={"adapter": None}))
+        examples = write_direct_examples(cohort, "train", gen, loaded.tokenizer, out / "examples.jsonl")
+        res = run_sft(mcfg, cfg.sft, examples, out / "train", loaded=loaded, readout="yesno")
+        held = evaluate_trained(res.model, res.tokenizer, cohort, out / "heldout", mcfg, gen, split=cfg.sft.eval_split,
+                                max_stays=cfg.sft.eval_max_stays, n_boot=cfg.sft.eval_n_boot, seed=cfg.evaluate.seed,
+                                fit_max_stays=cfg.sft.fit_max_stays, style="vanilla")
+        metrics = {**res.metrics, **held}
+        log_metrics(metrics)
+        mlflow.log_artifacts(str(out / "heldout"), artifact_path="heldout")
+        tag_heldout(mcfg, res.adapter_dir, gen, cohort_md5, cfg.sft.eval_split, style="vanilla")
+        info = log_policy(res.adapter_dir, mcfg, gen, name="policy", registered_name=direct_registered_name(cfg),
+                          metadata={"stage": "direct", "dataset": cfg.data.dataset, "task": cfg.data.task})
+        split = cfg.sft.eval_split
+        auroc, ci = held.get(f"{split}_auroc"), held.get(f"{split}_auroc_ci")
+        message = (f"direct fine-tune on {int(res.metrics.get('n_examples', 0))} training stays, "
+                   f"{int(res.metrics.get('optimizer_steps', 0))} optimiser steps: {split} AUROC "
+                   + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else "undefined")
+                   + (f"; on its own training stays {held['train_auroc']:.3f}" if "train_auroc" in held else "")
+                   + f"; registered {direct_registered_name(cfg)}")
+        result = StageResult("direct", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
+                             outputs={"adapter": str(res.adapter_dir), "heldout": str(out / "heldout"),
+                                      "registered_model": direct_registered_name(cfg),
+                                      "model_uri": str(info.model_uri)})
+    result.write(out_dir)
+    return result
