@@ -7,6 +7,7 @@ cohort is replaced atomically, so a bad input never damages what is already stor
 from __future__ import annotations
 
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -121,6 +122,8 @@ def _replace_dir(src: Path, dest: Path, copy: bool) -> None:
         else:
             staged.mkdir()
             shutil.copy2(src, staged / src.name)
+        for p in (staged, *staged.rglob("*")):  # a read-only source (a shared data mount) gives a read-only
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)  # copy, which only root could rename, or replace later
         old = tmp / "old"
         if dest.exists():
             dest.rename(old)
