@@ -111,7 +111,7 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     message = next(s["message"] for s in summary["stages"] if s["stage"] == "promote")
     assert message.startswith(f"nothing promoted: {rl_uri} is registered as models:/eagrl-policy/") and \
         promotion["reason"] in message and message.endswith("no version holds @champion yet")
-    assert "promote: succeeded nothing promoted:" in " ".join(res.stdout.split())  # printed with its reason
+    assert "promote: succeeded nothing promoted:" in " ".join(res.stderr.split())  # printed with its reason
     import pytest
     from mlflow.exceptions import MlflowException
 
