@@ -63,7 +63,8 @@ def expert_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = N
         mlflow.set_tags({f"eagrl.{k}": v for k, v in versions.items()})
         m = result.metrics
         message = (f"ConCare test AUROC {m['test_auroc']:.3f} {_ci(m.get('test_auroc_ci'))}, "
-                   f"AUPRC {m['test_auprc']:.3f} {_ci(m.get('test_auprc_ci'))}; C_exp -> {dest / 'attention.parquet'}")
+                   f"AUPRC {m['test_auprc']:.3f} {_ci(m.get('test_auprc_ci'))}; {_guidance(m)}; "
+                   f"C_exp -> {dest / 'attention.parquet'}")
         stage = StageResult("expert", metrics=result.metrics, mlflow_run_id=run.info.run_id, message=message,
                             outputs={"attention": str(dest / "attention.parquet"), "model": str(dest / "model.pt"),
                                      "registered_model": registered_name(cfg), **versions})
@@ -99,6 +100,17 @@ def _log_and_register(cfg: Config, model_path: Path, metrics: dict | None = None
     client = mlflow.MlflowClient()
     for k, v in tags.items():
         client.set_model_version_tag(registered_name(cfg), str(version), k, v)
+
+
+def _guidance(m: dict) -> str:
+    """One phrase: how spread the final attention is and what C_exp holds."""
+    text = (f"final attention entropy median {m['attention_entropy_median']:.2f} nats "
+            f"(p25 {m['attention_entropy_p25']:.2f}, p75 {m['attention_entropy_p75']:.2f}) of "
+            f"{m['attention_entropy_uniform']:.2f} uniform; C_exp mean size {m['c_exp_size_mean']:.1f}, "
+            f"attention mass {m['c_exp_attention_mass_mean']:.2f}")
+    if "c_exp_reference_share" in m:
+        text += f", holds a reference feature in {m['c_exp_reference_share']:.0%} of stays"
+    return text
 
 
 def _ci(ci) -> str:
