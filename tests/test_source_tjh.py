@@ -103,3 +103,45 @@ def test_patient_record_carries_raw_values(tjh_raw):
     v = cohort.visits[cohort.visits["stay_id"] == sid]
     assert len(rec.visit_times) == len(v)
     assert np.allclose(rec.values["albumin"], v["albumin"].to_numpy(float), equal_nan=True)
+
+
+# ---------------------------------------------------------------- corrupt workbooks (found by fuzzing)
+def _rewrite_member(src, dest, member, transform):
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info, transform(data) if info.filename == member else data)
+
+
+def test_corrupt_sheet_xml_is_a_data_error(shared_data, tmp_path):
+    """Fuzzing (tests/test_fuzz_loaders.py) found openpyxl's xml ParseError escaping read(): a byte flipped in
+    the sheet's XML. Here the sheet XML is cut in the middle of a tag."""
+    from eagrl.errors import DataError
+
+    bad = tmp_path / "tjh.xlsx"
+    _rewrite_member(shared_data / "tjh" / "time_series_375_prerpocess_en.xlsx", bad, "xl/worksheets/sheet1.xml",
+                    lambda d: d[: len(d) // 2] + b"<<" + d[len(d) // 2:])
+    with pytest.raises(DataError, match=r"tjh\.xlsx is not a readable xlsx workbook .*ParseError"):
+        get_source("tjh").read(bad)
+
+
+def test_corrupt_deflate_stream_is_a_data_error(shared_data, tmp_path):
+    """Fuzzing found zlib.error (and ParseError) escaping read(): bytes flipped inside the sheet's compressed
+    stream. The flips here land in the middle of that stream (its offset from the zip's own directory); they
+    garble the XML that zlib still inflates."""
+    import zipfile
+
+    from eagrl.errors import DataError
+
+    src = shared_data / "tjh" / "time_series_375_prerpocess_en.xlsx"
+    data = src.read_bytes()
+    with zipfile.ZipFile(src) as z:
+        info = z.getinfo("xl/worksheets/sheet1.xml")
+    header = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    middle = header + info.compress_size // 2
+    bad = tmp_path / "tjh.xlsx"
+    bad.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64]) + data[middle + 64:])
+    with pytest.raises(DataError, match=r"tjh\.xlsx is not a readable xlsx workbook"):
+        get_source("tjh").read(bad)

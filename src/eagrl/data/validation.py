@@ -334,6 +334,11 @@ def cohort_checks(cohort: Cohort, min_positives: int, vcfg: ValidationConfig | N
 
 
 # ====================================================================== the stage's library function
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line: a library's text quoted in it (pyarrow's parse errors) may span several."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def validate_source(cfg: Config) -> tuple[ValidationReport, Cohort | None]:
     """Read, check and (if the gates pass) build the cohort of ``cfg.data``; never raises on bad data.
 
@@ -346,7 +351,7 @@ def validate_source(cfg: Config) -> tuple[ValidationReport, Cohort | None]:
     try:
         native = source.read(path)
     except DataError as exc:
-        report.fatal = str(exc)
+        report.fatal = one_line(exc)
         return report, None
 
     checks = native_checks(source.REQUIRED_COLUMNS, native, getattr(source, "DOMAINS", None))
@@ -358,7 +363,7 @@ def validate_source(cfg: Config) -> tuple[ValidationReport, Cohort | None]:
     try:
         raw = source.to_raw(native, dcfg)
     except DataError as exc:
-        report.fatal = str(exc)
+        report.fatal = one_line(exc)
         return report, None
 
     checks, tables = canonical_checks(raw, dcfg.task, vcfg)
@@ -369,7 +374,7 @@ def validate_source(cfg: Config) -> tuple[ValidationReport, Cohort | None]:
     try:
         cohort = build_cohort(raw, dcfg)
     except DataError as exc:
-        report.fatal = str(exc)
+        report.fatal = one_line(exc)
         return report, None
     checks, tables = cohort_checks(cohort, vcfg.min_positives_per_split, vcfg)
     report.results += _run_suite("cohort", checks, tables, vcfg.max_examples)

@@ -16,6 +16,7 @@ with its record id and parses the whole set as one CSV buffer with pyarrow (a fe
 from __future__ import annotations
 
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def _members(root: Path, set_: str) -> Iterator[tuple[str, bytes]]:
                 for member in tf:
                     if member.isfile() and member.name.endswith(".txt"):
                         yield member.name, tf.extractfile(member).read()
-        except (tarfile.TarError, EOFError, OSError) as exc:
+        except (tarfile.TarError, zlib.error, EOFError, OSError) as exc:  # zlib.error: a corrupt gzip stream (fuzzing)
             raise DataError(f"{tar_path} is not a readable tar.gz archive (truncated or corrupt?): {exc}") from None
     elif folder.is_dir():
         for file in sorted(folder.glob("*.txt")):
