@@ -188,3 +188,16 @@ def test_without_assessments_there_is_no_gcs_but_everything_else(demo_copy):
     assert len(raw.stays) == 310
     assert "Glasgow Coma Scale total" not in set(raw.measurements["feature"])
     assert (raw.measurements["feature"] == "Heart rate").sum() == 14737
+
+
+def test_corrupt_page_header_is_reported_on_one_line(demo_copy, demo_dir):
+    """Found by fuzzing (tests/test_fuzz_loaders.py): pyarrow's error for a corrupt page header spans two lines
+    ("Couldn't deserialize thrift: ...\\nDeserializing page header failed."), and the report passed it on as is."""
+    from eagrl.data.validation import validate_source
+
+    data = (demo_dir / "clif_adt.parquet").read_bytes()
+    (demo_copy / "clif_adt.parquet").write_bytes(data[:1000] + bytes(b ^ 0xFF for b in data[1000:1588]) + data[1588:])
+    report, cohort = validate_source(Config(data=DataConfig(**READMISSION, data_path=str(demo_copy))))
+    line = report.summary_line()
+    assert cohort is None and "\n" not in line
+    assert "clif_adt.parquet is not a readable parquet file" in line and "Deserializing page header failed" in line
