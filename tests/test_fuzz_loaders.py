@@ -21,8 +21,8 @@ Campaign (2026-12-06, on 2 shared cores; mutation = one byte operation or one ta
 3. After the fixes (commit 34f60ca: both loaders catch those errors; ``validation.one_line`` keeps the report on
    one line): TJH 60 and PhysioNet 60 random inputs, the 4 x 4 fixed-seed inputs of ``make test`` and 3 prepare
    mutants, no failure.
-In all about 390 inputs (shrinks included), 4 distinct failures, all fixed, each with a regression test on a corrupted copy of the
-real file (test_source_tjh.py, test_source_physionet2012.py, test_source_clif.py). Pyarrow reads many flipped
+In all about 390 inputs (shrinks included), 4 distinct failures, all fixed, each with a regression test on a
+corrupted copy of the real file (test_source_tjh.py, test_source_physionet2012.py, test_source_clif.py). Pyarrow reads many flipped
 parquet pages without an error (no checksums): those inputs reach validation, which rejects or passes them.
 A TJH input takes up to 17 s (openpyxl and the three gates), so the long part is 60 inputs a loader.
 """
