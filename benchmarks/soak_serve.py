@@ -84,7 +84,8 @@ def request_kinds(patients: list[dict], body_limit: int) -> list[tuple[str, floa
         return "GET", "/openai/v1/nothing-here", auth, None, {404}
 
     def too_large(rng):
-        return "POST", "/clinical/v1/predict", auth | {"content-type": "application/json"}, b" " * (body_limit + 1), {413}
+        headers = auth | {"content-type": "application/json"}
+        return "POST", "/clinical/v1/predict", headers, b" " * (body_limit + 1), {413}
 
     return [("clinical", 0.35, clinical), ("completion", 0.2, completion), ("chat", 0.15, chat),
             ("bad_json", 0.05, bad_json), ("unknown_feature", 0.05, unknown_feature), ("no_visits", 0.05, no_visits),

@@ -22,8 +22,9 @@ Campaign (2026-12-06, on 2 shared cores; mutation = one byte operation or one ta
    one line): TJH 60 and PhysioNet 60 random inputs, the 4 x 4 fixed-seed inputs of ``make test`` and 3 prepare
    mutants, no failure.
 In all about 390 inputs (shrinks included), 4 distinct failures, all fixed, each with a regression test on a
-corrupted copy of the real file (test_source_tjh.py, test_source_physionet2012.py, test_source_clif.py). Pyarrow reads many flipped
-parquet pages without an error (no checksums): those inputs reach validation, which rejects or passes them.
+corrupted copy of the real file (test_source_tjh.py, test_source_physionet2012.py, test_source_clif.py).
+Pyarrow reads many flipped parquet pages without an error (no checksums): those inputs reach validation, which
+rejects or passes them.
 A TJH input takes up to 17 s (openpyxl and the three gates), so the long part is 60 inputs a loader.
 """
 from __future__ import annotations
@@ -182,7 +183,8 @@ def meds_base(clif_base, tmp_path_factory) -> Path:
         pd.DataFrame({"subject_id": labs["hospitalization_id"].map(subject), "time": labs["lab_result_dttm"],
                       "code": "LAB//" + labs["lab_category"].astype(str), "numeric_value": labs["lab_value_numeric"]}),
         pd.DataFrame({"subject_id": vitals["hospitalization_id"].map(subject), "time": vitals["recorded_dttm"],
-                      "code": "VITAL//" + vitals["vital_category"].astype(str), "numeric_value": vitals["vital_value"]}),
+                      "code": "VITAL//" + vitals["vital_category"].astype(str),
+                      "numeric_value": vitals["vital_value"]}),
     ], ignore_index=True).dropna(subset=["subject_id"])
     events["subject_id"] = events["subject_id"].astype("int64")
     events["time"] = events["time"].dt.tz_localize(None) if events["time"].dt.tz is not None else events["time"]

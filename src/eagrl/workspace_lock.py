@@ -79,8 +79,8 @@ def workspace_lock(workspace: str | Path, command: str | None = None, wait_s: fl
         raise WorkspaceBusy(f"workspace {ws} is in use by {describe(info)}{waited}; nothing was written. Wait for it "
                             f"to finish, set pipeline.lock_wait_s to wait, or use another --workspace") from None
     except OSError as exc:
-        raise WorkspaceNotWritable(f"workspace {ws} is not writable ({exc.strerror or exc}: {exc.filename or lock_path}); "
-                                   f"nothing was written") from None
+        raise WorkspaceNotWritable(f"workspace {ws} is not writable ({exc.strerror or exc}: "
+                                   f"{exc.filename or lock_path}); nothing was written") from None
     try:
         info = {"pid": os.getpid(), "command": command or command_line(), "host": socket.gethostname(),
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
