@@ -289,10 +289,13 @@ def test_the_evaluation_reuses_a_stage_s_held_out_predictions_only_for_the_same_
         assert res.metrics["n_models_reused"] == 0, tag
 
 
-def test_evaluation_then_promotion_moves_champion_only_above_the_floor_and_on_a_win(prepared, rl_trained):
-    """The promotion floor (test-AUROC interval above chance, not worse than the zero-shot base model on the same
-    stays) on this module's real candidates, then the champion rule. Refusals by the floor are tested on
-    constructed candidates in test_serve_promote.py, and on the smoke pipeline's in test_pipeline.py."""
+def test_evaluation_then_promotion_follows_the_floor_and_the_champion_rule(prepared, rl_trained):
+    """Promotion on this module's real candidates. The tiny policy is random: whether it clears the floor (test-AUROC
+    interval above chance, not worse than the zero-shot base model on the same stays) depends on how its answers
+    happen to rank these 16 stays, so the decision is checked against the floor's own numbers; promotions and
+    refusals on candidates built to clear or miss the floor are in test_serve_promote.py."""
+    from mlflow.exceptions import MlflowException
+
     from eagrl.evaluate.stage import evaluate_stage
     from eagrl.serve.promote_stage import SOURCE_TAG, promote_stage
 
@@ -316,38 +319,49 @@ def test_evaluation_then_promotion_moves_champion_only_above_the_floor_and_on_a_
     with pytest.raises(Exception):
         client.get_registered_model("eagrl-policy")  # nothing was registered by the refused call
 
-    # this candidate ranks the 16 test stays well enough (AUROC 0.875, interval above 0.5; level with the base
-    # model, which the tiny RL policy barely moved): it clears the floor, and with no champion it becomes one
-    first = promote_stage(cfg, out, candidate=candidate)
-    assert first.outputs["model_uri"] == "models:/eagrl-policy/1" and first.metrics["promoted"] == 1.0, first.message
-    assert first.metrics["floor_passed"] == 1.0 and first.metrics["candidate_auroc_ci"][0] > 0.5
-    assert first.metrics["baseline_auroc_diff"] >= 0 and "clears the promotion floor" in first.message
-    served = client.get_model_version_by_alias("eagrl-policy", "champion")
-    assert str(served.version) == "1" and served.tags[SOURCE_TAG] == candidate
-    assert served.tags["eagrl.promotion.floor"] == "passed" and served.tags["eagrl.promotion.baseline"] == "pqd"
-    assert served.run_id == result.mlflow_run_id  # the RL run: its predictions and the reason are stored there
-    assert client.get_run(served.run_id).data.tags["eagrl.promotion.decision"] == "promoted"
-    assert json.loads(Path(first.outputs["promotion"]).read_text())["n_stays"] == ev.metrics["test_n_stays"]
+    def cleared(res) -> bool:
+        return res.metrics["candidate_auroc_ci"][0] > 0.5 and res.metrics["baseline_auroc_diff"] >= 0
 
-    # a rerun of the same candidate registers no second copy, keeps the alias and decides the same
+    def holder():
+        try:
+            return str(client.get_model_version_by_alias("eagrl-policy", "champion").version)
+        except MlflowException:
+            return None
+
+    first = promote_stage(cfg, out, candidate=candidate)
+    record = json.loads(Path(first.outputs["promotion"]).read_text())
+    assert first.status == "succeeded" and first.outputs["model_uri"] == "models:/eagrl-policy/1"
+    ok = cleared(first)
+    assert first.metrics["floor_passed"] == float(ok) == first.metrics["promoted"], first.message  # no champion yet
+    assert first.message.startswith(
+        f"{candidate} is models:/eagrl-policy/1: promoted to @champion (clears the promotion floor: " if ok else
+        f"nothing promoted: {candidate} is registered as models:/eagrl-policy/1, not @champion: below the promotion "
+        "floor: ")
+    assert holder() == ("1" if ok else None) == record["champion_now"]
+    served = client.get_model_version("eagrl-policy", "1")  # registered either way, with the reason
+    assert served.tags[SOURCE_TAG] == candidate and served.tags["eagrl.promotion.reason"] == record["reason"]
+    assert served.tags["eagrl.promotion.floor"] == ("passed" if ok else "failed")
+    assert served.run_id == result.mlflow_run_id  # the RL run: its predictions and the reason are stored there
+    assert client.get_run(served.run_id).data.tags["eagrl.promotion.decision"] == ("promoted" if ok else "rejected")
+    assert record["n_stays"] == ev.metrics["test_n_stays"] and record["floor"]["baseline"] == "pqd"
+
+    # a rerun of the same candidate registers no second copy, keeps the registry and decides the same
     again = promote_stage(cfg, out, candidate=candidate)
     assert again.outputs["model_uri"] == "models:/eagrl-policy/1" and again.metrics == first.metrics
-    assert again.message.endswith(first.message)
-    assert str(client.get_model_version_by_alias("eagrl-policy", "champion").version) == "1"
+    assert again.message.endswith(first.message) and holder() == ("1" if ok else None)
 
-    # another candidate (the GRPO row): the floor, then the champion on the same stays, and the why is kept
+    # another candidate (the GRPO row): the floor, then (if there is one) the champion on the same stays
     other = promote_stage(_cfg(ws, "promote.entry=grpo", "promote.n_boot=200"), out)
     assert other.outputs["model_uri"] == "models:/eagrl-policy/2"
     tags = client.get_model_version("eagrl-policy", "2").tags
-    floor = other.metrics["floor_passed"] == 1.0
-    assert floor == (other.metrics["candidate_auroc_ci"][0] > 0.5 and other.metrics["baseline_auroc_diff"] >= 0)
-    assert tags["eagrl.promotion.floor"] == ("passed" if floor else "failed")
-    assert tags["eagrl.promotion.compared_with"] == ("1" if floor else "")
-    if floor:
-        assert (json.loads(tags["eagrl.promotion.auroc_diff_ci"])[0] > 0) == bool(other.metrics["promoted"])
-    champion = str(client.get_model_version_by_alias("eagrl-policy", "champion").version)
-    assert champion == ("2" if other.metrics["promoted"] else "1")
-    assert tags["eagrl.promotion.decision"] == ("promoted" if other.metrics["promoted"] else "rejected")
+    ok2 = cleared(other)
+    assert other.metrics["floor_passed"] == float(ok2) and tags["eagrl.promotion.floor"] == ("passed" if ok2 else "failed")
+    compared = ok2 and ok
+    assert tags["eagrl.promotion.compared_with"] == ("1" if compared else "")
+    wins = (json.loads(tags["eagrl.promotion.auroc_diff_ci"])[0] > 0) if compared else ok2
+    assert other.metrics["promoted"] == float(wins)
+    assert holder() == ("2" if wins else "1" if ok else None)
+    assert tags["eagrl.promotion.decision"] == ("promoted" if wins else "rejected")
 
     with pytest.raises(DataError, match="no row 'dapo'"):
         promote_stage(_cfg(ws, "promote.entry=dapo"), out)
