@@ -15,13 +15,13 @@ from components.llm import zero_shot
 from components.mcts import mcts_trajectories
 from components.promote import promote_policy
 from components.rl import rl_policy
-from components.sft import sft_policy
+from components.sft import direct_policy, sft_policy
 from pipelines.platform import apply_platform
 
-STAGES = ["validate", "prepare", "expert", "zeroshot", "mcts", "sft", "rl", "evaluate", "promote"]  # in order; summary.json reports each
+STAGES = ["validate", "prepare", "expert", "zeroshot", "mcts", "sft", "direct", "rl", "evaluate", "promote"]  # in order; summary.json reports each
 
 
-@dsl.pipeline(name="eagrl", description="EAG-RL on EHRs: validate -> prepare -> expert -> zero-shot -> MCTS -> SFT -> RL -> evaluate -> promote")
+@dsl.pipeline(name="eagrl", description="EAG-RL on EHRs: validate -> prepare -> expert -> zero-shot -> MCTS -> SFT -> direct baseline -> RL -> evaluate -> promote")
 def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", model: str = "", data_path: str = "",
                    overrides: str = "{}", out_dir: str = "", parent_run_id: str = ""):
     common = dict(profile=profile, dataset=dataset, task=task, model_source=model, data_path=data_path,
@@ -36,9 +36,11 @@ def eagrl_pipeline(profile: str = "default", dataset: str = "", task: str = "", 
     mcts.set_display_name("stage 1: expert-guided MCTS").after(zeroshot)
     sft = sft_policy(cohort=prepared.outputs["cohort"], trajectories=mcts.outputs["trajectories"], **common)
     sft.set_display_name("stage 1: SFT (LoRA)")
+    direct = direct_policy(cohort=prepared.outputs["cohort"], **common).after(sft)
+    direct.set_display_name("baseline: direct fine-tune (answer slot, no reasoning)")
     rl = rl_policy(cohort=prepared.outputs["cohort"], attention=expert.outputs["attention"],
                    sft_adapter=sft.outputs["adapter"], **common)
-    rl.set_display_name("stage 2: RL (GRPO, entropy-aware clipping)")
+    rl.set_display_name("stage 2: RL (GRPO, entropy-aware clipping)").after(direct)
     evaluation = evaluate(cohort=prepared.outputs["cohort"], sft_adapter=sft.outputs["adapter"],
                           rl_adapter=rl.outputs["adapter"], **common)  # scores the versions they registered
     evaluation.set_display_name("evaluate: comparison table, robustness, report")

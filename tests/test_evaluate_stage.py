@@ -121,16 +121,16 @@ def test_registered_models_are_scored_and_the_rest_visibly_skipped(evaluated):
     assert {n for n, s in status.items() if s == "scored"} == {"vanilla", "think", "pqd", "sft", "eag-rl", "logreg",
                                                                "expert"}
     assert status["grpo"] == "failed" and "no config.json or adapter_config.json" in table.loc["grpo", "note"]
-    for name in ("dapo", "eag-rl-no-stage1", "eag-rl-no-stage2", "eag-rl-no-ratt", "eag-rl-no-adaptive-clip"):
+    for name in ("dapo", "eag-rl-no-stage1", "eag-rl-no-stage2", "eag-rl-no-ratt", "eag-rl-no-adaptive-clip", "direct"):
         assert status[name] == "skipped"
         assert f"eagrl-{name}-mimic-iv-demo-readmission_30d is not registered" in table.loc[name, "note"]
     assert "full checkpoint" in table.loc["sft", "note"] and "LoRA adapter on tiny" in table.loc["eag-rl", "note"]
     result = evaluated["result"]
     assert result.status == "succeeded"
-    assert "7 of 13 models scored" in result.message and "failed: grpo" in result.message
+    assert "7 of 14 models scored" in result.message and "failed: grpo" in result.message
     assert "skipped: dapo" in result.message
     on_disk = StageResult.read(evaluated["root"] / "out", "evaluate")
-    assert on_disk.metrics["n_models_skipped"] == 5 and on_disk.metrics["n_models_failed"] == 1
+    assert on_disk.metrics["n_models_skipped"] == 6 and on_disk.metrics["n_models_failed"] == 1
 
 
 def test_every_model_is_scored_on_the_same_test_stays(evaluated):

@@ -88,6 +88,8 @@ DEFAULT_MODELS = [
     _policy("eag-rl-no-stage2", "w/o Stage 2", "ablation"),
     _policy("eag-rl-no-ratt", "w/o R_att", "ablation"),
     _policy("eag-rl-no-adaptive-clip", "w/o eps(tau)", "ablation"),
+    ModelEntry(name="direct", kind="registered", style="vanilla", group="reference",
+               label="Direct fine-tune (answer slot, no reasoning)", registered="eagrl-direct-{dataset}-{task}"),
     ModelEntry(name="logreg", kind="tabular", label="Logistic regression (last values)", group="reference"),
     ModelEntry(name="expert", kind="expert", label="ConCare expert", group="expert",
                registered="eagrl-expert-{dataset}-{task}"),
