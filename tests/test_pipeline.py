@@ -147,18 +147,20 @@ def test_pipeline_compiles_to_kfp_v2_yaml(tmp_path):
     assert {"profile", "dataset", "task", "data_path", "overrides"} <= set(params)
     tasks = spec["root"]["dag"]["tasks"]
     assert {"validate-data", "prepare-data", "train-expert", "zero-shot", "mcts-trajectories", "sft-policy",
-            "rl-policy", "evaluate", "promote-policy"} <= set(tasks)
+            "direct-policy", "rl-policy", "evaluate", "promote-policy"} <= set(tasks)
     assert tasks["prepare-data"]["dependentTasks"] == ["validate-data"]
     assert tasks["train-expert"]["dependentTasks"] == ["prepare-data"]
     assert set(tasks["mcts-trajectories"]["dependentTasks"]) == {"prepare-data", "train-expert", "zero-shot"}
     assert set(tasks["sft-policy"]["dependentTasks"]) == {"prepare-data", "mcts-trajectories"}
-    assert set(tasks["rl-policy"]["dependentTasks"]) == {"prepare-data", "train-expert", "sft-policy"}
+    assert set(tasks["direct-policy"]["dependentTasks"]) == {"prepare-data", "sft-policy"}  # one stage at a time
+    assert set(tasks["rl-policy"]["dependentTasks"]) == {"prepare-data", "train-expert", "sft-policy", "direct-policy"}
     assert set(tasks["evaluate"]["dependentTasks"]) == {"prepare-data", "sft-policy", "rl-policy"}
     assert set(tasks["promote-policy"]["dependentTasks"]) == {"evaluate", "rl-policy"}  # the last step
     assert not any("promote-policy" in t.get("dependentTasks", []) for t in tasks.values())
     gpu = {name for name, t in spec["deploymentSpec"]["executors"].items()
            if t["container"].get("resources", {}).get("accelerator")}
-    assert {"exec-train-expert", "exec-mcts-trajectories", "exec-sft-policy", "exec-rl-policy"} <= gpu
+    assert {"exec-train-expert", "exec-mcts-trajectories", "exec-sft-policy", "exec-direct-policy",
+            "exec-rl-policy"} <= gpu
     images = {name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()}
     assert {images[n] for n in gpu} == {"ghcr.io/eagrl/eagrl-pipeline-cuda:0.1.0"}  # pipeline.gpu_image
     assert {i for n, i in images.items() if n not in gpu} == {"ghcr.io/eagrl/eagrl-pipeline:0.1.0"}
