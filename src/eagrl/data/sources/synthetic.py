@@ -16,6 +16,7 @@ from eagrl.data import synthetic
 from eagrl.data.schema import FeatureSpec, RawEHR
 
 NAME = synthetic.NAME
+DEFAULT_TASK = "mortality"  # the planted causes drive label_mortality, the recipe's only outcome
 REQUIRED_COLUMNS = {
     "stays": {"stay_id": "string", "patient_id": "string", "sex": "numeric", "age": "numeric",
               "admit_time": "datetime", "label_mortality": "numeric"},
