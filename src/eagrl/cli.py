@@ -58,12 +58,26 @@ def _fail(exc: BaseException, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _progress_logging() -> None:
+    """Long stages log their progress (SFT and RL steps, search and scoring counts) at INFO: shown on an interactive
+    terminal, or wherever ``EAGRL_LOG_LEVEL`` (e.g. INFO) asks for it; scripts and tests keep one line on failure."""
+    import logging
+
+    level = os.environ.get("EAGRL_LOG_LEVEL") or ("INFO" if sys.stderr.isatty() else "")
+    if level and not logging.getLogger("eagrl").handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        logging.getLogger("eagrl").addHandler(handler)
+        logging.getLogger("eagrl").setLevel(level.upper())
+
+
 def _guard(fn):
     """Turn expected failures into one stderr line; unexpected ones too, with the traceback behind EAGRL_DEBUG."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _progress_logging()
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
