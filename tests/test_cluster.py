@@ -39,7 +39,8 @@ def test_compiled_yaml_carries_gpus_nodes_tolerations_volume_and_secrets(tmp_pat
     assert PARAMS <= set(spec["root"]["inputDefinitions"]["parameters"])
     containers = {name.removeprefix("exec-"): e["container"] for name, e in spec["deploymentSpec"]["executors"].items()}
     gpu = {t for t, c in containers.items() if c.get("resources", {}).get("accelerator")}
-    assert gpu == {"train-expert", "zero-shot", "mcts-trajectories", "sft-policy", "rl-policy", "evaluate"}
+    assert gpu == {"train-expert", "zero-shot", "mcts-trajectories", "sft-policy", "direct-policy", "rl-policy",
+                   "evaluate"}
     assert containers["train-expert"]["resources"]["accelerator"]["resourceCount"] == "1"
     assert all(c["resources"]["resourceCpuRequest"] == "4" for c in containers.values())  # paper.yaml
     assert set(executors) == {f"exec-{t}" for t in containers}

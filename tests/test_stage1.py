@@ -56,7 +56,11 @@ def test_mcts_stage_stores_in_the_workspace_resumes_and_versions(prepared):
     selected = [json.loads(x) for x in Path(second.outputs["selected"]).read_text().splitlines()]
     assert selected and all({"prompt_ids", "token_ids", "mask", "r", "r_att", "r_cls", "stay_id", "label",
                              "c_exp"} <= set(s) for s in selected)
-    assert all((s["probability"] >= 0.5) == (s["label"] == 1) for s in selected)  # correct side of 0.5
+    # the yes/no readout: SFT trains the answer slot on the label, so a stay's best trajectory is kept whichever side
+    # of 0.5 its readout fell on (the digits readout keeps only correct-side ones: test_mcts), and each carries its slot
+    searched = {json.loads(x)["stay_id"] for x in store.read_text().splitlines()[1:]}
+    assert {s["stay_id"] for s in selected} <= searched
+    assert all(s["readout_index"] is not None and 0 <= s["readout_index"] < len(s["token_ids"]) for s in selected)
 
     # tracked: reward statistics, the plot and the selected set in MLflow; the data version in DVC
     client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
