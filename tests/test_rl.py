@@ -142,11 +142,8 @@ def test_rollout_masks_inserted_tokens_and_records_entropies(cohort, c_exp, sft_
     assert rollout(prompts, trainer)["completion_ids"] != out["completion_ids"]
 
 
-def test_per_trajectory_bounds_reach_trls_loss(cohort, c_exp, sft_adapter, tmp_path):
-    """TRL's _compute_loss, given eps_high (B,), equals the stated objective, and its clip fractions use the bounds."""
-    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path)
-    keys = list(rollout.prompt_ids)[:2]  # two of the stays RL samples from (rl.max_stays: a stratified sample)
-    out = rollout([k for k in keys for _ in range(2)], trainer)
+def _padded(out):
+    """A rollout's lists as TRL pads them: prompts on the left, completions and the env mask on the right."""
     from trl.trainer.utils import pad
 
     prompt_ids = pad([torch.tensor(p) for p in out["prompt_ids"]], padding_value=0, padding_side="left")
@@ -155,6 +152,15 @@ def test_per_trajectory_bounds_reach_trls_loss(cohort, c_exp, sft_adapter, tmp_p
     completion_ids = pad([torch.tensor(c) for c in out["completion_ids"]], padding_value=0)
     completion_mask = pad([torch.ones(len(c), dtype=torch.long) for c in out["completion_ids"]], padding_value=0)
     tool_mask = pad([torch.tensor(m) for m in out["env_mask"]], padding_value=1) * completion_mask
+    return prompt_ids, prompt_mask, completion_ids, completion_mask, tool_mask
+
+
+def test_per_trajectory_bounds_reach_trls_loss(cohort, c_exp, sft_adapter, tmp_path):
+    """TRL's _compute_loss, given eps_high (B,), equals the stated objective, and its clip fractions use the bounds."""
+    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path)
+    keys = list(rollout.prompt_ids)[:2]  # two of the stays RL samples from (rl.max_stays: a stratified sample)
+    out = rollout([k for k in keys for _ in range(2)], trainer)
+    prompt_ids, prompt_mask, completion_ids, completion_mask, tool_mask = _padded(out)
     trainer.model.train()
     logps, _, _ = trainer._get_per_token_logps_and_entropies(
         trainer.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
@@ -264,12 +270,12 @@ def test_training_moves_the_answer_toward_the_rewarded_label(label, readout, ste
     Read at fixed contexts (the start policy's greedy responses up to the answer), so only the policy, not the text
     it writes, differs. digits: through the drawn answer and the policy gradient (reward, group advantage, TRL's
     loss, the optimiser); over 6 LoRA inits this moved the mean by 0.033 to 0.060 (3 runs each). yesno: through the
-    answer-slot term, the readout's own gradient, which moves it in far fewer steps. The digits case keeps the Brier
-    R_cls it was measured with (under the log-likelihood form the drawn digits' rewards differ less)."""
+    answer-slot term, the readout's own gradient, which moves it in far fewer steps. The digits case keeps the prompt
+    (the full series) and the Brier R_cls it was measured with."""
     from eagrl.llm.rewards import ClsReward
     from eagrl.llm.structured import StructuredGenerator
 
-    gen = GEN.model_copy(update={"readout": readout})
+    gen = GEN.model_copy(update={"readout": readout, "serialization": "full" if readout == "digits" else "compact"})
     form = ClsReward(form="brier") if readout == "digits" else None
     trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, label=label, variant="grpo", max_steps=steps,
                                 learning_rate=1e-2, gen=gen, cls_reward=form)
@@ -420,8 +426,6 @@ def test_the_reward_trend_averages_halves_of_the_steps_and_the_message_says_so()
 def test_the_answer_slot_term_is_the_labels_nll_at_the_slot(cohort, c_exp, sft_adapter, tmp_path):
     """With the yes/no readout the rollout puts each stay's label word at the answer slot (inserted: no policy-gradient
     loss there) and the loss adds rl.readout_weight x its mean negative log-likelihood, computed here by hand."""
-    from trl.trainer.utils import pad
-
     trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, readout_weight=2.0)
     keys = list(rollout.prompt_ids)[:2]
     out = rollout([k for k in keys for _ in range(2)], trainer)
@@ -431,12 +435,7 @@ def test_the_answer_slot_term_is_the_labels_nll_at_the_slot(cohort, c_exp, sft_a
     for key, ids, mask, i in zip([k for k in keys for _ in range(2)], out["completion_ids"], out["env_mask"], slots):
         assert i >= 0 and ids[i] == words[rollout.labels[key]] and mask[i] == 0
         assert tok.decode(ids[:i]).endswith("<final_answer>")
-    prompt_ids = pad([torch.tensor(p) for p in out["prompt_ids"]], padding_value=0, padding_side="left")
-    prompt_mask = pad([torch.ones(len(p), dtype=torch.long) for p in out["prompt_ids"]], padding_value=0,
-                      padding_side="left")
-    completion_ids = pad([torch.tensor(c) for c in out["completion_ids"]], padding_value=0)
-    completion_mask = pad([torch.ones(len(c), dtype=torch.long) for c in out["completion_ids"]], padding_value=0)
-    tool_mask = pad([torch.tensor(m) for m in out["env_mask"]], padding_value=1) * completion_mask
+    prompt_ids, prompt_mask, completion_ids, completion_mask, tool_mask = _padded(out)
     trainer.model.eval()
     with torch.no_grad():
         logps, _, _ = trainer._get_per_token_logps_and_entropies(
