@@ -374,9 +374,15 @@ def yes_no_ids(encode) -> tuple[list[int], list[int]]:
     return firsts[0], firsts[1]
 
 
+def answer_words(encode) -> tuple[int, int]:
+    """(token of "no", token of "yes"): what the framework writes, and SFT / RL train, at the answer slot for a label
+    of 0 / 1 (each word's first token), from a text -> ids function."""
+    return encode("no")[0], encode("yes")[0]
+
+
 def answer_token(backend: GenerationBackend, label: int) -> int:
-    """The token the framework writes (and SFT / RL train) at the answer slot: the first token of "yes" / "no"."""
-    return backend.encode("yes" if int(label) else "no")[0]
+    """The answer slot's token for ``label`` (:func:`answer_words`)."""
+    return answer_words(backend.encode)[int(label)]
 
 
 def tokenizer_encode(tokenizer):

@@ -25,6 +25,7 @@ interrupted one would have.
 """
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Sequence
 
@@ -131,11 +132,8 @@ def r_cls(completions, label, eagrl_probability, eagrl_well_formed, cls_cfg: Cls
 
 
 def r_cls_with(cls_cfg: ClsReward):
-    """:func:`r_cls` scoring with ``cls_cfg`` (TRL names a logged reward after its function: this one is r_cls)."""
-    def r_cls(completions, label, eagrl_probability, eagrl_well_formed, **kw) -> list[float]:
-        return _r_cls(completions, label, eagrl_probability, eagrl_well_formed, cls_cfg=cls_cfg, **kw)
-
-    return r_cls
+    """:func:`r_cls` scoring with ``cls_cfg``, still named r_cls (TRL names a logged reward after its function)."""
+    return functools.update_wrapper(functools.partial(r_cls, cls_cfg=cls_cfg), r_cls)
 
 
 def r_att(completions, c_exp, eagrl_features, eagrl_well_formed, **_) -> list[float]:
@@ -158,6 +156,3 @@ def _eos_id(tokenizer) -> int:
     if eos is None:
         eos = getattr(tokenizer, "pad_token_id", None)
     return int(eos if eos is not None else 0)
-
-
-_r_cls = r_cls  # the module-level scorer, for r_cls_with's closure (its inner name shadows it)

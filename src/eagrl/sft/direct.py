@@ -18,7 +18,7 @@ from eagrl.data.cohort import Cohort
 from eagrl.llm.config import GenerationConfig
 from eagrl.llm.parse import FINAL
 from eagrl.llm.prompt import build_prompt, encode
-from eagrl.llm.structured import tokenizer_encode
+from eagrl.llm.structured import answer_words, tokenizer_encode
 
 
 def direct_generation(gen_cfg: GenerationConfig) -> GenerationConfig:
@@ -33,7 +33,7 @@ def write_direct_examples(cohort: Cohort, split: str, gen_cfg: GenerationConfig,
     gen = direct_generation(gen_cfg)
     enc = tokenizer_encode(tokenizer)
     opening, closing = enc(f"<{FINAL}>"), enc(f"</{FINAL}>")
-    words = (enc("no")[0], enc("yes")[0])
+    words = answer_words(enc)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:

@@ -55,13 +55,13 @@ def run_sft(model_cfg: ModelConfig, sft_cfg: SFTConfig, trajectories_path: str |
     """
     from transformers import set_seed
 
-    from eagrl.llm.structured import tokenizer_encode, yes_no_ids
+    from eagrl.llm.structured import answer_words, tokenizer_encode, yes_no_ids
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     loaded = loaded or load_model(model_cfg.model_copy(update={"adapter": None}))
     encode = tokenizer_encode(loaded.tokenizer)
-    answer = (encode("no")[0], encode("yes")[0]) if readout == "yesno" else None
+    answer = answer_words(encode) if readout == "yesno" else None
     data = load_examples(trajectories_path, sft_cfg.max_seq_len, sft_cfg.max_examples, answer_tokens=answer)
     log.info("SFT on %d examples (%d reasoning target tokens, %d answer slots) from %s", len(data.examples),
              data.n_target_tokens, data.n_answer_targets, trajectories_path)
