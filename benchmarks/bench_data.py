@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from eagrl.config import load_config
-from eagrl.data import stages
+from eagrl.data import stage as stages
 from eagrl.data.sources import get_source
 
 

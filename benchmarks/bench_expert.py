@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eagrl.expert.config import ExpertConfig
+from eagrl.config.expert import ExpertConfig
 from eagrl.expert.model import ConCare
 from eagrl.expert.train import batches, seed_everything, to_tensors
 
@@ -112,9 +112,8 @@ def planted(profile: str, seed: int, overrides: dict) -> None:
     from eagrl.config import DataConfig, load_config
     from eagrl.data import synthetic
     from eagrl.data.cohort import build_cohort
-    from eagrl.expert.attention import (adaptive_k, jaccard_with, observed_features, occlusion, top_k,
-                                        train_quantiles)
-    from eagrl.expert.stage import load_expert, train_expert
+    from eagrl.expert.attention import adaptive_k, jaccard_with, observed_features, occlusion, top_k, train_quantiles
+    from eagrl.expert.fit import load_expert, train_expert
     from eagrl.expert.train import predict
 
     ehr = synthetic.generate(synthetic.default_recipe().model_copy(update={"seed": seed}))

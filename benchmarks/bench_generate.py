@@ -21,11 +21,11 @@ import time
 import torch
 
 from eagrl.config import DataConfig
+from eagrl.config.llm import GenerationConfig, ModelConfig
 from eagrl.data.cohort import build_cohort
 from eagrl.data.sources import get_source
 from eagrl.llm.backends.base import SamplingParams, sample_seed
 from eagrl.llm.backends.transformers_backend import TransformersBackend
-from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.loading import load_model
 from eagrl.llm.prompt import build_prompt, encode
 

@@ -52,15 +52,15 @@ def main() -> None:
 
     import torch
     from datasets import Dataset
+    from llm_helpers import tjh_cohort
     from transformers import PrinterCallback
     from trl import GRPOTrainer
 
-    from eagrl.llm.config import GenerationConfig, ModelConfig
+    from eagrl.config.llm import GenerationConfig, ModelConfig
+    from eagrl.config.rl import RLConfig
     from eagrl.llm.loading import attach_lora, load_model
-    from eagrl.rl.config import RLConfig
     from eagrl.rl.rollout import StructuredRollout, r_att, r_cls
     from eagrl.rl.train import build_trainer, prompt_table, training_args
-    from llm_helpers import tjh_cohort
 
     cohort = tjh_cohort(40)
     names = [f.name for f in cohort.features]

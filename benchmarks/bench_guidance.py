@@ -51,8 +51,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from eagrl.cli import build_config
-    from eagrl.mcts.run import mcts_stage
-    from eagrl.mcts.stage import mean_ci
+    from eagrl.mcts.cohort_search import mean_ci
+    from eagrl.mcts.stage import mcts_stage
 
     out = args.out or args.workspace / "runs" / "guidance"
     arms = {}

@@ -55,12 +55,12 @@ def named_overlap(predictions: Path, truth: set[str]) -> float:
 
 
 def run_rung(rung: str, workspace: Path, sets: list[str], skip: set[str]) -> dict:
-        from eagrl.data.stages import prepare, validate
-    from eagrl.expert.run import expert_stage
-    from eagrl.llm.run import zeroshot_stage
-    from eagrl.mcts.run import mcts_stage
-    from eagrl.rl.run import rl_stage
-    from eagrl.sft.run import direct_stage, sft_stage
+    from eagrl.data.stage import prepare, validate
+    from eagrl.expert.stage import expert_stage
+    from eagrl.mcts.stage import mcts_stage
+    from eagrl.rl.stage import rl_stage
+    from eagrl.sft.stage import direct_stage, sft_stage
+    from eagrl.zeroshot.stage import zeroshot_stage
 
     workspace.mkdir(parents=True, exist_ok=True)
     cfg = config(rung, workspace, sets)

@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 
 from eagrl.config import DataConfig
+from eagrl.config.llm import GenerationConfig, ModelConfig
 from eagrl.data.cohort import build_cohort
 from eagrl.data.sources import get_source
 from eagrl.llm.backends import make_backend
-from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.loading import load_model
 from eagrl.mcts import MCTSConfig, run_mcts
 

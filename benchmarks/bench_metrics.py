@@ -1,7 +1,7 @@
 """1,000 bootstrap resamples of AUROC and AUPRC on 100,000 predictions: vectorised against scikit-learn in a loop.
 
 Scores are rounded to 3 decimals by default, as the structured readout's probabilities are (few distinct
-values, many ties). The baseline is what one writes without :mod:`eagrl.evaluate.metrics`: draw the same
+values, many ties). The baseline is what one writes without :mod:`eagrl.metrics`: draw the same
 (R, n) index matrix, then call ``roc_auc_score`` and ``average_precision_score`` on each resample. The
 vectorised path (``bootstrap_distribution``) counts, by one ``bincount`` per chunk of resamples, how many
 positives and negatives of each distinct score every resample drew, and reads both statistics from those
@@ -20,7 +20,7 @@ import time
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from eagrl.evaluate.metrics import bootstrap_distribution, bootstrap_indices
+from eagrl.metrics import bootstrap_distribution, bootstrap_indices
 
 
 def data(n: int, seed: int = 0, decimals: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eagrl.config.llm import GenerationConfig, ModelConfig
 from eagrl.data.cohort import Cohort
-from eagrl.evaluate.metrics import auroc
-from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.loading import load_model
 from eagrl.llm.parse import FINAL
 from eagrl.llm.prompt import build_prompt, encode
 from eagrl.llm.structured import tokenizer_encode, yes_no_ids
+from eagrl.metrics import auroc
 from eagrl.sft.direct import direct_generation
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     gen = direct_generation(GenerationConfig())
     adapter = args.adapter
     if adapter is None:
-        from eagrl.sft.config import SFTConfig
+        from eagrl.config.sft import SFTConfig
         from eagrl.sft.direct import write_direct_examples
         from eagrl.sft.train import run_sft
 

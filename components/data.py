@@ -14,7 +14,7 @@ def validate_data(profile: str, dataset: str, task: str, model_source: str, data
     import tempfile
 
     from eagrl.config import config_from_params
-    from eagrl.data.stages import validate
+    from eagrl.data.stage import validate
 
     cfg = config_from_params(profile, dataset, task, data_path, overrides, model_source)
     result = validate(cfg, out_dir or tempfile.mkdtemp(), parent_run_id or None, cohort_out=cohort.path)
@@ -32,7 +32,7 @@ def prepare_data(profile: str, dataset: str, task: str, model_source: str, data_
     import tempfile
 
     from eagrl.config import config_from_params
-    from eagrl.data.stages import prepare
+    from eagrl.data.stage import prepare
 
     cfg = config_from_params(profile, dataset, task, data_path, overrides, model_source)
     result = prepare(cfg, out_dir or tempfile.mkdtemp(), parent_run_id or None, validated_cohort=validated.path)

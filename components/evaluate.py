@@ -15,8 +15,8 @@ def evaluate(profile: str, dataset: str, task: str, model_source: str, data_path
     ``evaluation`` is the whole ``DIR/evaluate/`` folder (tables, per-model predictions), which promotion reads.
     """
     import shutil
-    from pathlib import Path
     import tempfile
+    from pathlib import Path
 
     from eagrl.config import config_from_params
     from eagrl.evaluate.stage import evaluate_stage

@@ -14,7 +14,7 @@ def train_expert(profile: str, dataset: str, task: str, model_source: str, data_
     import tempfile
 
     from eagrl.config import config_from_params
-    from eagrl.expert.run import expert_stage
+    from eagrl.expert.stage import expert_stage
 
     cfg = config_from_params(profile, dataset, task, data_path, overrides, model_source)
     result = expert_stage(cfg, out_dir or tempfile.mkdtemp(), parent_run_id or None, cohort_path=cohort.path)

@@ -12,7 +12,7 @@ def zero_shot(profile: str, dataset: str, task: str, model_source: str, data_pat
     import tempfile
 
     from eagrl.config import config_from_params
-    from eagrl.llm.run import zeroshot_stage
+    from eagrl.zeroshot.stage import zeroshot_stage
 
     cfg = config_from_params(profile, dataset, task, data_path, overrides, model_source)
     result = zeroshot_stage(cfg, out_dir or tempfile.mkdtemp(), parent_run_id or None, cohort_path=cohort.path)

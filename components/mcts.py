@@ -14,7 +14,7 @@ def mcts_trajectories(profile: str, dataset: str, task: str, model_source: str, 
     import tempfile
 
     from eagrl.config import config_from_params
-    from eagrl.mcts.run import mcts_stage
+    from eagrl.mcts.stage import mcts_stage
 
     cfg = config_from_params(profile, dataset, task, data_path, overrides, model_source)
     result = mcts_stage(cfg, out_dir or tempfile.mkdtemp(), parent_run_id or None, cohort_path=cohort.path,

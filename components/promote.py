@@ -14,7 +14,7 @@ def promote_policy(profile: str, dataset: str, task: str, model_source: str, dat
     import tempfile
 
     from eagrl.config import config_from_params
-    from eagrl.serve.promote_stage import promote_stage
+    from eagrl.promote.stage import promote_stage
 
     cfg = config_from_params(profile, dataset, task, data_path, overrides, model_source)
     name, version = rl_adapter.metadata.get("registered_model"), rl_adapter.metadata.get("model_version")

@@ -14,7 +14,7 @@ def rl_policy(profile: str, dataset: str, task: str, model_source: str, data_pat
     import tempfile
 
     from eagrl.config import config_from_params
-    from eagrl.rl.run import rl_stage
+    from eagrl.rl.stage import rl_stage
 
     cfg = config_from_params(profile, dataset, task, data_path, overrides, model_source)
     result = rl_stage(cfg, out_dir or tempfile.mkdtemp(), parent_run_id or None, cohort_path=cohort.path,

@@ -14,7 +14,7 @@ def sft_policy(profile: str, dataset: str, task: str, model_source: str, data_pa
     import tempfile
 
     from eagrl.config import config_from_params
-    from eagrl.sft.run import sft_stage
+    from eagrl.sft.stage import sft_stage
 
     cfg = config_from_params(profile, dataset, task, data_path, overrides, model_source)
     result = sft_stage(cfg, out_dir or tempfile.mkdtemp(), parent_run_id or None, cohort_path=cohort.path,
@@ -36,7 +36,7 @@ def direct_policy(profile: str, dataset: str, task: str, model_source: str, data
     import tempfile
 
     from eagrl.config import config_from_params
-    from eagrl.sft.run import direct_stage
+    from eagrl.sft.stage import direct_stage
 
     cfg = config_from_params(profile, dataset, task, data_path, overrides, model_source)
     result = direct_stage(cfg, out_dir or tempfile.mkdtemp(), parent_run_id or None, cohort_path=cohort.path)

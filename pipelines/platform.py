@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from eagrl.cluster.config import ClusterConfig
+from eagrl.config.cluster import ClusterConfig
 
 if TYPE_CHECKING:
     from eagrl.config import Config, PipelineConfig

@@ -20,9 +20,9 @@ from pathlib import Path
 def main(workspace: str, data_path: str, image: str) -> None:
     os.environ["EAGRL_COMPILE_PROFILE"] = "smoke"
     os.environ["EAGRL_COMPILE_OVERRIDES"] = json.dumps({"pipeline.image": image, "pipeline.gpu_image": image})
-    import docker
     from kfp import local
 
+    import docker
     from eagrl.cli import build_config
     from eagrl.stage import StageResult
     from eagrl.tracking.mlflow_run import end_run, start_parent_run

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
+from conftest import run_cli
 from google.protobuf import json_format
 from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb
 from kfp.pipeline_spec import pipeline_spec_pb2
-
-from conftest import run_cli
 from kfp_standin import KFPStandIn
 
-from eagrl.ops_cli import compile_for_cluster
+from eagrl.cli.ops import compile_for_cluster
 
 PARAMS = {"profile", "dataset", "task", "model", "data_path", "overrides"}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 CODE = """
 import sys
 from pathlib import Path
-from eagrl.data.stages import _replace_dir
+from eagrl.data.stage import _replace_dir
 src, dest = Path(sys.argv[1]), Path(sys.argv[2])
 _replace_dir(src, dest, copy=True)
 _replace_dir(src, dest, copy=True)  # a second import replaces the first

@@ -81,8 +81,8 @@ def test_kfp_component_compiles_with_its_report_output(tmp_path):
 
 
 def test_an_adapter_is_attached_to_the_base_its_policy_json_names(tmp_path):
+    from eagrl.config.llm import ModelConfig
     from eagrl.evaluate.models import _trained_base
-    from eagrl.llm.config import ModelConfig
 
     here = ModelConfig(source="tiny", dtype="bfloat16", cache_dir=str(tmp_path))
     folder = tmp_path / "mlflow" / "eagrl-sft-tjh-mortality_3" / "policy" / "artifacts"

@@ -6,11 +6,11 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-
-from eagrl.evaluate.perturb import shuffled, with_value_noise
-from eagrl.llm.config import GenerationConfig
-from eagrl.llm.prompt import build_prompt, compact_line, feature_line
 from llm_helpers import tjh_cohort
+
+from eagrl.config.llm import GenerationConfig
+from eagrl.evaluate.perturb import shuffled, with_value_noise
+from eagrl.llm.prompt import build_prompt, compact_line, feature_line
 
 FULL = GenerationConfig(serialization="full", compact=False, max_prompt_tokens=None, chat_template=False)
 COMPACT = GenerationConfig(serialization="compact", max_prompt_tokens=None, chat_template=False)

@@ -17,10 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from llm_helpers import tjh_cohort
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from eagrl.config import DataConfig, load_config
+from eagrl.config.llm import ModelConfig
 from eagrl.data.cohort import build_cohort
 from eagrl.evaluate.diagnostics import copies_number
 from eagrl.evaluate.models import registry_version
@@ -28,14 +30,13 @@ from eagrl.evaluate.score import read_c_exp, restricted
 from eagrl.evaluate.stage import evaluate_stage
 from eagrl.evaluate.tabular import last_values
 from eagrl.expert.attention import read_attention
-from eagrl.expert.run import _log_and_register, cohort_dir, expert_dir
-from eagrl.llm.config import ModelConfig
+from eagrl.expert.stage import _log_and_register
 from eagrl.llm.loading import attach_lora, build_tiny, save_tiny
 from eagrl.llm.registry import log_policy
 from eagrl.llm.rewards import r_att
 from eagrl.stage import StageResult
 from eagrl.tracking.mlflow_run import _experiment_id, tracking_uri
-from llm_helpers import tjh_cohort
+from eagrl.workspace import Workspace
 
 OVERRIDES = {
     "data.dataset": "mimic-iv-demo", "data.task": "readmission_30d", "tracking.dvc": False,
@@ -64,7 +65,7 @@ def _register(cfg, name: str, folder: Path) -> str:
 def evaluated(tmp_path_factory):
     from eagrl.data.cohort import build_cohort
     from eagrl.data.sources import get_source
-    from eagrl.expert.stage import train_expert
+    from eagrl.expert.fit import train_expert
 
     root = tmp_path_factory.mktemp("evaluate")
     ws = root / "ws"
@@ -76,12 +77,12 @@ def evaluated(tmp_path_factory):
         dcfg = DataConfig(dataset="mimic-iv-demo", task="readmission_30d", max_stays=60, max_visits=6)
         src = get_source("mimic-iv-demo")
         cohort = build_cohort(src.to_raw(src.read(src.default_path()), dcfg), dcfg)
-        cohort.save(cohort_dir(cfg))
+        cohort.save(Workspace.of(cfg).cohort_dir)
         tjh_cohort().save(ws / "data" / "cohorts" / "tjh-mortality")
 
         trained = train_expert(cohort, cfg.expert, root / "expert")
-        expert_dir(cfg).mkdir(parents=True)
-        (expert_dir(cfg) / "attention.parquet").write_bytes(trained.attention_path.read_bytes())
+        Workspace.of(cfg).expert_dir.mkdir(parents=True)
+        (Workspace.of(cfg).attention_path).write_bytes(trained.attention_path.read_bytes())
         with mlflow.start_run(experiment_id=_experiment_id(cfg)):
             _log_and_register(cfg, trained.model_path)
 
@@ -160,7 +161,7 @@ def test_a_registered_copy_of_the_base_model_reproduces_it_and_the_adapter_chang
 
 def test_well_formed_rate_and_mean_r_att_against_the_expert_c_exp(evaluated):
     table = _table(evaluated)
-    c_exp = {str(s): list(c) for s, c in read_attention(expert_dir(evaluated["cfg"]) / "attention.parquet")
+    c_exp = {str(s): list(c) for s, c in read_attention(Workspace.of(evaluated["cfg"]).attention_path)
              [["stay_id", "c_exp"]].itertuples(index=False)}
     for name in ("pqd", "eag-rl"):
         p = _pred(evaluated, name)
@@ -335,7 +336,7 @@ def test_several_sampled_responses_a_stay_are_averaged_and_their_spread_reported
     table = pd.read_csv(out / "table.csv").set_index("name")
     assert res.metrics["n_models_reused"] == 0 and "3 sampled responses a stay" in res.message
     assert any("mean over 3 responses sampled at temperature 1" in n for n in json.loads((out / "notes.json").read_text()))
-    c_exp = read_c_exp(expert_dir(cfg) / "attention.parquet")
+    c_exp = read_c_exp(Workspace.of(cfg).attention_path)
     for name in ("pqd", "eag-rl"):
         each = pd.read_csv(out / "models" / name / "samples.csv", dtype={"stay_id": str}, keep_default_na=False)
         pred = pd.read_parquet(out / "models" / name / "predictions.parquet")
@@ -445,9 +446,9 @@ def test_a_capped_split_is_a_seeded_stratified_sample_in_cohort_order():
 
 
 def test_an_empty_split_is_a_data_error_naming_the_cohort_and_the_split(tmp_path):
+    from eagrl.config.llm import GenerationConfig
     from eagrl.errors import DataError
-    from eagrl.llm.config import GenerationConfig
-    from eagrl.llm.zeroshot import evaluate_zero_shot
+    from eagrl.scoring.policy import evaluate_zero_shot
 
     no_test = restricted(tjh_cohort(), "test", [])
     with pytest.raises(DataError, match="the tjh/mortality cohort has no stays in split 'test'"):
@@ -478,8 +479,8 @@ def test_capped_samples_are_nested_and_keep_class_shares_where_the_head_is_one_c
 
 
 def test_the_scoring_key_changes_with_what_decides_the_responses_and_not_with_throughput(tmp_path):
-    from eagrl.evaluate.reuse import adapter_digest, scoring_key
-    from eagrl.llm.config import GenerationConfig
+    from eagrl.config.llm import GenerationConfig
+    from eagrl.scoring.keys import adapter_digest, scoring_key
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -7,13 +7,13 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from llm_helpers import tjh_cohort
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from eagrl.config.evaluate import TabularConfig
 from eagrl.errors import DataError
-from eagrl.evaluate.config import TabularConfig
 from eagrl.evaluate.tabular import fit_tabular, last_values, score_tabular
-from llm_helpers import tjh_cohort
 
 
 def _by_hand(cohort, ids: list[str]) -> np.ndarray:

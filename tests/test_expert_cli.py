@@ -2,7 +2,6 @@
 import json
 
 import pandas as pd
-
 from conftest import run_cli
 
 SMALL = ["--set", "expert.hidden=16", "--set", "expert.heads=2", "--set", "expert.max_epochs=3",

@@ -4,14 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from eagrl.expert.attention import adaptive_k, entropy, guidance_stats, jaccard_with, mass_of, occlusion
-from eagrl.expert.config import ExpertConfig
-from eagrl.expert.model import ConCare
-from eagrl.expert.stage import build_model
-from eagrl.expert.train import fit, predict
-
 from expert_helpers import synthetic_cohort
+
+from eagrl.config.expert import ExpertConfig
+from eagrl.expert.attention import adaptive_k, entropy, guidance_stats, jaccard_with, mass_of, occlusion
+from eagrl.expert.fit import build_model
+from eagrl.expert.model import ConCare
+from eagrl.expert.train import fit, predict
 
 NAMES = ["a", "b", "c", "d"]
 TINY = ExpertConfig(hidden=16, heads=2, ff_hidden=16, dropout=0.0, progress=False, n_boot=0)
@@ -108,7 +107,7 @@ def test_c_exp_names_the_planted_causes(tmp_path):
     from eagrl.data import synthetic
     from eagrl.data.cohort import build_cohort
     from eagrl.expert.attention import observed_features, read_attention, top_k
-    from eagrl.expert.stage import load_expert, train_expert
+    from eagrl.expert.fit import load_expert, train_expert
 
     ehr = synthetic.generate()
     cohort = build_cohort(ehr.to_raw(), DataConfig(dataset="synthetic", task="mortality"))

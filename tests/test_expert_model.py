@@ -5,14 +5,13 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from eagrl.expert.attention import top_k
-from eagrl.expert.config import ExpertConfig
-from eagrl.expert.model import ConCare, FeatureGRU, decov_loss, last_valid_index
-from eagrl.expert.stage import build_model
-from eagrl.expert.train import fit, to_tensors
-
 from expert_helpers import mean_jaccard, synthetic_cohort
+
+from eagrl.config.expert import ExpertConfig
+from eagrl.expert.attention import top_k
+from eagrl.expert.fit import build_model
+from eagrl.expert.model import ConCare, FeatureGRU, decov_loss, last_valid_index
+from eagrl.expert.train import fit, to_tensors
 
 CFG = ExpertConfig(hidden=16, heads=2, ff_hidden=16, dropout=0.0, progress=False, n_boot=0)
 
@@ -163,9 +162,9 @@ def test_tjh_mortality_meets_the_published_range(tmp_path):
     """Issue 3: TJH mortality, stratified patient-level 70/10/20 with seed 42, default config:
     test AUROC >= 0.97 and AUPRC >= 0.95 with intervals, in under 5 minutes on 2 cores (C_exp's occlusion
     included)."""
-    from eagrl.expert.stage import train_expert
-
     from expert_helpers import tjh_cohort
+
+    from eagrl.expert.fit import train_expert
 
     start = time.perf_counter()
     cohort = tjh_cohort()

@@ -5,16 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from expert_helpers import synthetic_cohort
 from pydantic import ValidationError
 
 from eagrl.config import load_config
+from eagrl.config.expert import ExpertConfig
 from eagrl.errors import ConfigError, DataError
 from eagrl.expert.attention import attention_table, observed_features, read_attention, top_k
-from eagrl.expert.config import ExpertConfig
-from eagrl.expert.stage import load_expert, train_expert
+from eagrl.expert.fit import load_expert, train_expert
 from eagrl.expert.train import predict
-
-from expert_helpers import synthetic_cohort
 
 SMALL = ExpertConfig(hidden=16, heads=2, ff_hidden=16, max_epochs=3, min_epochs=1, top_k=4, n_boot=50,
                      progress=False)
@@ -118,7 +117,7 @@ def test_gpu_when_present():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")
     cohort, _ = synthetic_cohort(n_stays=80, seed=4)
-    from eagrl.expert.stage import build_model
+    from eagrl.expert.fit import build_model
     from eagrl.expert.train import fit
 
     cfg = SMALL.model_copy(update={"device": "cuda", "max_epochs": 1})

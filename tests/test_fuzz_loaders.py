@@ -348,7 +348,7 @@ def _snapshot(ws: Path) -> dict[str, bytes]:
 def test_prepare_on_a_mutant_keeps_the_stored_version(tjh_base, workspace, mutation):
     """`data prepare` on a mutated TJH file over a workspace holding a good version: rejected, with data/ and
     data.dvc byte for byte as before; or accepted, with a whole new cohort."""
-    from eagrl.data import stages
+    from eagrl.data import stage as stages
     from eagrl.data.cohort import Cohort
 
     def cfg(path):

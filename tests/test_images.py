@@ -167,8 +167,9 @@ def served(engine, tmp_path_factory):
 
 
 def test_serving_image_answers_openai_clients_and_a_tjh_patient_read_only(served):
-    from eagrl.serve.schema import record_to_json
     from llm_helpers import tjh_cohort
+
+    from eagrl.serve.schema import record_to_json
 
     url, name = served
     inspect = json.loads(docker("inspect", name).stdout)[0]

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from eagrl.config.llm import GenerationConfig, ModelConfig
 from eagrl.llm.backends import BackendUnavailable, SamplingParams, make_backend
 from eagrl.llm.backends.transformers_backend import TransformersBackend
-from eagrl.llm.config import GenerationConfig, ModelConfig
 
 PROMPT = "Patient: sex male, age 73 years.\n- hemoglobin (unit: g/L; reference range: 120-175): [136, NaN, 140]\n"
 

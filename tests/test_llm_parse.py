@@ -6,9 +6,9 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from llm_helpers import FEATURES
 
 from eagrl.llm.parse import ALL_TAGS, FeatureMatcher, parse_probability, parse_response
-from llm_helpers import FEATURES
 
 MATCHER = FeatureMatcher(FEATURES)
 GOOD = (

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from llm_helpers import FEATURES, patient, tjh_cohort
 
-from eagrl.llm.config import GenerationConfig
+from eagrl.config.llm import GenerationConfig
 from eagrl.llm.loading import build_tiny
 from eagrl.llm.prompt import build_prompt, encode, feature_order, format_value
-from llm_helpers import FEATURES, patient, tjh_cohort
 
 
 def _prompt(**kw):

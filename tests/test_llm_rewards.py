@@ -1,12 +1,13 @@
 """Rewards on hand-computed cases (METHOD.md, "Rewards")."""
 from __future__ import annotations
 
-import pytest
-
-from eagrl.llm.parse import ParsedResponse, Step, parse_response
 import math
 
-from eagrl.llm.rewards import ClsReward, composite, r_att, r_cls, reward
+import pytest
+
+from eagrl.config.reward import ClsReward
+from eagrl.llm.parse import ParsedResponse, Step, parse_response
+from eagrl.llm.rewards import composite, r_att, r_cls, reward
 
 BRIER = ClsReward(form="brier")
 

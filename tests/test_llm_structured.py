@@ -6,13 +6,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from llm_helpers import FEATURES, patient
 
+from eagrl.config.llm import GenerationConfig
 from eagrl.llm.backends.transformers_backend import TransformersBackend
-from eagrl.llm.config import GenerationConfig
 from eagrl.llm.parse import ALL_TAGS
 from eagrl.llm.prompt import build_prompt, encode
 from eagrl.llm.structured import StructuredGenerator, digit_tokens
-from llm_helpers import FEATURES, patient
 
 CAPS = dict(max_subquestion_tokens=6, max_answer_tokens=6, max_features_tokens=6, max_think_tokens=8)
 

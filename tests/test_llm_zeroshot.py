@@ -5,10 +5,10 @@ import json
 
 import pandas as pd
 import pytest
-
-from eagrl.llm.config import GenerationConfig, ModelConfig
-from eagrl.llm.zeroshot import evaluate_zero_shot
 from llm_helpers import tjh_cohort
+
+from eagrl.config.llm import GenerationConfig, ModelConfig
+from eagrl.scoring.policy import evaluate_zero_shot
 
 FAST = dict(cpu_threads=1, max_subquestion_tokens=4, max_answer_tokens=4, max_features_tokens=4, max_think_tokens=4,
             max_prompt_tokens=1024, compact=True, compact_last_values=2)

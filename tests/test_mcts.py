@@ -6,16 +6,16 @@ import math
 
 import pandas as pd
 import pytest
+from llm_helpers import FEATURES, patient, tjh_cohort
 
+from eagrl.config.llm import GenerationConfig, ModelConfig
 from eagrl.errors import ConfigError, DataError
 from eagrl.llm.backends.transformers_backend import TransformersBackend
-from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.prompt import build_prompt, encode
 from eagrl.llm.rewards import r_att
 from eagrl.mcts import MCTSConfig, Node, TrajectoryStore, run_mcts, search, select_trajectories, uct
 from eagrl.mcts.search import make_generator
 from eagrl.mcts.select import balance_classes
-from llm_helpers import FEATURES, patient, tjh_cohort
 
 CAPS = dict(max_subquestion_tokens=4, max_answer_tokens=4, max_features_tokens=6)
 C_EXP = ["hemoglobin", "albumin", "Lactate dehydrogenase"]
@@ -241,7 +241,7 @@ def test_a_store_written_with_the_earlier_header_form_still_resumes(profile, tmp
     """The header's generation part is GenerationConfig.content() (JSON mode); stores written before it held the
     Python-mode dump without the throughput-only fields. Both must open the same store and key the same folder."""
     from eagrl.config import load_config
-    from eagrl.mcts.stage import search_header
+    from eagrl.mcts.cohort_search import search_header
 
     cfg = load_config(profile)
     cohort = tjh_cohort()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, roc_auc_score
 
-from eagrl.evaluate import metrics as M
+from eagrl import metrics as M
 
 
 @pytest.fixture(scope="module")

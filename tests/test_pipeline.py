@@ -3,10 +3,9 @@ import json
 from pathlib import Path
 
 import yaml
+from conftest import run_cli
 
 from pipelines.eagrl_pipeline import STAGES, compile_pipeline
-
-from conftest import run_cli
 
 
 def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
@@ -67,7 +66,6 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     assert sft["n_examples"] == mcts["n_selected"] and sft["test_n_stays"] == 16
     sft_version = client.get_latest_versions("eagrl-sft-mimic-iv-demo-readmission_30d")[0]
     import hashlib
-    from pathlib import Path
 
     assert client.get_run(sft_version.run_id).data.tags["eagrl.trajectories_md5"] == \
         hashlib.md5(Path(selected).read_bytes()).hexdigest()
@@ -175,7 +173,6 @@ def test_cli_help_lists_the_stage_commands():
 
 def test_committed_pipeline_yaml_is_up_to_date(tmp_path):
     """The YAML users upload to the KFP UI must be what the code compiles to (`make compile`)."""
-    from pathlib import Path
 
     fresh = compile_pipeline(tmp_path / "eagrl.yaml").read_text()
     committed = (Path(__file__).parents[1] / "pipelines" / "eagrl_pipeline.yaml").read_text()

@@ -20,7 +20,6 @@ import pytest
 
 from eagrl.config import load_config
 from eagrl.stage import FINGERPRINT, StageResult, path_md5, records_failure, stage_dir
-
 from pipelines.eagrl_pipeline import STAGES
 
 # ------------------------------------------------------------------ the contract, on a toy stage

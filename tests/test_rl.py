@@ -8,13 +8,12 @@ import math
 
 import pytest
 import torch
-
-from eagrl.llm.backends.transformers_backend import TransformersBackend
-from eagrl.llm.config import GenerationConfig, ModelConfig
-from eagrl.rl.clip import adaptive_epsilon, clipped_objective, trajectory_entropy
-from eagrl.rl.config import RLConfig
-
 from llm_helpers import tjh_cohort
+
+from eagrl.config.llm import GenerationConfig, ModelConfig
+from eagrl.config.rl import RLConfig
+from eagrl.llm.backends.transformers_backend import TransformersBackend
+from eagrl.rl.clip import adaptive_epsilon, clipped_objective, trajectory_entropy
 
 NAN = math.nan
 GEN = GenerationConfig(depth=1, max_subquestion_tokens=6, max_answer_tokens=6, max_features_tokens=10, compact=True,
@@ -266,7 +265,7 @@ def _expected_answer(model, tokenizer, contexts, readout: str = "digits") -> flo
 def _answer_before_and_after_training(label, readout, steps, cohort, c_exp, sft_adapter, out) -> tuple[float, float]:
     """Train GRPO against one label for every patient; the policy's answer before and after, read at fixed contexts
     (the start policy's greedy responses up to the answer), so only the policy, not the text it writes, differs."""
-    from eagrl.llm.rewards import ClsReward
+    from eagrl.config.reward import ClsReward
     from eagrl.llm.structured import StructuredGenerator
 
     gen = GEN.model_copy(update={"readout": readout, "serialization": "full" if readout == "digits" else "compact"})
@@ -402,7 +401,7 @@ def test_bad_settings_and_inputs_are_named(cohort, c_exp, tmp_path):
 def test_the_run_folder_changes_with_what_is_trained_not_with_throughput_or_logging(setting, value, resumes,
                                                                                      tmp_path):
     from eagrl.config import load_config
-    from eagrl.rl.run import _run_key
+    from eagrl.rl.stage import _run_key
 
     attention = tmp_path / "attention.parquet"
     attention.write_bytes(b"c_exp table")
@@ -426,7 +425,7 @@ def test_epochs_done_counts_the_patients_the_steps_sampled():
 def test_the_reward_trend_averages_halves_of_the_steps_and_the_message_says_so():
     from types import SimpleNamespace
 
-    from eagrl.rl.run import _reward_trend
+    from eagrl.rl.stage import _reward_trend
     from eagrl.rl.train import summary_metrics
 
     history = [{"step": float(i + 1), "reward": r} for i, r in enumerate([0.4, 0.2, 0.6, 0.1, 0.5])]

@@ -6,7 +6,6 @@ import shutil
 
 import mlflow
 import pytest
-
 from conftest import run_cli
 
 from eagrl.tracking.dvc_store import DataStore, tree_md5

@@ -15,18 +15,18 @@ import numpy as np
 import openai
 import pytest
 import torch
+from llm_helpers import tjh_cohort
 from pydantic import ValidationError
 
+from eagrl.config.llm import GenerationConfig, ModelConfig
+from eagrl.config.serve import ServeConfig
 from eagrl.errors import DataError
-from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.loading import attach_lora, build_tiny
 from eagrl.llm.prompt import build_prompt
 from eagrl.serve.batching import Batcher
-from eagrl.serve.config import ServeConfig
 from eagrl.serve.process import running_server
 from eagrl.serve.schema import PatientIn, record_to_json, to_record
 from eagrl.serve.server import build_model, resolve_policy
-from llm_helpers import tjh_cohort
 
 KEY = "test-key-7f3a"
 SECRET_ID = "PATIENT-SECRET-93127"

@@ -168,8 +168,8 @@ def test_one_image_name_per_image_across_config_components_yaml_k8s_and_docker(t
     CUDA image when cluster.gpus gives it a GPU, else the CPU one; k8s/ and .ci/docker use the same names."""
     import yaml
 
+    from eagrl.cli.ops import compile_for_cluster
     from eagrl.config import PipelineConfig, load_config
-    from eagrl.ops_cli import compile_for_cluster
 
     pipe = PipelineConfig()
     registry, tag = pipe.image.rsplit("/", 1)[0], pipe.image.rsplit(":", 1)[1]

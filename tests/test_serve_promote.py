@@ -10,8 +10,8 @@ from mlflow import MlflowClient
 
 from eagrl.errors import DataError
 from eagrl.llm.loading import mlflow_model_dir
+from eagrl.promote.decision import PREDICTIONS, promote, register_and_promote
 from eagrl.serve.server import resolve_model_uri
-from eagrl.serve.promote import PREDICTIONS, promote, register_and_promote
 
 NAME = "eagrl-policy"
 
@@ -240,7 +240,7 @@ def _stage_cfg(store):
 
 
 def test_the_stage_refuses_a_below_chance_candidate_succeeds_says_why_and_a_rerun_reuses_it(store):
-    from eagrl.serve.promote_stage import promote_stage
+    from eagrl.promote.stage import promote_stage
     from eagrl.stage import FINGERPRINT
 
     _, client, _, tmp = store
@@ -265,7 +265,7 @@ def test_the_stage_refuses_a_below_chance_candidate_succeeds_says_why_and_a_reru
 
 
 def test_the_stage_promotes_a_candidate_that_clears_the_floor_and_decides_again_when_the_registry_moved(store):
-    from eagrl.serve.promote_stage import promote_stage
+    from eagrl.promote.stage import promote_stage
 
     _, client, _, tmp = store
     cfg, out = _stage_cfg(store), tmp / "out"
@@ -302,7 +302,7 @@ def test_serving_the_champion_before_there_is_one_names_the_missing_alias_and_ho
 
 
 def test_the_stage_decides_nothing_without_the_base_model_s_predictions(store):
-    from eagrl.serve.promote_stage import promote_stage
+    from eagrl.promote.stage import promote_stage
 
     _, client, _, tmp = store
     cfg = _stage_cfg(store)

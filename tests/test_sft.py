@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
+from eagrl.config.llm import ModelConfig
+from eagrl.config.sft import ZERO2_CONFIG, SFTConfig
 from eagrl.errors import DataError
-from eagrl.llm.config import ModelConfig
 from eagrl.llm.loading import attach_lora, build_tiny, load_model
-from eagrl.sft.config import ZERO2_CONFIG, SFTConfig
 from eagrl.sft.data import IGNORE, SFTCollator, build_example, load_examples, read_trajectories
 from eagrl.sft.train import build_trainer, load_sft_model, run_sft
 
@@ -224,7 +224,7 @@ def test_the_answer_slot_holds_the_label_and_its_loss_is_the_two_way_readout(tok
 
 def test_sft_fits_its_training_stays_through_the_readout(tok, tmp_path):
     """Fit before generalisation: after SFT the readout at the slot ranks its own training stays by label."""
-    from eagrl.evaluate.metrics import auroc
+    from eagrl.metrics import auroc
     from eagrl.sft.train import answer_slot_logprob
 
     labels = [1, 0, 1, 0, 0, 1, 0, 0]

@@ -13,7 +13,8 @@ import pytest
 from eagrl.config import DataConfig
 from eagrl.data.cohort import Cohort, build_cohort
 from eagrl.data.schema import RawEHR
-from eagrl.data.sources import get_source, physionet2012 as pn
+from eagrl.data.sources import get_source
+from eagrl.data.sources import physionet2012 as pn
 from eagrl.errors import DataError
 
 ROOT = pn.default_path()

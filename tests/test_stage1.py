@@ -8,11 +8,10 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from conftest import run_cli
 
 from eagrl.cli import build_config
 from eagrl.errors import DataError
-
-from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def _cfg(ws: Path, *sets: str):
 
 
 def test_mcts_stage_stores_in_the_workspace_resumes_and_versions(prepared):
-    from eagrl.mcts.run import mcts_stage
+    from eagrl.mcts.stage import mcts_stage
 
     ws, _ = prepared
     first = mcts_stage(_cfg(ws, "mcts.max_stays=3"), ws / "out-a")
@@ -72,7 +71,7 @@ def test_mcts_stage_stores_in_the_workspace_resumes_and_versions(prepared):
 
 
 def test_unguided_ablation_searches_beside_the_guided_store(prepared):
-    from eagrl.mcts.run import mcts_stage
+    from eagrl.mcts.stage import mcts_stage
 
     ws, _ = prepared
     guided = mcts_stage(_cfg(ws, "mcts.max_stays=2"), ws / "out-g")
@@ -85,7 +84,7 @@ def test_unguided_ablation_searches_beside_the_guided_store(prepared):
 
 
 def test_mcts_without_an_expert_says_what_to_run(shared_data, workspace):
-    from eagrl.mcts.run import mcts_stage
+    from eagrl.mcts.stage import mcts_stage
 
     res = run_cli("data", "prepare", "--profile", "smoke", "--data-path", str(shared_data / "mimic-iv-demo-clif"),
                   "--workspace", str(workspace), "--out", str(workspace / "out"))
@@ -97,10 +96,10 @@ def test_mcts_without_an_expert_says_what_to_run(shared_data, workspace):
 
 
 def test_sft_stage_trains_scores_and_registers_a_loadable_policy(prepared):
-    from eagrl.llm.config import ModelConfig
+    from eagrl.config.llm import ModelConfig
     from eagrl.llm.loading import load_model
-    from eagrl.mcts.run import mcts_stage
-    from eagrl.sft.run import sft_stage
+    from eagrl.mcts.stage import mcts_stage
+    from eagrl.sft.stage import sft_stage
 
     ws, _ = prepared
     cfg = _cfg(ws, "mcts.max_stays=4", "sft.eval_max_stays=6", "sft.eval_n_boot=50")
@@ -143,14 +142,14 @@ def test_the_direct_fine_tune_trains_the_slot_on_every_training_stay_and_registe
     import json
 
     from eagrl.data.cohort import Cohort
-    from eagrl.expert.run import cohort_dir
     from eagrl.llm.loading import build_tiny
-    from eagrl.sft.run import direct_stage
+    from eagrl.sft.stage import direct_stage
+    from eagrl.workspace import Workspace
 
     ws, _ = prepared
     cfg = _cfg(ws, "sft.eval_max_stays=6", "sft.eval_n_boot=50", "sft.fit_max_stays=6")
     result = direct_stage(cfg, ws / "out-d")
-    cohort = Cohort.load(cohort_dir(cfg))
+    cohort = Cohort.load(Workspace.of(cfg).cohort_dir)
     records = [json.loads(x) for x in (ws / "out-d" / "direct" / "examples.jsonl").read_text().splitlines()]
     assert sorted(r["stay_id"] for r in records) == sorted(map(str, cohort.split_ids("train")))
     tok = build_tiny()[1]
@@ -168,7 +167,7 @@ def test_the_direct_fine_tune_trains_the_slot_on_every_training_stay_and_registe
 
 
 def test_sft_without_trajectories_says_what_to_run(prepared):
-    from eagrl.sft.run import sft_stage
+    from eagrl.sft.stage import sft_stage
 
     ws, _ = prepared
     with pytest.raises(DataError, match="run `eagrl mcts`"):
@@ -185,9 +184,9 @@ def test_cli_mcts_unguided_flag(prepared):
 @pytest.fixture(scope="module")
 def rl_trained(prepared):
     """MCTS -> SFT -> RL (EAG-RL, then the GRPO baseline) in one out dir."""
-    from eagrl.mcts.run import mcts_stage
-    from eagrl.rl.run import rl_stage
-    from eagrl.sft.run import sft_stage
+    from eagrl.mcts.stage import mcts_stage
+    from eagrl.rl.stage import rl_stage
+    from eagrl.sft.stage import sft_stage
 
     ws, _ = prepared
     cfg = _cfg(ws, "mcts.max_stays=4", "sft.eval_max_stays=6", "sft.eval_n_boot=50", "rl.eval_max_stays=6",
@@ -238,7 +237,7 @@ def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(pre
 
 
 def test_rl_rescored_with_another_cap_resumes_and_keeps_the_earlier_heldout_files(prepared, rl_trained):
-    from eagrl.rl.run import rl_stage
+    from eagrl.rl.stage import rl_stage
 
     ws, _ = prepared
     cfg, _, result, _ = rl_trained
@@ -301,7 +300,7 @@ def test_evaluation_then_promotion_follows_the_floor_and_the_champion_rule(prepa
     from mlflow.exceptions import MlflowException
 
     from eagrl.evaluate.stage import evaluate_stage
-    from eagrl.serve.promote_stage import SOURCE_TAG, promote_stage
+    from eagrl.promote.stage import SOURCE_TAG, promote_stage
 
     ws, _ = prepared
     cfg, _, result, grpo = rl_trained
@@ -374,7 +373,7 @@ def test_evaluation_then_promotion_follows_the_floor_and_the_champion_rule(prepa
 
 
 def test_rl_without_an_sft_adapter_says_what_to_run(prepared):
-    from eagrl.rl.run import rl_stage
+    from eagrl.rl.stage import rl_stage
 
     ws, _ = prepared
     cfg = _cfg(ws)

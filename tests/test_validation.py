@@ -4,13 +4,12 @@ import shutil
 
 import pandas as pd
 import pytest
+from conftest import run_cli
 
 from eagrl.config import load_config
-from eagrl.data import stages
+from eagrl.data import stage as stages
 from eagrl.data.validation import validate_source
 from eagrl.errors import ValidationFailed
-
-from conftest import run_cli
 
 TJH_FILE = "time_series_375_prerpocess_en.xlsx"
 

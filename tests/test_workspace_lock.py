@@ -21,12 +21,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
 from eagrl.workspace_lock import HOLDER_NAME, WorkspaceBusy, holder, workspace_lock
-
-from conftest import run_cli
 
 EAGRL = str(Path(sys.executable).parent / "eagrl")
 
@@ -177,7 +176,7 @@ def test_read_only_workspace_gets_a_clear_error(shared_data):
 
 def test_a_failed_copy_into_data_keeps_the_previous_version(tmp_path, monkeypatch):
     """A full disk during the copy into data/: the staged copy goes, the old folder stays, one-line DataError."""
-    from eagrl.data import stages
+    from eagrl.data import stage as stages
 
     src, dest = tmp_path / "new", tmp_path / "data" / "cohorts" / "x"
     src.mkdir()

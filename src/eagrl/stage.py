@@ -8,9 +8,10 @@ assemble ``summary.json`` from any executor, local or remote.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from eagrl.metrics import metrics_json
 
 
 @dataclass
@@ -131,7 +132,6 @@ def fingerprint(stage: str, cfg, named: dict, sections, extra_inputs, fn, state=
     """What a stage's result depends on: config values, input contents, live ``state`` (JSON-able; see
     :func:`records_failure`), its code and eagrl's version."""
     import hashlib
-    import inspect
 
     import eagrl
 
@@ -240,16 +240,3 @@ def stage_dir(out_dir: str | Path, stage: str) -> Path:
     d = Path(out_dir) / stage
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def metrics_json(metrics: dict) -> dict:
-    """Keep numbers and two-number intervals only (the metrics.json contract)."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, bool):
-            out[k] = float(v)
-        elif isinstance(v, (int, float)) and math.isfinite(float(v)):
-            out[k] = v
-        elif isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
-            out[k] = [float(v[0]), float(v[1])]
-    return out

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from eagrl.cluster.config import ClusterConfig
+from eagrl.config.cluster import ClusterConfig
 from eagrl.errors import ConfigError, EagrlError
 
 

@@ -34,9 +34,9 @@ import pandas as pd
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from eagrl.config.section import Section
 from eagrl.data.schema import STAY_COLUMNS, FeatureSpec, RawEHR, specs_dir
 from eagrl.errors import DataError
-from eagrl.section import Section
 
 NAME = "synthetic"
 RECIPE_FILE = "synthetic.yaml"  # the recipe's name inside a folder (and the packaged default)

@@ -1,28 +1,3 @@
-"""Evaluation: metrics with bootstrap intervals, shared by the expert, the LLM stages and the reports."""
-from eagrl.evaluate.metrics import (
-    METRICS,
-    auprc,
-    auroc,
-    bootstrap_distribution,
-    brier,
-    ece,
-    evaluate_binary,
-    evaluate_means,
-    f1_at,
-    paired_bootstrap,
-    scalar_metrics,
-)
-
-__all__ = [
-    "METRICS",
-    "auprc",
-    "auroc",
-    "bootstrap_distribution",
-    "brier",
-    "ece",
-    "evaluate_binary",
-    "evaluate_means",
-    "f1_at",
-    "paired_bootstrap",
-    "scalar_metrics",
-]
+"""The last stage: the comparison table on one split (every registered model and the baselines), robustness,
+generalisation, paired tests and the HTML report (:mod:`eagrl.evaluate.stage`). The metrics it and every other
+stage compute are in :mod:`eagrl.metrics`."""

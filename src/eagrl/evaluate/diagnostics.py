@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from eagrl.errors import DataError
-from eagrl.evaluate.metrics import evaluate_binary, evaluate_means
 from eagrl.llm.parse import FINAL
+from eagrl.metrics import evaluate_binary, evaluate_means
 
 _OPEN, _CLOSE = f"<{FINAL}>", f"</{FINAL}>"
 _NUMBER = re.compile(r"(?<![\d.])(\d*)\.(\d+)|(?<![\d.])(\d+)(?![\d]|\.\d)")  # fraction | integer, sign-less

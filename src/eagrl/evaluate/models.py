@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eagrl.config import Config
-from eagrl.evaluate.config import LLM_KINDS, ModelEntry
-from eagrl.llm.config import ModelConfig
+from eagrl.config.evaluate import LLM_KINDS, ModelEntry
+from eagrl.config.llm import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Resolved:
 
 def base_model_config(cfg: Config) -> ModelConfig:
     """``model`` with its cache inside the workspace unless one is set (as the zero-shot stage does)."""
-    from eagrl.llm.run import model_config
+    from eagrl.workspace import model_config
 
     return model_config(cfg)
 

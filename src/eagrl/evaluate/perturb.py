@@ -15,9 +15,9 @@ import zlib
 
 import numpy as np
 
+from eagrl.config.llm import GenerationConfig
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
-from eagrl.llm.config import GenerationConfig
 
 
 def shuffled(gen: GenerationConfig, level: float, seed: int = 0) -> GenerationConfig:

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eagrl.config.evaluate import EvaluateConfig
+from eagrl.config.llm import GenerationConfig, ModelConfig
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
-from eagrl.evaluate.config import EvaluateConfig
 from eagrl.evaluate.diagnostics import copied_per_stay
-from eagrl.evaluate.metrics import METRICS, evaluate_binary, evaluate_means, max_f1_threshold
-from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.rewards import r_att
+from eagrl.metrics import METRICS, evaluate_binary, evaluate_means, max_f1_threshold
 
 STYLES_WITH_FEATURES = ("pqd",)  # vanilla and think responses name no features: R_att does not apply
 
@@ -51,7 +51,7 @@ def score_llm(cohort: Cohort, out_dir: str | Path, model_cfg: ModelConfig, gen_c
               split: str, max_stays: int | None, c_exp: Mapping[str, list[str]] | None, backend=None,
               seed: int = 0, samples: int = 1) -> pd.DataFrame:
     """Generate ``samples`` responses per stay (the zero-shot routine, any policy) and read back its predictions."""
-    from eagrl.llm.zeroshot import evaluate_zero_shot
+    from eagrl.scoring.policy import evaluate_zero_shot
 
     out = Path(out_dir)
     evaluate_zero_shot(cohort, out, model_cfg, gen_cfg, split=split, max_stays=max_stays, n_boot=0, seed=seed,
@@ -67,7 +67,7 @@ def read_scored(out: Path, gen_cfg: GenerationConfig, c_exp: Mapping[str, list[s
     responses that were and ``r_att`` their mean, each response counted as the reward counts it. ``copied``, the
     share of a stay's responses (``responses.jsonl``) whose answer copies an earlier number, is left out where
     there is no responses file."""
-    from eagrl.llm.zeroshot import SAMPLES
+    from eagrl.scoring.policy import SAMPLES
 
     pred = _read_responses(out / "predictions.csv")
     each = _read_responses(out / SAMPLES) if (out / SAMPLES).is_file() else None

@@ -29,20 +29,28 @@ import numpy as np
 import pandas as pd
 
 from eagrl.config import Config
+from eagrl.config.evaluate import TUNE_SPLIT, EvaluateConfig
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
-from eagrl.evaluate.config import TUNE_SPLIT, EvaluateConfig
 from eagrl.evaluate.diagnostics import llm_diagnostics
-from eagrl.evaluate.metrics import paired_bootstrap
 from eagrl.evaluate.models import READY, Resolved, resolve
 from eagrl.evaluate.perturb import shuffled, with_value_noise
-from eagrl.evaluate.score import (aligned, read_c_exp, read_scored, restricted, score_expert, score_llm, summarise,
-                                  tuned_f1)
+from eagrl.evaluate.score import (
+    aligned,
+    read_c_exp,
+    read_scored,
+    restricted,
+    score_expert,
+    score_llm,
+    summarise,
+    tuned_f1,
+)
 from eagrl.evaluate.tabular import fit_tabular, score_tabular
-from eagrl.expert.run import cohort_dir
+from eagrl.metrics import paired_bootstrap
 from eagrl.stage import StageResult, records_failure, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, nested_run, stage_run
+from eagrl.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +108,7 @@ def evaluate_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None =
 
     ecfg = _pinned(_restricted(cfg.evaluate, only), versions or {})
     out = stage_dir(out_dir, "evaluate")
-    source = Path(cohort_path or cohort_dir(cfg))
+    source = Path(cohort_path or Workspace.of(cfg).cohort_dir)
     cohort = Cohort.load(source)
     ids = cohort.sample_ids(ecfg.split, ecfg.max_stays, ecfg.seed)
     cohort = restricted(cohort, ecfg.split, ids)  # every model, perturbation and the expert: these stays
@@ -144,8 +152,8 @@ def _restricted(ecfg: EvaluateConfig, only: list[str] | None) -> EvaluateConfig:
 def _pinned(ecfg: EvaluateConfig, versions: dict[str, str]) -> EvaluateConfig:
     if not versions:
         return ecfg
+    from eagrl.config.evaluate import ModelEntry
     from eagrl.errors import ConfigError
-    from eagrl.evaluate.config import ModelEntry
 
     names = {m.name: m for m in ecfg.models}
     unknown = [n for n in versions if n not in names or names[n].kind != "registered"]
@@ -166,7 +174,7 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
 
     With ``cohort_md5`` (the content digest of the cohort folder) and ``evaluate.reuse_predictions``, a row whose
     model was already scored on these stays with these settings (by the zero-shot, SFT or RL stage, or an earlier
-    evaluation) is read back from that run (:mod:`eagrl.evaluate.reuse`); its model is loaded only for what is left
+    evaluation) is read back from that run (:mod:`eagrl.scoring.keys`); its model is loaded only for what is left
     (robustness, transfer, a validation pass for the tuned threshold).
     """
     ev = Evaluation()
@@ -291,11 +299,11 @@ def _score(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, out
     """One LLM on one cohort, in its own nested MLflow run (the zero-shot routine logs its numbers there).
 
     ``key`` (a plain pass: unperturbed cohort and settings) is the scoring key the run is tagged with, beside its
-    predictions, so a later evaluation of the same model on these stays reads them back (:mod:`eagrl.evaluate.reuse`).
+    predictions, so a later evaluation of the same model on these stays reads them back (:mod:`eagrl.scoring.keys`).
     """
     import mlflow
 
-    from eagrl.evaluate.reuse import FILES, tag_scored
+    from eagrl.scoring.keys import FILES, tag_scored
 
     split = split or ecfg.split
     with nested_run(run_name or _run_name(ecfg, res, split)):
@@ -316,7 +324,7 @@ def _run_name(ecfg: EvaluateConfig, res: Resolved, split: str) -> str:
 
 def _key(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort_md5: str | None, split: str) -> str | None:
     """The scoring key of the entry's plain pass on ``split`` (None: reuse is off, or not reusable)."""
-    from eagrl.evaluate.reuse import scoring_key
+    from eagrl.scoring.keys import scoring_key
 
     return scoring_key(res.model_cfg, _gen(cfg, ecfg, res), cohort_md5, split) if cohort_md5 else None
 
@@ -345,7 +353,7 @@ def _reused(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, sp
     evaluation's) that scored it on these stays, or None. The table split's reuse fills ``row["reused_from"]``."""
     import mlflow
 
-    from eagrl.evaluate.reuse import find_scored
+    from eagrl.scoring.keys import find_scored
 
     active = mlflow.active_run()
     if not ecfg.reuse_predictions or cohort_md5 is None or active is None:
@@ -366,9 +374,8 @@ def _reused(cfg: Config, ecfg: EvaluateConfig, res: Resolved, cohort: Cohort, sp
 
 def _c_exp(cfg: Config, cohort: Cohort, resolved: list[Resolved], out: Path, ev: Evaluation):
     """C_exp per stay: the expert stage's attention table, else computed from the registered expert."""
-    from eagrl.expert.run import expert_dir
 
-    path = expert_dir(cfg) / "attention.parquet"
+    path = Workspace.of(cfg).attention_path
     c_exp = read_c_exp(path)
     if c_exp is not None:
         return c_exp
@@ -437,7 +444,6 @@ def _robustness(cfg, ecfg, res: Resolved, cohort: Cohort, out: Path, c_exp, back
 # ====================================================================== generalisation
 def _targets(cfg: Config, ecfg: EvaluateConfig, ev: Evaluation) -> list[tuple[str, Cohort | None, dict | None, str]]:
     """(target key, its cohort or None, its C_exp or None, note) for each configured target."""
-    from eagrl.expert.run import expert_dir
 
     found = []
     if not ecfg.generalisation.models:
@@ -448,14 +454,14 @@ def _targets(cfg: Config, ecfg: EvaluateConfig, ev: Evaluation) -> list[tuple[st
             ev.notes.append(f"generalisation target {key} left out: it is the dataset the models were trained on")
             continue
         tcfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": t.dataset, "task": t.task})})
-        path = cohort_dir(tcfg)
+        path = Workspace.of(tcfg).cohort_dir
         if not (path / "stays.parquet").is_file():
             found.append((key, None, None, f"no prepared cohort at {path} "
                                             f"(eagrl data prepare --dataset {t.dataset} --task {t.task})"))
             continue
         target = Cohort.load(path)
         target = restricted(target, ecfg.split, target.sample_ids(ecfg.split, ecfg.generalisation.max_stays, ecfg.seed))
-        found.append((key, target, read_c_exp(expert_dir(tcfg) / "attention.parquet"), ""))
+        found.append((key, target, read_c_exp(Workspace.of(tcfg).attention_path), ""))
     return found
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eagrl.config.evaluate import TabularConfig
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
-from eagrl.evaluate.config import TabularConfig
 
 
 def last_values(cohort: Cohort, stay_ids: list[str]) -> np.ndarray:

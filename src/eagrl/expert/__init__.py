@@ -1,4 +1,2 @@
-"""The ConCare expert: model, training, attention export and the ``train_expert`` stage."""
-from eagrl.expert.config import ExpertConfig
-
-__all__ = ["ExpertConfig"]
+"""The ConCare expert: the model, its training (``fit``), attention export (C_exp) and the pipeline stage
+(:mod:`eagrl.expert.stage`)."""

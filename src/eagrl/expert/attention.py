@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from eagrl.config.expert import ExpertConfig
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
-from eagrl.expert.config import ExpertConfig
 from eagrl.expert.model import ConCare, last_valid_index
 from eagrl.expert.train import batches, predict, to_tensors
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eagrl.expert.config import ExpertConfig
+from eagrl.config.expert import ExpertConfig
 
 
 @dataclass

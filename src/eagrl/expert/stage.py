@@ -1,144 +1,176 @@
-"""The expert stage: train ConCare on a cohort, evaluate it on test, export its attention.
+"""The expert as a pipeline stage: train on the versioned cohort, track, register, version C_exp.
 
-``train_expert(cohort, cfg, out_dir)`` writes to ``out_dir``:
-
-* ``model.pt``: ``{"state_dict", "config", "feature_names", "demo_dim", "dataset", "task"}`` (the
-  resolved config travels inside the checkpoint); ``config.json``: the same config on its own;
-* ``metrics.json``: flat numbers and [low, high] intervals (``test_auroc``, ``test_auroc_ci``, ...), with the
-  guidance figures over all stays (``attention_entropy_median``/``_p25``/``_p75``, ``c_exp_attention_mass_mean``,
-  ``c_exp_size_mean``, ``c_exp_reference_share``, ``c_exp_reference_jaccard``);
-* ``attention.parquet``: per stay, C_exp and the score it ranks, over the features (see ``attention.py``);
-* ``predictions.parquet``: per stay, split, label and the expert's probability (for paired comparisons), the
-  final attention's entropy, C_exp's size and the attention mass it holds (and, where the dataset has
-  ``expert.reference_features``, whether C_exp holds one and its Jaccard with them);
-* ``history.json``: one record per epoch.
-
-The CLI command, the KFP component and the tests all call this function; MLflow logging happens in the
-caller from the returned :class:`ExpertResult` (``scalar_metrics()`` for ``log_metrics``,
-``history`` for per-epoch steps, the paths for artifacts).
+``expert_stage(cfg, out_dir)`` is what ``eagrl expert train``, the KFP component and the tests call. Around
+the library function :func:`eagrl.expert.fit.train_expert` it adds: the MLflow run (config, per-epoch
+curves, test metrics with intervals, the attention table, the model registered as
+``eagrl-expert-<dataset>-<task>`` with the cohort version it was trained on) and the DVC-versioned copy of the
+attention table at ``<workspace>/data/expert/<dataset>-<task>/attention.parquet`` for the MCTS stage.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+import shutil
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-
+from eagrl.config import Config
 from eagrl.data.cohort import Cohort
-from eagrl.errors import ConfigError, DataError
-from eagrl.evaluate.metrics import auprc, auroc, evaluate_binary, scalar_metrics
-from eagrl.expert.attention import export_attention, guidance_stats, importance
-from eagrl.expert.config import ExpertConfig
-from eagrl.expert.model import ConCare
-from eagrl.expert.train import fit, predict, seed_everything
+from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.tracking.dvc_store import DataStore, tree_md5
+from eagrl.tracking.mlflow_run import log_metrics, stage_run
+from eagrl.workspace import Workspace
 
 
-@dataclass
-class ExpertResult:
-    model_path: Path
-    config_path: Path
-    metrics_path: Path
-    attention_path: Path
-    predictions_path: Path
-    metrics: dict[str, float | list[float]]
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
+@records_failure("expert", ("data", "expert"), lambda cfg, a: [] if a["cohort_path"] else [Workspace.of(cfg).cohort_dir])
+def expert_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
+                 cohort_path: str | Path | None = None) -> StageResult:
+    """Train + evaluate + export ConCare on the prepared cohort (``eagrl data prepare`` first)."""
+    import mlflow
 
-    def scalar_metrics(self) -> dict[str, float]:
-        """Intervals split into ``*_ci_low``/``*_ci_high``: ready for ``mlflow.log_metrics``."""
-        return scalar_metrics(self.metrics)
+    from eagrl.expert.fit import train_expert
 
+    out = stage_dir(out_dir, "expert")
+    source = Path(cohort_path) if cohort_path else Workspace.of(cfg).cohort_dir
+    cohort = Cohort.load(source)
+    with stage_run(cfg, "expert", parent_run_id) as run:
+        mlflow.set_tag("eagrl.cohort_md5", tree_md5(source))
+        result = train_expert(cohort, cfg.expert, out)
+        for record in result.history:  # per-epoch curves
+            epoch = int(record.get("epoch", 0))
+            mlflow.log_metrics({f"epoch_{k}": float(v) for k, v in record.items()
+                                if k != "epoch" and isinstance(v, (int, float))}, step=epoch)
+        log_metrics(result.metrics)
+        for path in (result.attention_path, result.predictions_path, result.config_path, out / "history.json"):
+            mlflow.log_artifact(str(path))
+        _log_and_register(cfg, result.model_path, result.metrics)
 
-def build_model(n_features: int, demo_dim: int, cfg: ExpertConfig) -> ConCare:
-    seed_everything(cfg.seed)
-    return ConCare(n_features, demo_dim, cfg)
-
-
-def _check_inputs(cohort: Cohort, cfg: ExpertConfig, train: dict, val: dict, test: dict) -> None:
-    n_feat = len(cohort.feature_names)
-    if cfg.top_k > n_feat:
-        raise ConfigError(f"expert.top_k={cfg.top_k} exceeds the {n_feat} features of the {cohort.dataset} cohort")
-    for name, part in (("train", train), ("test", test)):
-        labels = set(np.unique(part["y"]).tolist())
-        if labels != {0.0, 1.0}:
-            raise DataError(
-                f"the {name} split of {cohort.dataset}/{cohort.task} has {len(part['y'])} stays with labels "
-                f"{sorted(labels)}; the expert needs both classes (enlarge data.max_stays or change data.split)"
-            )
-    if len(val["y"]) == 0:
-        raise DataError(f"the {cohort.dataset} cohort has no validation stays; early stopping needs data.split[1] > 0")
-
-
-def train_expert(cohort: Cohort, cfg: ExpertConfig, out_dir: Path) -> ExpertResult:
-    """Train, select on validation AUPRC, evaluate on test with bootstrap intervals, export attention."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train, val, test = (cohort.tensors(s) for s in ("train", "val", "test"))
-    _check_inputs(cohort, cfg, train, val, test)
-
-    model = build_model(len(cohort.feature_names), train["demo"].shape[1], cfg)
-    result = fit(model, train, val, cfg)
-    model = result.model.cpu()
-
-    p_test, _ = predict(model, test)
-    metrics: dict[str, float | list[float]] = evaluate_binary(
-        test["y"], p_test, prefix="test_", metrics=("auroc", "auprc", "f1", "brier", "ece"),
-        n_boot=cfg.n_boot, seed=cfg.seed, threshold=cfg.threshold,
-    )
-    p_val, _ = predict(model, val)
-    metrics.update(val_auroc=auroc(val["y"], p_val), val_auprc=auprc(val["y"], p_val))
-    metrics.update(best_epoch=result.best_epoch, epochs=len(result.history), train_seconds=result.seconds)
-
-    everyone = cohort.tensors(None)
-    p_all, attention = predict(model, everyone)
-    attention, scores = importance(model, cohort, everyone, cfg, attention)
-    attention_path = out / "attention.parquet"
-    table = export_attention(model, cohort, cfg, attention_path, scores=scores)
-    per_stay, guidance = guidance_stats(table, attention, cohort.feature_names,
-                                        cfg.reference_features.get(cohort.dataset))
-    metrics.update(guidance)
-
-    predictions_path = out / "predictions.parquet"
-    split_of = cohort.stays.set_index("stay_id")["split"]
-    pd.DataFrame({
-        "stay_id": [str(s) for s in everyone["stay_ids"]],
-        "split": split_of.loc[everyone["stay_ids"]].to_numpy(),
-        "label": everyone["y"].astype(int),
-        "prob": p_all.astype(np.float64),
-        **{c: per_stay[c].to_numpy() for c in per_stay.columns if c != "stay_id"},
-    }).to_parquet(predictions_path, index=False)
-
-    model_path, config_path = out / "model.pt", out / "config.json"
-    torch.save({
-        "state_dict": model.state_dict(),
-        "config": cfg.model_dump(mode="json"),
-        "feature_names": cohort.feature_names,
-        "demo_dim": int(train["demo"].shape[1]),
-        "dataset": cohort.dataset,
-        "task": cohort.task,
-    }, model_path)
-    config_path.write_text(cfg.model_dump_json(indent=1))
-    metrics_path = out / "metrics.json"
-    metrics_path.write_text(json.dumps(metrics, indent=1))
-    (out / "history.json").write_text(json.dumps(result.history, indent=1))
-    return ExpertResult(
-        model_path=model_path, config_path=config_path, metrics_path=metrics_path,
-        attention_path=attention_path, predictions_path=predictions_path,
-        metrics=metrics, history=result.history, best_epoch=result.best_epoch,
-    )
+        dest = Workspace.of(cfg).expert_dir
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(result.attention_path, dest / "attention.parquet")
+        shutil.copy2(result.model_path, dest / "model.pt")
+        versions = {"expert_md5": tree_md5(dest)}
+        if cfg.tracking.dvc:
+            versions.update(DataStore(cfg.workspace, cfg.tracking.dvc_remote).commit())
+        mlflow.set_tags({f"eagrl.{k}": v for k, v in versions.items()})
+        m = result.metrics
+        message = (f"ConCare test AUROC {m['test_auroc']:.3f} {_ci(m.get('test_auroc_ci'))}, "
+                   f"AUPRC {m['test_auprc']:.3f} {_ci(m.get('test_auprc_ci'))}; {_guidance(m)}; "
+                   f"C_exp -> {dest / 'attention.parquet'}")
+        stage = StageResult("expert", metrics=result.metrics, mlflow_run_id=run.info.run_id, message=message,
+                            outputs={"attention": str(dest / "attention.parquet"), "model": str(dest / "model.pt"),
+                                     "registered_model": Workspace.of(cfg).registered_name("expert"), **versions})
+    stage.write(out_dir)
+    return stage
 
 
-def load_expert(path: str | Path) -> tuple[ConCare, ExpertConfig, list[str]]:
-    """Rebuild a trained expert from ``model.pt`` (or the folder holding it), in eval mode on the CPU."""
-    p = Path(path)
-    p = p / "model.pt" if p.is_dir() else p
-    if not p.is_file():
-        raise DataError(f"no expert checkpoint at {p} (run `eagrl expert train` first)")
-    ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    cfg = ExpertConfig.model_validate(ckpt["config"])
-    model = ConCare(len(ckpt["feature_names"]), ckpt["demo_dim"], cfg)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), cfg, list(ckpt["feature_names"])
+# What a re-export takes from the config rather than from the checkpoint: how C_exp is chosen.
+EXPORT_KEYS = ("top_k", "c_exp_score", "c_exp_blend", "c_exp_mass", "occlusion_quantiles", "c_exp_observed_only")
+
+# The figures each registered version carries as tags, beside its run's metrics: how well it predicts and
+# what its C_exp holds (issue 28: the share of stays whose C_exp names a reference feature, per version).
+VERSION_TAGS = ("test_auroc", "test_auprc", "c_exp_reference_share", "c_exp_reference_jaccard", "c_exp_size_mean",
+                "c_exp_attention_mass_mean", "attention_entropy_median")
+
+
+def _log_and_register(cfg: Config, model_path: Path, metrics: dict | None = None) -> None:
+    """Log the trained ConCare as an MLflow PyTorch model, register a new version of it and tag the version
+    with :data:`VERSION_TAGS` and the C_exp rule it was exported with."""
+    import mlflow
+
+    from eagrl.expert.fit import load_expert
+
+    model, ecfg, features = load_expert(model_path)
+    info = mlflow.pytorch.log_model(model, name="expert", registered_model_name=Workspace.of(cfg).registered_name("expert"),
+                                    pip_requirements=[], metadata={"feature_names": features},
+                                    serialization_format="pickle")  # pt2 would need a traced example input
+    version = getattr(info, "registered_model_version", None)
+    if version is None:
+        return
+    tags = {k: f"{metrics[k]:.4f}" for k in VERSION_TAGS if isinstance((metrics or {}).get(k), (int, float))}
+    tags["c_exp_rule"] = f"{ecfg.c_exp_score} mass={ecfg.c_exp_mass} k<={ecfg.top_k}"
+    client = mlflow.MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(Workspace.of(cfg).registered_name("expert"), str(version), k, v)
+
+
+def _guidance(m: dict) -> str:
+    """One phrase: how spread the final attention is and what C_exp holds."""
+    text = (f"final attention entropy median {m['attention_entropy_median']:.2f} nats "
+            f"(p25 {m['attention_entropy_p25']:.2f}, p75 {m['attention_entropy_p75']:.2f}) of "
+            f"{m['attention_entropy_uniform']:.2f} uniform; C_exp mean size {m['c_exp_size_mean']:.1f}, "
+            f"attention mass {m['c_exp_attention_mass_mean']:.2f}")
+    if "c_exp_reference_share" in m:
+        text += f", holds a reference feature in {m['c_exp_reference_share']:.0%} of stays"
+    return text
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def _trained(cfg: Config, model_path: str | Path | None):
+    from eagrl.expert.fit import load_expert
+
+    model, ecfg, features = load_expert(model_path or Workspace.of(cfg).expert_dir / "model.pt")
+    return model, ecfg, features
+
+
+def _check_features(cohort: Cohort, features: list[str], where: Path) -> None:
+    from eagrl.errors import DataError
+
+    if features != cohort.feature_names:
+        missing = sorted(set(features) ^ set(cohort.feature_names))[:5]
+        raise DataError(f"the expert at {where} was trained on other features than the {cohort.dataset} cohort "
+                        f"(e.g. {missing}); train it on this cohort first")
+
+
+@records_failure("expert-evaluate", inputs=lambda cfg, a: [Workspace.of(cfg).cohort_dir, a["model_path"] or Workspace.of(cfg).expert_dir])
+def evaluate_expert_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None,
+                          split: str = "test") -> StageResult:
+    """Score a trained expert on one split of the prepared cohort, with bootstrap intervals."""
+    from eagrl.expert.train import predict
+    from eagrl.metrics import evaluate_binary
+
+    out = stage_dir(out_dir, "expert-evaluate")
+    cohort = Cohort.load(Workspace.of(cfg).cohort_dir)
+    model, ecfg, features = _trained(cfg, model_path)
+    _check_features(cohort, features, Path(model_path or Workspace.of(cfg).expert_dir))
+    arrays = cohort.tensors(split)
+    probs, _ = predict(model, arrays)
+    metrics = evaluate_binary(arrays["y"], probs, prefix=f"{split}_", n_boot=ecfg.n_boot, seed=ecfg.seed,
+                              threshold=ecfg.threshold)
+    a, ci = metrics[f"{split}_auroc"], metrics[f"{split}_auroc_ci"]
+    import mlflow
+    import pandas as pd
+
+    pd.DataFrame({"stay_id": arrays["stay_ids"], "label": arrays["y"], "prob": probs}).to_csv(
+        out / "predictions.csv", index=False)
+    with stage_run(cfg, "expert-evaluate") as run:
+        log_metrics(metrics)
+        mlflow.log_artifact(str(out / "predictions.csv"))
+    result = StageResult("expert-evaluate", metrics=metrics, outputs={"predictions": str(out / "predictions.csv")},
+                         mlflow_run_id=run.info.run_id,
+                         message=f"expert on {cohort.dataset} {split}: AUROC {a:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+    result.write(out_dir)
+    return result
+
+
+@records_failure("expert-attention", inputs=lambda cfg, a: [Workspace.of(cfg).cohort_dir, a["model_path"] or Workspace.of(cfg).expert_dir])
+def export_attention_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None) -> StageResult:
+    """Write every stay's score and C_exp from a trained expert, by this config's C_exp rule (``EXPORT_KEYS``)."""
+    from eagrl.expert.attention import export_attention
+
+    out = stage_dir(out_dir, "expert-attention")
+    cohort = Cohort.load(Workspace.of(cfg).cohort_dir)
+    model, ecfg, features = _trained(cfg, model_path)
+    _check_features(cohort, features, Path(model_path or Workspace.of(cfg).expert_dir))
+    ecfg = ecfg.model_copy(update={k: getattr(cfg.expert, k) for k in EXPORT_KEYS})
+    table = export_attention(model, cohort, ecfg, out / "attention.parquet")
+    import mlflow
+
+    with stage_run(cfg, "expert-attention") as run:
+        mlflow.log_artifact(str(out / "attention.parquet"))
+    result = StageResult("expert-attention", metrics={"n_stays": len(table), "top_k": ecfg.top_k},
+                         mlflow_run_id=run.info.run_id,
+                         outputs={"attention": str(out / "attention.parquet")},
+                         message=f"C_exp ({ecfg.c_exp_score}, mass {ecfg.c_exp_mass}, k<={ecfg.top_k}) of {len(table)} stays -> {out / 'attention.parquet'}")
+    result.write(out_dir)
+    return result

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from eagrl.config.expert import ExpertConfig
 from eagrl.errors import ConfigError
-from eagrl.evaluate.metrics import auprc, auroc
-from eagrl.expert.config import ExpertConfig
 from eagrl.expert.model import ConCare
+from eagrl.metrics import auprc, auroc
 
 Arrays = dict[str, np.ndarray]
 _KEYS = ("x", "mask", "demo", "y")

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
+from eagrl.config.llm import DEFAULT_SOURCE, ModelConfig
 from eagrl.errors import ConfigError, EagrlError
-from eagrl.llm.config import DEFAULT_SOURCE, ModelConfig
 
 log = logging.getLogger(__name__)
 

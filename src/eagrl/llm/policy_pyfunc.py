@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-from eagrl.llm.config import GenerationConfig, ModelConfig
+from eagrl.config.llm import GenerationConfig, ModelConfig
 
 
 class PolicyModel(PythonModel):

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from eagrl.config.llm import GenerationConfig
 from eagrl.data.cohort import PatientRecord
 from eagrl.data.schema import FeatureSpec
-from eagrl.llm.config import GenerationConfig
 
 COVID_DATASETS = ("tjh",)
 

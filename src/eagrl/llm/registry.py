@@ -2,7 +2,7 @@
 
 A trained LoRA adapter is logged with :func:`log_policy` as an MLflow ``pyfunc`` model
 (:class:`eagrl.llm.policy_pyfunc.PolicyModel`, logged from code): its artifacts are the
-adapter folder and the :class:`~eagrl.llm.config.ModelConfig` of the base it was trained on, so
+adapter folder and the :class:`~eagrl.config.llm.ModelConfig` of the base it was trained on, so
 ``mlflow.pyfunc.load_model("models:/eagrl-sft-tjh-mortality/1")`` gives a model whose ``predict`` takes
 prompts and returns completions, and :func:`eagrl.llm.loading.load_model` with
 ``adapter="models:/..."`` finds the adapter folder inside it. The base weights are not copied into every
@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from eagrl.llm.config import GenerationConfig, ModelConfig
+from eagrl.config.llm import GenerationConfig, ModelConfig
 
 
 def log_policy(adapter_dir: str | Path, model_cfg: ModelConfig, gen_cfg: GenerationConfig, name: str,

@@ -38,11 +38,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from eagrl.config.llm import GenerationConfig
 from eagrl.llm.backends.base import GenerationBackend, SamplingParams, sample_seed, seeds_for
 from eagrl.llm.backends.script import Draw, Peek, run_lockstep
-from eagrl.llm.config import GenerationConfig
-from eagrl.llm.parse import (ALL_TAGS, ANSWER, FEATURES, FINAL, NO_NUMBER, SUBQ, THINK, FeatureMatcher,
-                             ParsedResponse, parse_response)
+from eagrl.llm.parse import (
+    ALL_TAGS,
+    ANSWER,
+    FEATURES,
+    FINAL,
+    NO_NUMBER,
+    SUBQ,
+    THINK,
+    FeatureMatcher,
+    ParsedResponse,
+    parse_response,
+)
 
 STEPS, FEATURES_STAGE, ANSWER_STAGE, DONE = "steps", "features", "answer", "done"
 

@@ -35,12 +35,13 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from eagrl.config.llm import GenerationConfig
+from eagrl.config.mcts import MCTSConfig
+from eagrl.config.reward import DEFAULT_CLS, ClsReward
 from eagrl.llm.backends.base import GenerationBackend, sample_seed
-from eagrl.llm.config import GenerationConfig
 from eagrl.llm.rewards import r_att as jaccard
-from eagrl.llm.rewards import DEFAULT_CLS, ClsReward, reward
+from eagrl.llm.rewards import reward
 from eagrl.llm.structured import STEPS, Response, StructuredGenerator, Trajectory
-from eagrl.mcts.config import MCTSConfig
 
 SIMULATION_SEED_OFFSET = 1_000_000  # simulation seeds never collide with expansion seeds (node ids)
 

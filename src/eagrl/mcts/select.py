@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from eagrl.mcts.config import MCTSConfig
+from eagrl.config.mcts import MCTSConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,243 +1,104 @@
-"""The Stage-1 search over a cohort split: ``run_mcts`` searches each patient, stores, selects and reports.
+"""Stage 1a as a pipeline stage: the expert-guided search over the cohort's training split, tracked and versioned.
 
-``run_mcts(cohort, attention_table, model_cfg, gen_cfg, mcts_cfg, out_dir)`` writes into ``out_dir``:
+``mcts_stage(cfg, out_dir)`` is what ``eagrl mcts``, the KFP component and the tests call. Around
+:func:`eagrl.mcts.cohort_search.run_mcts` it adds: the store's place in the workspace, the MLflow run (settings, reward
+statistics with intervals, a plot of the reward distributions, the selected set) and the DVC version of the
+trajectories.
 
-* ``trajectories.jsonl``: every completed rollout of every patient (:class:`TrajectoryStore`, one line a
-  patient, appended as each tree finishes; a rerun skips the stored patients);
-* ``selected.jsonl``: the SFT set (:func:`select_trajectories`), one record a line;
-* ``metrics.json``: means of R, R_cls, R_att (search reward) and R_att against C_exp over the selected
-  trajectories with percentile-bootstrap 95% intervals, the same means over all trajectories, selected
-  counts by class, tree sizes and time per patient.
-
-The function is what the CLI, the pipeline component and the tests call; it logs the metrics into the
-active MLflow run, if the caller opened one.
+The store lives at ``<workspace>/data/trajectories/<dataset>-<task>/<guided|unguided>-<key>/`` where ``key``
+digests everything that changes what the search writes (its settings, the model and its dtype, the cohort version
+and the expert's C_exp). The same settings therefore find and resume their own store after an interruption, and other
+settings (the unguided ablation, another expert) start a new one beside it instead of overwriting it.
 """
 from __future__ import annotations
 
 import json
-import logging
-import os
-import time
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
+from eagrl.config import Config
 from eagrl.data.cohort import Cohort
-from eagrl.errors import DataError
-from eagrl.evaluate.metrics import bootstrap_indices
-from eagrl.llm.backends import GenerationBackend, make_backend
-from eagrl.llm.config import GenerationConfig, ModelConfig
-from eagrl.llm.prompt import build_prompt, encode
-from eagrl.llm.rewards import DEFAULT_CLS, ClsReward
-from eagrl.mcts.config import MCTSConfig
-from eagrl.mcts.search import make_generator, search
-from eagrl.mcts.select import select_trajectories
-from eagrl.mcts.store import TrajectoryStore
-
-log = logging.getLogger(__name__)
-
-# MCTS settings that do not change what the search writes (selection and sample size): left out of the header,
-# as GenerationConfig.content() leaves out the throughput-only generation settings.
-_NOT_SEARCH = {"top_k_per_patient", "balance", "dedupe", "n_boot", "split", "max_stays"}
+from eagrl.mcts.cohort_search import trajectories_dir
+from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.tracking.dvc_store import DataStore, tree_md5
+from eagrl.tracking.mlflow_run import stage_run
+from eagrl.workspace import Workspace, model_config
 
 
-@dataclass
-class MCTSResult:
-    trajectories_path: Path
-    selected_path: Path
-    metrics_path: Path
-    metrics: dict = field(default_factory=dict)
-    n_searched: int = 0  # patients searched in this call (the rest were already stored)
-    n_skipped: int = 0
+@records_failure("mcts", ("data", "expert", "model", "generation", "reward", "mcts"),
+                 lambda cfg, a: [a["cohort_path"] or Workspace.of(cfg).cohort_dir,
+                                 a["attention_path"] or Workspace.of(cfg).attention_path])
+def mcts_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
+               cohort_path: str | Path | None = None, attention_path: str | Path | None = None) -> StageResult:
+    """Search every stay of ``cfg.mcts.split``, select the SFT set, track and version it."""
+    import mlflow
+
+    from eagrl.expert.attention import read_attention
+    from eagrl.mcts.cohort_search import run_mcts
+
+    out = stage_dir(out_dir, "mcts")
+    source = Path(cohort_path) if cohort_path else Workspace.of(cfg).cohort_dir
+    cohort = Cohort.load(source)
+    attention = Path(attention_path) if attention_path else Workspace.of(cfg).attention_path
+    table = read_attention(attention)
+    cohort_md5 = tree_md5(source)
+    dest = trajectories_dir(cfg, cohort, source, attention)
+
+    with stage_run(cfg, "mcts", parent_run_id) as run:
+        mlflow.set_tags({"eagrl.cohort_md5": cohort_md5, "eagrl.expert_guidance": str(cfg.mcts.expert_guidance),
+                         "eagrl.trajectories_dir": str(dest)})
+        res = run_mcts(cohort, table, model_config(cfg), cfg.generation, cfg.mcts, dest, split=cfg.mcts.split,
+                       max_stays=cfg.mcts.max_stays, progress=sys.stderr.isatty(), cls_reward=cfg.reward)
+        plot = reward_plot(res.trajectories_path, res.selected_path, out / "rewards.png")
+        for path in (res.selected_path, res.metrics_path, plot):
+            mlflow.log_artifact(str(path))
+        versions = {"trajectories_md5": tree_md5(dest)}
+        if cfg.tracking.dvc:
+            versions.update(DataStore(cfg.workspace, cfg.tracking.dvc_remote).commit())
+        mlflow.set_tags({f"eagrl.{k}": v for k, v in versions.items()})
+        m = res.metrics
+        lo, hi = m.get("selected_r_att_ci", [float("nan")] * 2)
+        message = (f"MCTS ({'guided' if cfg.mcts.expert_guidance else 'unguided'}) on {m['n_patients']} stays: "
+                   f"{m['n_trajectories']} trajectories, {m['n_selected']} selected "
+                   f"({m['n_selected_positive']} pos / {m['n_selected_negative']} neg), selected R_att "
+                   f"{m['selected_r_att_mean']:.3f} [{lo:.3f}, {hi:.3f}]; {res.n_skipped} stays resumed from the store")
+        result = StageResult("mcts", metrics={**m, "n_resumed": res.n_skipped}, mlflow_run_id=run.info.run_id,
+                             message=message,
+                             outputs={"selected": str(res.selected_path), "trajectories": str(res.trajectories_path),
+                                      "dir": str(dest), "rewards_plot": str(plot), **versions})
+    result.write(out_dir)
+    return result
 
 
-def run_mcts(
-    cohort: Cohort,
-    attention_table: pd.DataFrame,
-    model_cfg: ModelConfig | None = None,
-    gen_cfg: GenerationConfig | None = None,
-    mcts_cfg: MCTSConfig | None = None,
-    out_dir: str | Path = "mcts",
-    split: str = "train",
-    max_stays: int | None = None,
-    backend: GenerationBackend | None = None,
-    progress: bool = True,
-    stay_ids: list[str] | None = None,
-    deadline: float | None = None,
-    cls_reward: ClsReward | None = None,
-) -> MCTSResult:
-    """Search every stay of ``split`` (or a label-stratified sample of ``max_stays``), resuming a previous run in
-    ``out_dir``.
+def reward_plot(trajectories_path: Path, selected_path: Path, out: Path) -> Path:
+    """Histograms of R, R_cls and R_att over all completed trajectories and over the selected ones."""
+    import matplotlib
 
-    ``stay_ids`` searches exactly those stays instead (e.g. one shard of a split run by parallel workers);
-    ``deadline`` (a ``time.time()`` value) stops taking new stays once passed; the stored ones stay resumable.
-    ``cls_reward`` is how R_cls scores the readout (the config's ``reward`` section; default: its defaults).
-    """
-    model_cfg, gen_cfg, cfg = model_cfg or ModelConfig(), gen_cfg or GenerationConfig(), mcts_cfg or MCTSConfig()
-    cls_reward = cls_reward or DEFAULT_CLS
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if stay_ids is None:
-        stay_ids = cohort.sample_ids(split, max_stays, cfg.seed)  # all, or a label-stratified sample
-    stay_ids = [str(s) for s in stay_ids]
-    if not stay_ids:
-        raise DataError(f"run_mcts was given an empty stay_ids list for the {cohort.dataset}/{cohort.task} cohort")
-    c_exp = c_exp_lookup(attention_table, stay_ids)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    store = TrajectoryStore(out / "trajectories.jsonl",
-                            search_header(cohort, model_cfg, gen_cfg, cfg, split, cls_reward))
-    todo = [s for s in stay_ids if s not in store]
-    if len(todo) < len(stay_ids):
-        log.info("mcts: %d of %d stays already stored in %s; resuming", len(stay_ids) - len(todo), len(stay_ids),
-                 store.path)
-    if todo:
-        backend = backend or make_backend(model_cfg, gen_cfg)
-        generator = make_generator(backend, gen_cfg, cfg, cohort.features)
-        tok = backend.tokenizer
-        with _Progress(len(todo), progress) as advance:
-            for sid in todo:
-                if deadline is not None and time.time() > deadline:
-                    log.warning("mcts: deadline reached; %d stays left for a later call", len(set(todo) - store.done()))
-                    break
-                rec = cohort.patient(sid)
-                prompt = build_prompt(rec, cohort.features, dataset=cohort.dataset, task=cohort.task,
-                                      cfg=generator.cfg, tokenizer=tok)
-                ids = encode(prompt, tok)
-                res = search(generator, ids, rec.label, c_exp[sid], cfg, stay_id=sid, cls_reward=cls_reward)
-                store.append({"label": res.label, "c_exp": res.c_exp, "prompt_ids": res.prompt_ids,
-                              "prompt_text": prompt.text, "stats": res.stats, "stay_id": sid,
-                              "trajectories": [c.to_json() for c in res.completed]})
-                advance(f"{sid}: {res.stats['nodes']} nodes, {res.stats['seconds']:.1f} s")
-
-    wanted = set(stay_ids)
-    patients = [p for p in store.patients() if p["stay_id"] in wanted]
-    searched = [s for s in todo if s in store]
-    selected = select_trajectories(patients, cfg, correct_side_only=gen_cfg.readout == "digits")
-    selected_path = _write_jsonl(out / "selected.jsonl", selected)
-    metrics = mcts_metrics(patients, selected, cfg.n_boot, cfg.seed)
-    from eagrl.stage import metrics_json
-
-    metrics_path = out / "metrics.json"
-    metrics_path.write_text(json.dumps(metrics_json(metrics), indent=1, sort_keys=True))
-    _log_mlflow(metrics)
-    return MCTSResult(store.path, selected_path, metrics_path, metrics, len(searched), len(stay_ids) - len(todo))
+    every = _all_trajectories(trajectories_path)
+    chosen = [json.loads(line) for line in selected_path.read_text().splitlines() if line.strip()]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, key, title in zip(axes, ("r", "r_cls", "r_att"), ("R (composite)", "R_cls", "R_att")):
+        bins = [i / 20 for i in range(21)]
+        ax.hist([t[key] for t in every], bins=bins, alpha=0.6, label=f"all ({len(every)})")
+        ax.hist([t[key] for t in chosen], bins=bins, alpha=0.6, label=f"selected ({len(chosen)})")
+        ax.set_title(title)
+        ax.set_xlabel("reward")
+    axes[0].set_ylabel("trajectories")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
-# ====================================================================== statistics
-def mean_ci(values, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> tuple[float, list[float]]:
-    """The mean and its percentile-bootstrap interval (NaN for no values; a point interval for one)."""
-    v = np.asarray(list(values), dtype=np.float64)
-    if v.size == 0:
-        return float("nan"), [float("nan"), float("nan")]
-    if n_boot <= 0 or v.size == 1:
-        return float(v.mean()), [float(v.mean()), float(v.mean())]
-    means = v[bootstrap_indices(v.size, n_boot, seed)].mean(axis=1)  # (n_boot,)
-    lo, hi = np.percentile(means, [50 * (1 - ci), 50 * (1 + ci)])
-    return float(v.mean()), [float(lo), float(hi)]
-
-
-def mcts_metrics(patients: list[dict], selected: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Reward statistics of the selected and of all trajectories, counts, tree sizes and timings."""
-    m: dict = {}
-    for key in ("r", "r_cls", "r_att", "r_att_expert"):
-        m[f"selected_{key}_mean"], m[f"selected_{key}_ci"] = mean_ci([s[key] for s in selected], n_boot, seed)
-    trajs = [t for p in patients for t in p["trajectories"]]
-    for key in ("r", "r_cls", "r_att", "r_att_expert"):
-        m[f"all_{key}_mean"] = float(np.mean([t[key] for t in trajs])) if trajs else float("nan")
-    stats = [p["stats"] for p in patients]
-    seconds = float(sum(s["seconds"] for s in stats))
-    m.update({
-        "n_patients": len(patients),
-        "n_trajectories": len(trajs),
-        "n_selected": len(selected),
-        "n_selected_positive": sum(1 for s in selected if s["label"] == 1),
-        "n_selected_negative": sum(1 for s in selected if s["label"] == 0),
-        "n_patients_selected": len({s["stay_id"] for s in selected}),
-        "well_formed_rate": float(np.mean([t["well_formed"] for t in trajs])) if trajs else float("nan"),
-        "tree_nodes_mean": float(np.mean([s["nodes"] for s in stats])) if stats else float("nan"),
-        "tree_max_depth_mean": float(np.mean([s["max_depth"] for s in stats])) if stats else float("nan"),
-        "response_steps_mean": float(np.mean([t["n_steps"] for t in trajs])) if trajs else float("nan"),
-        "seconds_per_patient": seconds / len(stats) if stats else float("nan"),
-        "trajectories_per_minute": 60.0 * len(trajs) / seconds if seconds > 0 else float("nan"),
-    })
-    return m
-
-
-# ====================================================================== helpers
-def c_exp_lookup(table: pd.DataFrame, stay_ids: list[str]) -> dict[str, list[str]]:
-    if not {"stay_id", "c_exp"} <= set(table.columns):
-        raise DataError(f"the expert attention table needs columns stay_id and c_exp, has {list(table.columns)[:6]}")
-    lookup = {str(s): list(c) for s, c in zip(table["stay_id"], table["c_exp"])}
-    missing = [s for s in stay_ids if s not in lookup]
-    if missing:
-        raise DataError(f"the expert attention table has no C_exp for {len(missing)} of {len(stay_ids)} stays "
-                        f"(e.g. {missing[:3]}); export it from the expert trained on this cohort")
-    return lookup
-
-
-def search_header(cohort: Cohort, model_cfg: ModelConfig, gen_cfg: GenerationConfig, cfg: MCTSConfig, split: str,
-                  cls_reward: ClsReward | None = None) -> dict:
-    search = cfg.model_dump(exclude=_NOT_SEARCH)
-    if search["parallel"] == 1:  # the one-at-a-time search stores came from before the setting: they still resume
-        del search["parallel"]
-    header = {
-        "dataset": cohort.dataset, "task": cohort.task, "split": split, "model": model_cfg.weights(),
-        "adapter": model_cfg.adapter,
-        "mcts": search,
-        "generation": gen_cfg.content(),
-    }
-    if cls_reward is not None and cls_reward != DEFAULT_CLS:  # stores of the default reward keep their header
-        header["reward"] = cls_reward.model_dump()
-    return header
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> Path:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps(r, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-class _Progress:
-    """A rich progress bar (or nothing when disabled); ``advance(text)`` ticks one patient."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.bar, self.task = total, enabled, None, None
-        self.t0 = time.perf_counter()
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("mcts"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.description}"), transient=False)
-            self.bar.start()
-            self.task = self.bar.add_task("", total=self.total)
-
-        def advance(text: str) -> None:
-            log.info("mcts: %s", text)
-            if self.bar is not None:
-                self.bar.update(self.task, advance=1, description=text)
-
-        return advance
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
-        return False
-
-
-def _log_mlflow(metrics: dict) -> None:
-    try:
-        import mlflow
-    except ImportError:  # pragma: no cover
-        return
-    if mlflow.active_run() is None:
-        return
-    from eagrl.evaluate.metrics import scalar_metrics
-
-    mlflow.log_metrics({k: v for k, v in scalar_metrics(metrics).items() if np.isfinite(v)})
+def _all_trajectories(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            obj = json.loads(line)
+            if obj.get("kind") == "patient":
+                out.extend(obj["trajectories"])
+    return out

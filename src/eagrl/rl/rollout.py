@@ -31,10 +31,10 @@ from collections.abc import Sequence
 
 import torch
 
+from eagrl.config.llm import GenerationConfig
+from eagrl.config.reward import DEFAULT_CLS, ClsReward
 from eagrl.llm.backends.base import sample_seed
-from eagrl.llm.config import GenerationConfig
 from eagrl.llm.rewards import r_att as jaccard
-from eagrl.llm.rewards import DEFAULT_CLS, ClsReward
 from eagrl.llm.rewards import r_cls as calibration_reward
 from eagrl.llm.structured import StructuredGenerator, answer_token
 from eagrl.rl.clip import trajectory_entropy

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from transformers import PrinterCallback
 
+from eagrl.config.llm import GenerationConfig, ModelConfig
+from eagrl.config.reward import DEFAULT_CLS, ClsReward
+from eagrl.config.rl import RLConfig
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
-from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.loading import LoadedModel, attach_lora, load_model, mlflow_model_dir
-from eagrl.rl.config import RLConfig
-from eagrl.llm.rewards import DEFAULT_CLS, ClsReward
 from eagrl.rl.rollout import StructuredRollout, r_att, r_cls, r_cls_with
 from eagrl.rl.trainer import EAGRLTrainer, MlflowSteps, ProgressLog
 

@@ -38,8 +38,8 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
+from eagrl.config.rl import RLConfig
 from eagrl.rl.clip import adaptive_epsilon
-from eagrl.rl.config import RLConfig
 
 log = logging.getLogger(__name__)
 

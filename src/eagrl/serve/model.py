@@ -26,14 +26,14 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from pydantic import ValidationError
 
+from eagrl.config.llm import GenerationConfig, ModelConfig
+from eagrl.config.serve import ServeConfig
 from eagrl.data.schema import FeatureSpec
 from eagrl.errors import DataError
 from eagrl.llm.backends import GenerationBackend, Sample, SamplingParams, make_backend
-from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.prompt import build_prompt, encode
 from eagrl.llm.structured import StructuredGenerator
 from eagrl.serve.batching import Batcher
-from eagrl.serve.config import ServeConfig
 from eagrl.serve.schema import ClinicalPrediction, PatientIn, Step, to_record
 
 log = logging.getLogger(__name__)

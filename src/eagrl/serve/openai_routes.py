@@ -26,7 +26,6 @@ an unstreamed one.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 import uuid

@@ -29,10 +29,10 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 
+from eagrl.config.llm import GenerationConfig, ModelConfig
+from eagrl.config.serve import ServeConfig
 from eagrl.data.schema import FeatureSpec, load_specs, specs_dir
 from eagrl.errors import ConfigError, DataError
-from eagrl.llm.config import GenerationConfig, ModelConfig
-from eagrl.serve.config import ServeConfig
 from eagrl.serve.openai_routes import error_response, register_openai_routes
 from eagrl.serve.schema import ClinicalPrediction, PatientIn
 

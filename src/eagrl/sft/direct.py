@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from eagrl.config.llm import GenerationConfig
 from eagrl.data.cohort import Cohort
-from eagrl.llm.config import GenerationConfig
 from eagrl.llm.parse import FINAL
 from eagrl.llm.prompt import build_prompt, encode
 from eagrl.llm.structured import answer_words, tokenizer_encode

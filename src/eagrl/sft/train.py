@@ -26,9 +26,9 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 from trl import SFTTrainer
 
-from eagrl.llm.config import ModelConfig
+from eagrl.config.llm import ModelConfig
+from eagrl.config.sft import SFTConfig
 from eagrl.llm.loading import LoadedModel, attach_lora, load_model
-from eagrl.sft.config import SFTConfig
 from eagrl.sft.data import ExampleSet, SFTCollator, load_examples
 
 log = logging.getLogger(__name__)

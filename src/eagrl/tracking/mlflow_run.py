@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from eagrl.config import Config
-from eagrl.stage import metrics_json
+from eagrl.metrics import metrics_json
 
 MAX_PARAM_LEN = 6000
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from xml.etree import ElementTree
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pandas as pd
 

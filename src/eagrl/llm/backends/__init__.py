@@ -5,8 +5,8 @@
 """
 from __future__ import annotations
 
+from eagrl.config.llm import GenerationConfig, ModelConfig
 from eagrl.llm.backends.base import BackendUnavailable, GenerationBackend, Sample, SamplingParams
-from eagrl.llm.config import GenerationConfig, ModelConfig
 
 __all__ = ["BackendUnavailable", "GenerationBackend", "Sample", "SamplingParams", "make_backend"]
 

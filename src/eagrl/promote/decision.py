@@ -13,7 +13,7 @@
    version and the alias does not move, whether or not a champion exists;
 4. the version holding the alias (``champion``) is looked up; with none, the candidate becomes champion;
 5. otherwise both prediction files are aligned on ``stay_id`` and compared with a paired bootstrap of the
-   test AUROC (:func:`eagrl.evaluate.metrics.paired_bootstrap`); the alias moves only when the lower bound
+   test AUROC (:func:`eagrl.metrics.paired_bootstrap`); the alias moves only when the lower bound
    of the difference's interval is above ``min_improvement`` (the candidate is better on resampled test
    sets, not only on this one). Test sets sharing under ``min_overlap`` of their stays are not comparable:
    no promotion.
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from eagrl.errors import DataError, EagrlError
-from eagrl.evaluate.metrics import auroc, evaluate_binary, paired_bootstrap
+from eagrl.metrics import auroc, evaluate_binary, paired_bootstrap
 
 log = logging.getLogger(__name__)
 

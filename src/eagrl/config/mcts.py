@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from eagrl.llm.rewards import DEFAULT_LAMBDA
-from eagrl.section import Section
+from eagrl.config.reward import DEFAULT_LAMBDA
+from eagrl.config.section import Section
 
 
 class MCTSConfig(Section):

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from eagrl.section import Section
+from eagrl.config.section import Section
 
 
 class Toleration(Section):

@@ -20,7 +20,7 @@ DEFAULT_SOURCE = "smollm2-135m"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-from eagrl.section import Section as _Section  # noqa: E402
+from eagrl.config.section import Section as _Section  # noqa: E402
 
 
 class ModelConfig(_Section):

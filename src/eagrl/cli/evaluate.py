@@ -12,20 +12,20 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    # Imported here, not at the top: eagrl.cli imports this module at its end, after defining these.
-    from eagrl.cli import DataPath, DatasetOpt, Out, Profile, Sets, TaskOpt, Workspace, _guard, _run_stage
+    # Imported here: typer reads these annotations when the command is built.
+    from eagrl.cli.options import DataPath, DatasetOpt, Out, Profile, Sets, TaskOpt, WorkspaceOpt, guard, run_stage
 
     Models = Annotated[Optional[str], typer.Option(
         "--models", help="Comma-separated entries of evaluate.models to score (default: all of them).")]
 
     @app.command("evaluate")
-    @_guard
+    @guard
     def evaluate(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
                  task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None,
-                 workspace: Workspace = None, models: Models = None) -> None:
+                 workspace: WorkspaceOpt = None, models: Models = None) -> None:
         """Score the prompting baselines and every registered model on one split; write OUT/evaluate/report.html."""
         from eagrl.evaluate.stage import evaluate_stage
 
         only = [m.strip() for m in models.split(",") if m.strip()] if models else None
         stage = lambda cfg, o: evaluate_stage(cfg, o, only=only)  # noqa: E731
-        _run_stage(stage, profile, dataset, data_path, task, out, set_, workspace, "report", "table")
+        run_stage(stage, profile, dataset, data_path, task, out, set_, workspace, "report", "table")

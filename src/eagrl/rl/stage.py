@@ -23,20 +23,15 @@ import json
 from pathlib import Path
 
 from eagrl.config import Config
+from eagrl.config.rl import RLConfig
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
-from eagrl.expert.run import cohort_dir
-from eagrl.llm.run import model_config
-from eagrl.rl.config import RLConfig
 from eagrl.stage import StageResult, records_failure, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
+from eagrl.workspace import Workspace, model_config
 
 SECTIONS = ("data", "expert", "model", "generation", "reward", "mcts", "sft", "rl")
-
-
-def registered_name(cfg: Config) -> str:
-    return f"eagrl-{cfg.rl.variant}-{cfg.data.dataset}-{cfg.data.task}"
 
 
 def default_sft_adapter(cfg: Config, out_dir: str | Path) -> str | None:
@@ -46,22 +41,19 @@ def default_sft_adapter(cfg: Config, out_dir: str | Path) -> str | None:
         return result.outputs["adapter"]
     import mlflow
 
-    from eagrl.sft.run import registered_name as sft_name
-
     try:
-        versions = mlflow.MlflowClient(cfg.tracking.mlflow_tracking_uri).search_model_versions(f"name='{sft_name(cfg)}'")
+        versions = mlflow.MlflowClient(cfg.tracking.mlflow_tracking_uri).search_model_versions(f"name='{Workspace.of(cfg).registered_name('sft')}'")
     except Exception:  # no registry, no such model: the caller says what is missing
         return None
     if not versions:
         return None
     newest = max(versions, key=lambda v: int(v.version))
-    return f"models:/{sft_name(cfg)}/{newest.version}"
+    return f"models:/{Workspace.of(cfg).registered_name('sft')}/{newest.version}"
 
 
 def _inputs(cfg: Config, a: dict) -> list:
-    from eagrl.mcts.run import default_attention_path
 
-    return [a["cohort_path"] or cohort_dir(cfg), a["attention_path"] or default_attention_path(cfg)]
+    return [a["cohort_path"] or Workspace.of(cfg).cohort_dir, a["attention_path"] or Workspace.of(cfg).attention_path]
 
 
 @records_failure("rl", SECTIONS, _inputs)
@@ -72,17 +64,16 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
     import mlflow
 
     from eagrl.expert.attention import read_attention
-    from eagrl.evaluate.reuse import tag_heldout
     from eagrl.llm.registry import log_policy
-    from eagrl.llm.zeroshot import evaluate_trained
-    from eagrl.mcts.run import default_attention_path
-    from eagrl.mcts.stage import c_exp_lookup
+    from eagrl.mcts.cohort_search import c_exp_lookup
     from eagrl.rl.train import run_rl
+    from eagrl.scoring.keys import tag_heldout
+    from eagrl.scoring.policy import evaluate_trained
 
     out = stage_dir(out_dir, "rl")
-    source = Path(cohort_path) if cohort_path else cohort_dir(cfg)
+    source = Path(cohort_path) if cohort_path else Workspace.of(cfg).cohort_dir
     cohort = Cohort.load(source)
-    attention = Path(attention_path) if attention_path else default_attention_path(cfg)
+    attention = Path(attention_path) if attention_path else Workspace.of(cfg).attention_path
     table = read_attention(attention)
     c_exp = c_exp_lookup(table, [str(s) for s in cohort.split_ids(cfg.rl.split)])
     adapter = str(adapter_path) if adapter_path else (default_sft_adapter(cfg, out_dir) if cfg.rl.from_sft else None)
@@ -115,7 +106,7 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
             mlflow.log_artifact(str(path))
         mlflow.log_artifacts(str(heldout), artifact_path="heldout")
         tag_heldout(mcfg, res.adapter_dir, cfg.generation, cohort_md5, cfg.rl.eval_split)  # for the evaluation
-        info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered_name(cfg),
+        info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=Workspace.of(cfg).registered_name(cfg.rl.variant),
                           metadata={"stage": "rl", "variant": cfg.rl.variant, "dataset": cfg.data.dataset,
                                     "task": cfg.data.task, "start_adapter": adapter or ""})
         split = cfg.rl.eval_split
@@ -127,12 +118,12 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                                               "undefined")
                    + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}"
                    + (f"; on its own training stays {held['train_auroc']:.3f}" if "train_auroc" in held else "")
-                   + f"; registered {registered_name(cfg)}"
+                   + f"; registered {Workspace.of(cfg).registered_name(cfg.rl.variant)}"
                    + (f" v{version}" if version else ""))
         result = StageResult("rl", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
                              outputs={"adapter": str(res.adapter_dir), "heldout": str(heldout),
                                       "curves": str(plots[0]), "eps_plot": str(plots[1]),
-                                      "registered_model": registered_name(cfg), "model_uri": str(info.model_uri),
+                                      "registered_model": Workspace.of(cfg).registered_name(cfg.rl.variant), "model_uri": str(info.model_uri),
                                       "model_version": str(version or "")})
     result.write(out_dir)
     return result

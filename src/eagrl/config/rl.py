@@ -27,8 +27,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from eagrl.llm.rewards import DEFAULT_LAMBDA
-from eagrl.section import Section
+from eagrl.config.reward import DEFAULT_LAMBDA
+from eagrl.config.section import Section
 
 Variant = Literal["eag-rl", "grpo", "dapo", "eag-rl-no-ratt", "eag-rl-no-adaptive-clip", "eag-rl-no-stage1"]
 
@@ -170,7 +170,7 @@ class RLConfig(Section):
         return steps * self.prompts_per_batch / (self.updates_per_batch * self.num_iterations * max(n_stays, 1))
 
     def deepspeed_path(self) -> Path | None:
-        from eagrl.sft.config import DEEPSPEED_ALIASES
+        from eagrl.config.sft import DEEPSPEED_ALIASES
 
         if self.deepspeed is None:
             return None

@@ -1,7 +1,7 @@
 """Predictions already scored, found again by what produced them, so no policy is scored twice on the same stays.
 
 The zero-shot stage scores the base model, and the SFT and RL stages score their trained policy, on held-out
-stays with the same routine the evaluation uses (:func:`eagrl.llm.zeroshot.evaluate_zero_shot`). Each tags the
+stays with the same routine the evaluation uses (:func:`eagrl.scoring.policy.evaluate_zero_shot`). Each tags the
 MLflow run that holds those predictions with a **scoring key**: a digest of everything that decides what the
 responses say (the base model and its dtype, the adapter's weights, the generation settings except the
 throughput-only ones, the cohort's content digest, the split, the eagrl version). The evaluation computes the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from eagrl.llm.config import GenerationConfig, ModelConfig
+from eagrl.config.llm import GenerationConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ def tag_scored(key: str | None, artifact_path: str) -> None:
 
 def tag_heldout(model_cfg: ModelConfig, adapter_dir: str | Path, gen_cfg: GenerationConfig, cohort_md5: str,
                 split: str, artifact_path: str = "heldout", style: str = "pqd") -> None:
-    """Tag the active stage run with the key of its held-out check (:func:`eagrl.llm.zeroshot.evaluate_trained`)."""
-    from eagrl.llm.zeroshot import heldout_generation
+    """Tag the active stage run with the key of its held-out check (:func:`eagrl.scoring.policy.evaluate_trained`)."""
+    from eagrl.scoring.policy import heldout_generation
 
     tag_scored(scoring_key(model_cfg.model_copy(update={"adapter": str(adapter_dir)}), heldout_generation(gen_cfg, style),
                            cohort_md5, split), artifact_path)
@@ -134,7 +134,7 @@ def find_scored(experiment_id: str, key: str | None, stay_ids: list[str], dest: 
 
 
 def _write_subset(src: Path, pred: pd.DataFrame, wanted: list[str], dest: Path) -> None:
-    from eagrl.llm.zeroshot import SAMPLES
+    from eagrl.scoring.policy import SAMPLES
 
     dest.mkdir(parents=True, exist_ok=True)
     (dest / SAMPLES).unlink(missing_ok=True)  # an earlier sampled scoring's, not of the one-response predictions

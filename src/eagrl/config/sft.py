@@ -12,10 +12,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from eagrl.llm.config import LORA_TARGETS, ModelConfig
-from eagrl.section import Section
+from eagrl.config.llm import LORA_TARGETS, ModelConfig
+from eagrl.config.section import Section
 
-ZERO2_CONFIG = Path(__file__).with_name("deepspeed_zero2.json")
+ZERO2_CONFIG = Path(__file__).parent.parent / "sft" / "deepspeed_zero2.json"
 DEEPSPEED_ALIASES = {"zero2": ZERO2_CONFIG}
 
 

@@ -15,15 +15,15 @@ from eagrl.config import load_config, parse_override
 
 
 def register(app: typer.Typer, data_app: typer.Typer, pipeline_app: typer.Typer) -> None:
-    from eagrl.cli import _guard
+    from eagrl.cli.options import guard
 
     runs_app = typer.Typer(no_args_is_help=True, help="Look at tracked MLflow runs.")
     app.add_typer(runs_app, name="runs")
-    pipeline_app.command("compile")(_guard(pipeline_compile))
-    pipeline_app.command("submit")(_guard(pipeline_submit))
-    pipeline_app.command("schedule")(_guard(pipeline_schedule))
-    runs_app.command("compare")(_guard(runs_compare))
-    data_app.command("checkout")(_guard(data_checkout))
+    pipeline_app.command("compile")(guard(pipeline_compile))
+    pipeline_app.command("submit")(guard(pipeline_submit))
+    pipeline_app.command("schedule")(guard(pipeline_schedule))
+    runs_app.command("compare")(guard(runs_compare))
+    data_app.command("checkout")(guard(data_checkout))
 
 
 ClusterProfile = Annotated[str, typer.Option("--profile", "-p", help="Profile whose cluster section applies and "
@@ -119,7 +119,7 @@ Workspace = Annotated[Optional[Path], typer.Option("--workspace", help="Folder w
 def _client(tracking_uri: str | None, workspace: Path | None):
     import mlflow
 
-    from eagrl.cli import build_config
+    from eagrl.cli.options import build_config
 
     sets = [f"tracking.mlflow_tracking_uri={tracking_uri}"] if tracking_uri else None
     cfg = build_config("default", sets=sets, workspace=workspace)

@@ -11,31 +11,24 @@ from pathlib import Path
 
 from eagrl.config import Config
 from eagrl.data.cohort import Cohort
-from eagrl.expert.run import cohort_dir
 from eagrl.stage import StageResult, records_failure, stage_dir
 from eagrl.tracking.mlflow_run import log_metrics, nested_run, stage_run
-
-
-def model_config(cfg: Config):
-    """The model config with its cache inside the workspace unless one is set."""
-    if cfg.model.cache_dir:
-        return cfg.model
-    return cfg.model.model_copy(update={"cache_dir": str(Path(cfg.workspace).resolve() / ".cache" / "models")})
+from eagrl.workspace import Workspace, model_config
 
 
 @records_failure("zeroshot", ("data", "model", "generation", "zeroshot"),
-                 lambda cfg, a: [] if a["cohort_path"] else [cohort_dir(cfg)])
+                 lambda cfg, a: [] if a["cohort_path"] else [Workspace.of(cfg).cohort_dir])
 def zeroshot_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                    cohort_path: str | Path | None = None) -> StageResult:
     import mlflow
 
-    from eagrl.evaluate.reuse import scoring_key, tag_scored
     from eagrl.llm.backends import make_backend
-    from eagrl.llm.zeroshot import evaluate_zero_shot
+    from eagrl.scoring.keys import scoring_key, tag_scored
+    from eagrl.scoring.policy import evaluate_zero_shot
     from eagrl.tracking.dvc_store import tree_md5
 
     out = stage_dir(out_dir, "zeroshot")
-    source = Path(cohort_path or cohort_dir(cfg))
+    source = Path(cohort_path or Workspace.of(cfg).cohort_dir)
     cohort = Cohort.load(source)
     cohort_md5 = tree_md5(source)
     mcfg = model_config(cfg)

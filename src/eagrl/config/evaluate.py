@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from eagrl.section import Section
+from eagrl.config.section import Section
 
 Style = Literal["pqd", "vanilla", "think"]
 TUNE_SPLIT = "val"  # where evaluate.tune_threshold picks each model's threshold
@@ -194,7 +194,7 @@ class EvaluateConfig(Section):
     )
     reuse_predictions: bool = Field(
         True, description="Read a table row's predictions back from the zero-shot, SFT or RL stage run that scored "
-        "the same model with the same settings on these stays (greedy decoding only; eagrl.evaluate.reuse) instead "
+        "the same model with the same settings on these stays (greedy decoding only; eagrl.scoring.keys) instead "
         "of generating them again; false: score every row afresh."
     )
     tabular: TabularConfig = Field(default_factory=TabularConfig, description="The tabular (logistic regression) rows.")

@@ -15,22 +15,17 @@ from pathlib import Path
 from eagrl.config import Config
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
-from eagrl.expert.run import cohort_dir
-from eagrl.llm.run import model_config
 from eagrl.stage import StageResult, records_failure, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
-
-
-def registered_name(cfg: Config) -> str:
-    return f"eagrl-sft-{cfg.data.dataset}-{cfg.data.task}"
+from eagrl.workspace import Workspace, model_config
 
 
 def default_trajectories(cfg: Config, cohort: Cohort, cohort_path: Path) -> Path:
     """The selected set the MCTS stage writes for the current settings."""
-    from eagrl.mcts.run import default_attention_path, trajectories_dir
+    from eagrl.mcts.cohort_search import trajectories_dir
 
-    attention = default_attention_path(cfg)
+    attention = Workspace.of(cfg).attention_path
     if not attention.is_file():
         raise DataError(f"no expert attention table at {attention}: run `eagrl expert train` and `eagrl mcts` "
                         "first, or pass the trajectories file")
@@ -41,20 +36,20 @@ def default_trajectories(cfg: Config, cohort: Cohort, cohort_path: Path) -> Path
 
 
 @records_failure("sft", ("data", "expert", "model", "generation", "mcts", "sft"),
-                 lambda cfg, a: [a["cohort_path"] or cohort_dir(cfg), a["trajectories_path"] or Path(cfg.workspace)
-                                 / "data" / "trajectories" / f"{cfg.data.dataset}-{cfg.data.task}"])
+                 lambda cfg, a: [a["cohort_path"] or Workspace.of(cfg).cohort_dir, a["trajectories_path"]
+                                 or Workspace.of(cfg).trajectories_dir])
 def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
               cohort_path: str | Path | None = None, trajectories_path: str | Path | None = None) -> StageResult:
     """Train the LoRA adapter, score it on held-out stays, log and register it."""
     import mlflow
 
-    from eagrl.evaluate.reuse import tag_heldout
     from eagrl.llm.registry import log_policy
-    from eagrl.llm.zeroshot import evaluate_trained
+    from eagrl.scoring.keys import tag_heldout
+    from eagrl.scoring.policy import evaluate_trained
     from eagrl.sft.train import run_sft
 
     out = stage_dir(out_dir, "sft")
-    source = Path(cohort_path) if cohort_path else cohort_dir(cfg)
+    source = Path(cohort_path) if cohort_path else Workspace.of(cfg).cohort_dir
     cohort = Cohort.load(source)
     trajectories = Path(trajectories_path) if trajectories_path else default_trajectories(cfg, cohort, source)
     mcfg = model_config(cfg)
@@ -81,7 +76,7 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
         if (out / "fit-train").is_dir():
             mlflow.log_artifacts(str(out / "fit-train"), artifact_path="fit-train")
         tag_heldout(mcfg, res.adapter_dir, cfg.generation, cohort_md5, cfg.sft.eval_split)  # for the evaluation
-        info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered_name(cfg),
+        info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=Workspace.of(cfg).registered_name("sft"),
                           metadata={"stage": "sft", "dataset": cfg.data.dataset, "task": cfg.data.task})
         split = cfg.sft.eval_split
         auroc, ci = held.get(f"{split}_auroc"), held.get(f"{split}_auroc_ci")
@@ -93,11 +88,11 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
                    f"{split} P_QD AUROC " + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else "undefined")
                    + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}"
                    + (f"; on its own training stays {held['train_auroc']:.3f}" if "train_auroc" in held else "")
-                   + f"; registered {registered_name(cfg)}"
+                   + f"; registered {Workspace.of(cfg).registered_name('sft')}"
                    + (f" v{info.registered_model_version}" if getattr(info, "registered_model_version", None) else ""))
         result = StageResult("sft", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
                              outputs={"adapter": str(res.adapter_dir), "heldout": str(out / "heldout"),
-                                      "loss_plot": str(plot), "registered_model": registered_name(cfg),
+                                      "loss_plot": str(plot), "registered_model": Workspace.of(cfg).registered_name("sft"),
                                       "model_uri": str(info.model_uri),
                                       "model_version": str(getattr(info, "registered_model_version", None) or "")})
     result.write(out_dir)
@@ -127,26 +122,22 @@ def loss_plot(history: list[dict], out: Path) -> Path:
     return out
 
 
-def direct_registered_name(cfg: Config) -> str:
-    return f"eagrl-direct-{cfg.data.dataset}-{cfg.data.task}"
-
-
-@records_failure("direct", ("data", "model", "generation", "sft"), lambda cfg, a: [a["cohort_path"] or cohort_dir(cfg)])
+@records_failure("direct", ("data", "model", "generation", "sft"), lambda cfg, a: [a["cohort_path"] or Workspace.of(cfg).cohort_dir])
 def direct_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                  cohort_path: str | Path | None = None) -> StageResult:
     """The direct fine-tune baseline (:mod:`eagrl.sft.direct`): the same LoRA SFT on the answer slot alone over every
     training stay, scored on held-out stays in the vanilla style, registered as ``eagrl-direct-<dataset>-<task>``."""
     import mlflow
 
-    from eagrl.evaluate.reuse import tag_heldout
     from eagrl.llm.loading import load_model
     from eagrl.llm.registry import log_policy
-    from eagrl.llm.zeroshot import evaluate_trained
+    from eagrl.scoring.keys import tag_heldout
+    from eagrl.scoring.policy import evaluate_trained
     from eagrl.sft.direct import direct_generation, write_direct_examples
     from eagrl.sft.train import run_sft
 
     out = stage_dir(out_dir, "direct")
-    source = Path(cohort_path) if cohort_path else cohort_dir(cfg)
+    source = Path(cohort_path) if cohort_path else Workspace.of(cfg).cohort_dir
     cohort = Cohort.load(source)
     mcfg = model_config(cfg)
     gen = direct_generation(cfg.generation)
@@ -163,7 +154,7 @@ def direct_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = N
         log_metrics(metrics)
         mlflow.log_artifacts(str(out / "heldout"), artifact_path="heldout")
         tag_heldout(mcfg, res.adapter_dir, gen, cohort_md5, cfg.sft.eval_split, style="vanilla")
-        info = log_policy(res.adapter_dir, mcfg, gen, name="policy", registered_name=direct_registered_name(cfg),
+        info = log_policy(res.adapter_dir, mcfg, gen, name="policy", registered_name=Workspace.of(cfg).registered_name("direct"),
                           metadata={"stage": "direct", "dataset": cfg.data.dataset, "task": cfg.data.task})
         split = cfg.sft.eval_split
         auroc, ci = held.get(f"{split}_auroc"), held.get(f"{split}_auroc_ci")
@@ -171,10 +162,10 @@ def direct_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = N
                    f"{int(res.metrics.get('optimizer_steps', 0))} optimiser steps: {split} AUROC "
                    + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else "undefined")
                    + (f"; on its own training stays {held['train_auroc']:.3f}" if "train_auroc" in held else "")
-                   + f"; registered {direct_registered_name(cfg)}")
+                   + f"; registered {Workspace.of(cfg).registered_name('direct')}")
         result = StageResult("direct", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
                              outputs={"adapter": str(res.adapter_dir), "heldout": str(out / "heldout"),
-                                      "registered_model": direct_registered_name(cfg),
+                                      "registered_model": Workspace.of(cfg).registered_name("direct"),
                                       "model_uri": str(info.model_uri)})
     result.write(out_dir)
     return result

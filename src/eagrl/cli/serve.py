@@ -30,8 +30,8 @@ def serve_command(
     set_: Annotated[Optional[list[str]], Opt("--set", help="Override any config value: KEY=VALUE (repeatable).")] = None,
 ) -> None:
     """Serve the policy model: OpenAI completions/chat, KServe v1/v2 predict, a clinical route, health."""
-    from eagrl.cli import build_config
-    from eagrl.serve.config import ServeConfig
+    from eagrl.cli.options import build_config
+    from eagrl.config.serve import ServeConfig
     from eagrl.serve.server import serve
 
     cfg = build_config(profile, sets=set_)

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eagrl.config.llm import GenerationConfig, ModelConfig
 from eagrl.data.cohort import Cohort
-from eagrl.evaluate.metrics import evaluate_binary
 from eagrl.llm.backends import GenerationBackend, make_backend
-from eagrl.llm.config import GenerationConfig, ModelConfig
 from eagrl.llm.prompt import build_prompt, encode
 from eagrl.llm.structured import StructuredGenerator
+from eagrl.metrics import evaluate_binary
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def evaluate_zero_shot(
 def _write(out: Path, metrics: dict, stay_ids, labels, probs, each, well_each, groups) -> None:
     """``probs``: a stay's probability; ``each``/``well_each``: (stays, K) probability and well-formed flag of each
     response."""
-    from eagrl.stage import metrics_json
+    from eagrl.metrics import metrics_json
 
     (out / "metrics.json").write_text(json.dumps(metrics_json(metrics), indent=1, sort_keys=True))
     pd.DataFrame({

@@ -15,8 +15,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from eagrl.config.cluster import ClusterConfig
+from eagrl.config.evaluate import EvaluateConfig
+from eagrl.config.expert import ExpertConfig
+from eagrl.config.llm import GenerationConfig, ModelConfig
+from eagrl.config.mcts import MCTSConfig
+from eagrl.config.reward import ClsReward
+from eagrl.config.rl import RLConfig
+from eagrl.config.section import Section
+from eagrl.config.serve import PromoteConfig
+from eagrl.config.sft import SFTConfig
 from eagrl.errors import ConfigError
-from eagrl.section import Section
 
 PROFILES = ("smoke", "default", "paper")
 Dataset = Literal["mimic-iv-demo", "tjh", "clif", "meds", "physionet2012", "synthetic"]
@@ -193,22 +202,11 @@ class ZeroShotConfig(_Section):
     n_boot: int = Field(1000, ge=0, description="Bootstrap resamples for the intervals.")
 
 
-# Sections owned by the stage packages; they import only pydantic and eagrl.section, so no cycle.
-from eagrl.evaluate.config import EvaluateConfig  # noqa: E402
-from eagrl.expert.config import ExpertConfig  # noqa: E402
-from eagrl.llm.config import GenerationConfig, ModelConfig  # noqa: E402
-from eagrl.llm.rewards import ClsReward  # noqa: E402
-from eagrl.mcts.config import MCTSConfig  # noqa: E402
-from eagrl.sft.config import SFTConfig  # noqa: E402
-from eagrl.rl.config import RLConfig  # noqa: E402
-from eagrl.cluster.config import ClusterConfig  # noqa: E402
-from eagrl.serve.config import PromoteConfig  # noqa: E402
-
-Config.model_rebuild()
+Config.model_rebuild()  # resolves "ZeroShotConfig", defined after Config
 
 
 def profile_path(name: str) -> Path:
-    return Path(__file__).parent / "profiles" / f"{name}.yaml"
+    return Path(__file__).parent.parent / "profiles" / f"{name}.yaml"
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:

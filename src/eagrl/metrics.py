@@ -24,6 +24,7 @@ same resamples (same ``n`` and ``seed`` give the same index matrix as ``evaluate
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -353,4 +354,17 @@ def scalar_metrics(metrics: dict[str, float | list[float]]) -> dict[str, float]:
             out[f"{k}_low"], out[f"{k}_high"] = float(v[0]), float(v[1])
         elif isinstance(v, (int, float, np.floating, np.integer)):
             out[k] = float(v)
+    return out
+
+
+def metrics_json(metrics: dict) -> dict:
+    """Keep numbers and two-number intervals only (the metrics.json contract)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool):
+            out[k] = float(v)
+        elif isinstance(v, (int, float)) and math.isfinite(float(v)):
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
+            out[k] = [float(v[0]), float(v[1])]
     return out

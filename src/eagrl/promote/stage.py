@@ -10,7 +10,7 @@ the KFP component and the tests call. It
    RL stage's registration), the two must be the same version: a stale evaluation never decides;
 2. registers that version's logged model as a version of ``promote.registered_name`` (``eagrl-policy``),
    once: a rerun finds the version registered before from the same source;
-3. calls :func:`eagrl.serve.promote.promote` with the row's predictions and those of the zero-shot base
+3. calls :func:`eagrl.promote.decision.promote` with the row's predictions and those of the zero-shot base
    model (``promote.baseline_entry``, scored on the same stays): the alias moves only when the candidate
    clears the floor (the lower bound of its test-AUROC interval above ``promote.min_auroc_low``, its paired
    AUROC difference against the base model not below ``promote.min_gain_over_baseline``) and the
@@ -69,7 +69,7 @@ def scored_row(evaluation_dir: Path, entry: str, otherwise: str) -> dict:
 
 
 def entry_predictions(evaluation_dir: Path, entry: str) -> pd.DataFrame:
-    from eagrl.serve.promote import check_predictions
+    from eagrl.promote.decision import check_predictions
 
     path = evaluation_dir / "models" / entry / "predictions.csv"
     if not path.is_file():
@@ -88,7 +88,7 @@ def served_version(client, name: str, source_uri: str) -> str:
     """The version of ``name`` copying the training registration ``source_uri``; registered when new."""
     import mlflow
 
-    from eagrl.serve.promote import ensure_registered_model
+    from eagrl.promote.decision import ensure_registered_model
 
     src_name, src_version = _registered(source_uri)
     source = client.get_model_version(src_name, src_version)
@@ -137,7 +137,7 @@ def _promote_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None, 
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from eagrl.serve.promote import promote
+    from eagrl.promote.decision import promote
 
     pcfg = cfg.promote
     out = stage_dir(out_dir, "promote")

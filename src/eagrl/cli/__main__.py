@@ -1,0 +1,4 @@
+"""``python -m eagrl.cli``: the same command as ``eagrl``."""
+from eagrl.cli.app import app
+
+app()
