@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE     := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND         := Agg
 
-.PHONY: setup services docker-up docker-down images test-images run run-tjh test test-slow test-all bench compile lock clean
+.PHONY: setup services docker-up docker-down images test-images run run-tjh lint test test-slow test-all bench compile lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -54,8 +54,14 @@ run: $(STAMP)
 run-tjh: $(STAMP)
 	$(BIN)/eagrl run --profile $(PROFILE) --dataset tjh --task mortality --out runs/tjh
 
-## the test suite (under 15 minutes on 2 cores); slow tests run with `make test-slow`
-test: $(STAMP)
+## ruff (lint, import order, 120 columns) and the import layers (pyproject.toml [tool.importlinter]): imports point
+## down the flow, the model layer tracks nothing
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks components pipelines
+	$(BIN)/lint-imports
+
+## the lint, then the test suite (under 15 minutes on 2 cores); slow tests run with `make test-slow`
+test: lint
 	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider
 
 test-slow: $(STAMP) services

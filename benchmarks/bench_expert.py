@@ -20,7 +20,8 @@ after the epoch, then prints the times and the ratio. It also times the last-vis
 cohort (``eagrl.data.synthetic``, default recipe, ``--seed`` to vary it), then the mean Jaccard of C_exp with the
 planted causes, beside the final attention's own top-k; the last line is one JSON object.
 
-    .venv/bin/python benchmarks/bench_expert.py --planted [--profile default] [--seed 0] [--set attention_entropy_weight=0.2]
+    .venv/bin/python benchmarks/bench_expert.py --planted [--profile default] [--seed 0] \
+        [--set attention_entropy_weight=0.2]
 
 It also prints every C_exp rule (attention, occlusion, their blend; top-k or adaptive mass) on the same trained
 expert, so one run compares them.

@@ -68,13 +68,18 @@ def main() -> None:
     print(f"\n{args.dataset}/{args.task}, model {cfg.model.source}, N={cfg.mcts.rollouts}, "
           f"T={cfg.mcts.resolved_depth(cfg.generation.depth)}, b={cfg.mcts.branching}, seed {cfg.mcts.seed}, "
           f"{arms['guided']['metrics']['n_patients']} stays")
-    print(f"{'arm':<10}{'selected':>9}  {'R_att vs C_exp (selected)':<30}{'R_cls (selected)':<26}{'all trajectories R_att':>22}")
+    print(
+        f"{'arm':<10}{'selected':>9}  {'R_att vs C_exp (selected)':<30}{'R_cls (selected)':<26}"
+        f"{'all trajectories R_att':>22}"
+    )
     for arm, a in arms.items():
         sel = a["selected"]
         r_att, r_att_ci = mean_ci([s["r_att_expert"] for s in sel])
         r_cls, r_cls_ci = mean_ci([s["r_cls"] for s in sel])
-        print(f"{arm:<10}{len(sel):>9}  {r_att:.3f} [{r_att_ci[0]:.3f}, {r_att_ci[1]:.3f}]{'':<9}"
-              f"{r_cls:.3f} [{r_cls_ci[0]:.3f}, {r_cls_ci[1]:.3f}]{'':<5}{a['metrics']['all_r_att_expert_mean']:>22.3f}")
+        print(
+            f"{arm:<10}{len(sel):>9}  {r_att:.3f} [{r_att_ci[0]:.3f}, {r_att_ci[1]:.3f}]{'':<9}"
+            f"{r_cls:.3f} [{r_cls_ci[0]:.3f}, {r_cls_ci[1]:.3f}]{'':<5}{a['metrics']['all_r_att_expert_mean']:>22.3f}"
+        )
     diff, ci, n = paired_difference(per_patient(arms["guided"]["selected"]), per_patient(arms["unguided"]["selected"]))
     print(f"guided - unguided, per-patient mean R_att over {n} patients selected in both arms: "
           f"{diff:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]")

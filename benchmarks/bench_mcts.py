@@ -57,7 +57,9 @@ def main() -> None:
     ap.add_argument("--rollouts", type=int, default=8)
     ap.add_argument("--depth", type=int, default=7)
     ap.add_argument("--branching", type=int, default=3)
-    ap.add_argument("--parallel", type=int, default=1, help="mcts.parallel: rollouts simulated as one batch (both arms)")
+    ap.add_argument(
+        "--parallel", type=int, default=1, help="mcts.parallel: rollouts simulated as one batch (both arms)"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--max-prompt-tokens", type=int, default=3072)
     ap.add_argument("--attention", default=None, help="expert attention parquet (else a stand-in C_exp)")

@@ -5,8 +5,8 @@ values, many ties). The baseline is what one writes without :mod:`eagrl.metrics`
 (R, n) index matrix, then call ``roc_auc_score`` and ``average_precision_score`` on each resample. The
 vectorised path (``bootstrap_distribution``) counts, by one ``bincount`` per chunk of resamples, how many
 positives and negatives of each distinct score every resample drew, and reads both statistics from those
-counts (cumulative sums over the sorted distinct scores). The script checks that both give the same values on every resample (to 1e-9)
-and prints both times and the ratio.
+counts (cumulative sums over the sorted distinct scores). The script checks that both give the same values on every
+resample (to 1e-9) and prints both times and the ratio.
 
     .venv/bin/python benchmarks/bench_metrics.py                     # n = 100,000, 1,000 resamples
     .venv/bin/python benchmarks/bench_metrics.py --n 20000 --boot 200  # quicker

@@ -80,10 +80,16 @@ def main() -> None:
     p_fp32 = readout(served.model, served.tokenizer, cohort, stays, gen)
     lossy = load_model(ModelConfig(source=args.source, dtype="bfloat16", adapter=str(adapter), merge_dtype="model"))
     p_bf16 = readout(lossy.model, lossy.tokenizer, cohort, stays, gen)
-    line = {"stays": len(stays), "auroc_unmerged_fp32": auroc(labels, p_ref), "auroc_merged_fp32": auroc(labels, p_fp32),
-            "auroc_merged_bf16": auroc(labels, p_bf16), "served_path": "merged_fp32",
-            "max_abs_dp_merged_fp32": float(np.abs(p_fp32 - p_ref).max()),
-            "max_abs_dp_merged_bf16": float(np.abs(p_bf16 - p_ref).max()), "adapter": str(adapter)}
+    line = {
+        "stays": len(stays),
+        "auroc_unmerged_fp32": auroc(labels, p_ref),
+        "auroc_merged_fp32": auroc(labels, p_fp32),
+        "auroc_merged_bf16": auroc(labels, p_bf16),
+        "served_path": "merged_fp32",
+        "max_abs_dp_merged_fp32": float(np.abs(p_fp32 - p_ref).max()),
+        "max_abs_dp_merged_bf16": float(np.abs(p_bf16 - p_ref).max()),
+        "adapter": str(adapter),
+    }
     print(json.dumps(line))
 
 

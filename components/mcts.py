@@ -6,9 +6,20 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def mcts_trajectories(profile: str, dataset: str, task: str, model_source: str, data_path: str,
-                      overrides: str, out_dir: str, parent_run_id: str, cohort: Input[Dataset], attention: Input[Dataset],
-                      trajectories: Output[Dataset], metrics: Output[Metrics]):
+def mcts_trajectories(
+    profile: str,
+    dataset: str,
+    task: str,
+    model_source: str,
+    data_path: str,
+    overrides: str,
+    out_dir: str,
+    parent_run_id: str,
+    cohort: Input[Dataset],
+    attention: Input[Dataset],
+    trajectories: Output[Dataset],
+    metrics: Output[Metrics],
+):
     """Search the training split guided by the expert's C_exp; output the selected trajectories (JSONL)."""
     import shutil
     import tempfile

@@ -6,9 +6,20 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def sft_policy(profile: str, dataset: str, task: str, model_source: str, data_path: str,
-               overrides: str, out_dir: str, parent_run_id: str, cohort: Input[Dataset], trajectories: Input[Dataset], adapter: Output[Model],
-               metrics: Output[Metrics]):
+def sft_policy(
+    profile: str,
+    dataset: str,
+    task: str,
+    model_source: str,
+    data_path: str,
+    overrides: str,
+    out_dir: str,
+    parent_run_id: str,
+    cohort: Input[Dataset],
+    trajectories: Input[Dataset],
+    adapter: Output[Model],
+    metrics: Output[Metrics],
+):
     """Train the LoRA adapter (DeepSpeed on GPU when sft.deepspeed is set), score it on held-out stays."""
     import shutil
     import tempfile
@@ -20,8 +31,13 @@ def sft_policy(profile: str, dataset: str, task: str, model_source: str, data_pa
     result = sft_stage(cfg, out_dir or tempfile.mkdtemp(), parent_run_id or None, cohort_path=cohort.path,
                        trajectories_path=trajectories.path)
     shutil.copytree(result.outputs["adapter"], adapter.path)
-    adapter.metadata.update({"registered_model": result.outputs["registered_model"],
-                             "model_version": result.outputs["model_version"], "model_uri": result.outputs["model_uri"]})
+    adapter.metadata.update(
+        {
+            "registered_model": result.outputs["registered_model"],
+            "model_version": result.outputs["model_version"],
+            "model_uri": result.outputs["model_uri"],
+        }
+    )
     for key, value in result.metrics.items():
         if isinstance(value, (int, float)):
             metrics.log_metric(key, float(value))

@@ -1,17 +1,13 @@
 """What each pipeline task asks of Kubernetes on a cluster: GPUs, nodes, the workspace volume, secrets.
 
-``apply_platform()`` is called once at the end of the ``@dsl.pipeline`` function and configures every task
-created so far (so a new stage gets it without another line). The settings are the ``cluster`` section of
-the profile named by ``$EAGRL_COMPILE_PROFILE`` (default ``paper``) with ``$EAGRL_COMPILE_OVERRIDES`` (a JSON
-object of dotted keys) applied: the pipeline graph is built when its module is imported, so they are read
-from the environment (``eagrl pipeline compile --profile/--set`` sets both). Each task's image is set here
-too: ``pipeline.gpu_image`` for a task that requests GPUs, ``pipeline.image`` for the others. KFP's local
-SubprocessRunner ignores all of it; its DockerRunner uses the images.
+``apply_platform(settings=cfg.cluster, images=cfg.pipeline)`` is called once at the end of the ``@dsl.pipeline``
+function that :func:`pipelines.eagrl_pipeline.build_pipeline` makes for a config, and configures every task created
+so far (so a new stage gets it without another line). Each task's image is set here too: ``pipeline.gpu_image`` for a
+task that requests GPUs, ``pipeline.image`` for the others. KFP's local SubprocessRunner ignores all of it; its
+DockerRunner uses the images.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import TYPE_CHECKING
 
 from kfp import kubernetes
@@ -20,32 +16,17 @@ from kfp.dsl import PipelineTask
 from eagrl.config.cluster import ClusterConfig
 
 if TYPE_CHECKING:
-    from eagrl.config import Config, PipelineConfig
+    from eagrl.config import PipelineConfig
 
 WORKSPACE_ENV = "EAGRL_WORKSPACE"
 
 
-def compile_config() -> "Config":
-    from eagrl.config import load_config
-
-    overrides = json.loads(os.environ.get("EAGRL_COMPILE_OVERRIDES") or "{}")
-    return load_config(os.environ.get("EAGRL_COMPILE_PROFILE") or "paper", overrides)
-
-
-def cluster_settings() -> ClusterConfig:
-    return compile_config().cluster
-
-
-def apply_platform(tasks: list[PipelineTask] | None = None, settings: ClusterConfig | None = None,
-                   images: "PipelineConfig | None" = None) -> None:
+def apply_platform(settings: ClusterConfig, images: "PipelineConfig", tasks: list[PipelineTask] | None = None) -> None:
     """Configure ``tasks`` (default: every task of the pipeline being defined) for the cluster."""
     if tasks is None:
         from kfp.dsl import pipeline_context
 
         tasks = list(pipeline_context.Pipeline.get_default_pipeline().tasks.values())
-    if settings is None or images is None:
-        cfg = compile_config()
-        settings, images = settings or cfg.cluster, images or cfg.pipeline
     for task in tasks:
         configure_task(task, settings)
         task.container_spec.image = task_image(task.name, settings, images)

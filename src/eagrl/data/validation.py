@@ -241,7 +241,9 @@ def canonical_checks(raw: RawEHR, task: str, vcfg: ValidationConfig | None = Non
     stays, meas = raw.stays, raw.measurements
     label = f"label_{task}"
     tol = pd.Timedelta(hours=vcfg.time_tolerance_hours)
-    in_stay = meas[["stay_id", "time"]].merge(stays[["stay_id", "admit_time", "discharge_time"]], on="stay_id", how="left")
+    in_stay = meas[["stay_id", "time"]].merge(
+        stays[["stay_id", "admit_time", "discharge_time"]], on="stay_id", how="left"
+    )
     in_stay["discharge_day_end"] = in_stay["discharge_time"].dt.normalize() + pd.Timedelta(days=1)
     in_stay["earliest"] = in_stay["admit_time"] - tol
     in_stay["latest"] = in_stay["discharge_time"] + tol
@@ -401,11 +403,12 @@ def _render_html(r: ValidationReport) -> str:
             + f"<td>{html.escape(c.why)}</td></tr>"
         )
     fatal = f"<p><b>Stopped:</b> {html.escape(r.fatal)}</p>" if r.fatal else ""
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>eagrl validation: {html.escape(r.dataset)}</title>
+    title = f"eagrl validation: {html.escape(r.dataset)}"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left}}th{{background:#f6f8fa}}</style></head><body>
 <h1>Validation of {html.escape(r.dataset)} ({html.escape(r.task)}): <span style="color:{color}">{status}</span></h1>
 <p>{len(r.results)} checks, {len(r.errors)} errors, {len(r.warnings)} warnings.</p>{fatal}
 <table><tr><th>gate</th><th>table</th><th>column</th><th>expectation</th><th>result</th><th>unexpected / rows</th>
-<th>examples</th><th>why</th></tr>{''.join(rows)}</table></body></html>"""
+<th>examples</th><th>why</th></tr>{"".join(rows)}</table></body></html>"""
 

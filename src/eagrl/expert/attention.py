@@ -142,7 +142,9 @@ def attention_table(
 ) -> pd.DataFrame:
     weights = np.asarray(weights, dtype=np.float64)
     if weights.shape != (len(stay_ids), len(feature_names)):
-        raise DataError(f"attention weights have shape {weights.shape}, expected ({len(stay_ids)}, {len(feature_names)})")
+        raise DataError(
+            f"attention weights have shape {weights.shape}, expected ({len(stay_ids)}, {len(feature_names)})"
+        )
     if len(set(feature_names)) != len(feature_names) or {"stay_id", "c_exp"} & set(feature_names):
         raise DataError("feature names must be unique and must not be 'stay_id' or 'c_exp'")
     table = pd.DataFrame(weights, columns=list(feature_names))

@@ -19,7 +19,8 @@ from eagrl.tracking.mlflow_run import log_metrics, stage_run
 from eagrl.workspace import Workspace
 
 
-@records_failure("expert", ("data", "expert"), lambda cfg, a: [] if a["cohort_path"] else [Workspace.of(cfg).cohort_dir])
+@records_failure("expert", ("data", "expert"),
+                 lambda cfg, a: [] if a["cohort_path"] else [Workspace.of(cfg).cohort_dir])
 def expert_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                  cohort_path: str | Path | None = None) -> StageResult:
     """Train + evaluate + export ConCare on the prepared cohort (``eagrl data prepare`` first)."""
@@ -77,8 +78,9 @@ def _log_and_register(cfg: Config, model_path: Path, metrics: dict | None = None
 
     from eagrl.expert.fit import load_expert
 
+    name = Workspace.of(cfg).registered_name("expert")
     model, ecfg, features = load_expert(model_path)
-    info = mlflow.pytorch.log_model(model, name="expert", registered_model_name=Workspace.of(cfg).registered_name("expert"),
+    info = mlflow.pytorch.log_model(model, name="expert", registered_model_name=name,
                                     pip_requirements=[], metadata={"feature_names": features},
                                     serialization_format="pickle")  # pt2 would need a traced example input
     version = getattr(info, "registered_model_version", None)
@@ -88,7 +90,7 @@ def _log_and_register(cfg: Config, model_path: Path, metrics: dict | None = None
     tags["c_exp_rule"] = f"{ecfg.c_exp_score} mass={ecfg.c_exp_mass} k<={ecfg.top_k}"
     client = mlflow.MlflowClient()
     for k, v in tags.items():
-        client.set_model_version_tag(Workspace.of(cfg).registered_name("expert"), str(version), k, v)
+        client.set_model_version_tag(name, str(version), k, v)
 
 
 def _guidance(m: dict) -> str:
@@ -122,7 +124,8 @@ def _check_features(cohort: Cohort, features: list[str], where: Path) -> None:
                         f"(e.g. {missing}); train it on this cohort first")
 
 
-@records_failure("expert-evaluate", inputs=lambda cfg, a: [Workspace.of(cfg).cohort_dir, a["model_path"] or Workspace.of(cfg).expert_dir])
+@records_failure("expert-evaluate", inputs=lambda cfg, a: [Workspace.of(cfg).cohort_dir,
+                                                         a["model_path"] or Workspace.of(cfg).expert_dir])
 def evaluate_expert_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None,
                           split: str = "test") -> StageResult:
     """Score a trained expert on one split of the prepared cohort, with bootstrap intervals."""
@@ -153,7 +156,8 @@ def evaluate_expert_stage(cfg: Config, out_dir: str | Path, model_path: str | Pa
     return result
 
 
-@records_failure("expert-attention", inputs=lambda cfg, a: [Workspace.of(cfg).cohort_dir, a["model_path"] or Workspace.of(cfg).expert_dir])
+@records_failure("expert-attention", inputs=lambda cfg, a: [Workspace.of(cfg).cohort_dir,
+                                                          a["model_path"] or Workspace.of(cfg).expert_dir])
 def export_attention_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None) -> StageResult:
     """Write every stay's score and C_exp from a trained expert, by this config's C_exp rule (``EXPORT_KEYS``)."""
     from eagrl.expert.attention import export_attention
@@ -171,6 +175,7 @@ def export_attention_stage(cfg: Config, out_dir: str | Path, model_path: str | P
     result = StageResult("expert-attention", metrics={"n_stays": len(table), "top_k": ecfg.top_k},
                          mlflow_run_id=run.info.run_id,
                          outputs={"attention": str(out / "attention.parquet")},
-                         message=f"C_exp ({ecfg.c_exp_score}, mass {ecfg.c_exp_mass}, k<={ecfg.top_k}) of {len(table)} stays -> {out / 'attention.parquet'}")
+                         message=f"C_exp ({ecfg.c_exp_score}, mass {ecfg.c_exp_mass}, k<={ecfg.top_k}) of {len(table)} "
+                                  f"stays -> {out / 'attention.parquet'}")
     result.write(out_dir)
     return result

@@ -50,7 +50,9 @@ def to_tensors(arrays: Arrays, device: torch.device | str = "cpu") -> dict[str, 
     return out
 
 
-def batches(data: dict[str, Tensor], batch_size: int, generator: torch.Generator | None = None) -> Iterator[dict[str, Tensor]]:
+def batches(
+    data: dict[str, Tensor], batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[dict[str, Tensor]]:
     """Mini-batches (shuffled when a generator is given), each trimmed to its longest stay."""
     n = data["y"].shape[0]
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)

@@ -9,8 +9,8 @@
 
 The log-likelihood term is strictly proper and steep where the Brier term is flat: a positive read at 0.01 and
 one read at 0.1 differ by a third of the reward under it, by 0.085 under Brier, so a confidently wrong readout
-is what the policy learns to leave first. Each function is small and pure, so the MCTS, the RL trainer and the tests call the
-same code.
+is what the policy learns to leave first. Each function is small and pure, so the MCTS, the RL trainer and the tests
+call the same code.
 """
 from __future__ import annotations
 

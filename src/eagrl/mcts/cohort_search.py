@@ -247,7 +247,8 @@ def _log_mlflow(metrics: dict) -> None:
 
 
 def trajectories_dir(cfg, cohort: Cohort, cohort_path: Path, attention_path: Path) -> Path:
-    """The store folder for these settings, this cohort version and this C_exp table (the MCTS stage's module docstring)."""
+    """The store folder for these settings, this cohort version and this C_exp table (see the MCTS stage's module
+    docstring)."""
     header = search_header(cohort, model_config(cfg), cfg.generation, cfg.mcts, cfg.mcts.split, cfg.reward)
     key = {"search": header, "cohort": tree_md5(cohort_path),
            "c_exp": hashlib.md5(Path(attention_path).read_bytes()).hexdigest()}

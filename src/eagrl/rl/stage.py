@@ -41,14 +41,15 @@ def default_sft_adapter(cfg: Config, out_dir: str | Path) -> str | None:
         return result.outputs["adapter"]
     import mlflow
 
+    sft = Workspace.of(cfg).registered_name("sft")
     try:
-        versions = mlflow.MlflowClient(cfg.tracking.mlflow_tracking_uri).search_model_versions(f"name='{Workspace.of(cfg).registered_name('sft')}'")
+        versions = mlflow.MlflowClient(cfg.tracking.mlflow_tracking_uri).search_model_versions(f"name='{sft}'")
     except Exception:  # no registry, no such model: the caller says what is missing
         return None
     if not versions:
         return None
     newest = max(versions, key=lambda v: int(v.version))
-    return f"models:/{Workspace.of(cfg).registered_name('sft')}/{newest.version}"
+    return f"models:/{sft}/{newest.version}"
 
 
 def _inputs(cfg: Config, a: dict) -> list:
@@ -81,6 +82,7 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         raise DataError(f"rl.variant={cfg.rl.variant!r} starts from the SFT policy, but there is no SFT adapter in "
                         f"{out_dir} nor a registered one: run `eagrl sft` first or pass --adapter")
     mcfg = model_config(cfg)
+    registered = Workspace.of(cfg).registered_name(cfg.rl.variant)
     cohort_md5 = tree_md5(source)
     # every output of this variant and these settings goes in its own folder: another variant trained into the same
     # out_dir keeps its held-out files and plots
@@ -106,7 +108,7 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
             mlflow.log_artifact(str(path))
         mlflow.log_artifacts(str(heldout), artifact_path="heldout")
         tag_heldout(mcfg, res.adapter_dir, cfg.generation, cohort_md5, cfg.rl.eval_split)  # for the evaluation
-        info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=Workspace.of(cfg).registered_name(cfg.rl.variant),
+        info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered,
                           metadata={"stage": "rl", "variant": cfg.rl.variant, "dataset": cfg.data.dataset,
                                     "task": cfg.data.task, "start_adapter": adapter or ""})
         split = cfg.rl.eval_split
@@ -118,12 +120,12 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                                               "undefined")
                    + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}"
                    + (f"; on its own training stays {held['train_auroc']:.3f}" if "train_auroc" in held else "")
-                   + f"; registered {Workspace.of(cfg).registered_name(cfg.rl.variant)}"
+                   + f"; registered {registered}"
                    + (f" v{version}" if version else ""))
         result = StageResult("rl", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
                              outputs={"adapter": str(res.adapter_dir), "heldout": str(heldout),
                                       "curves": str(plots[0]), "eps_plot": str(plots[1]),
-                                      "registered_model": Workspace.of(cfg).registered_name(cfg.rl.variant), "model_uri": str(info.model_uri),
+                                      "registered_model": registered, "model_uri": str(info.model_uri),
                                       "model_version": str(version or "")})
     result.write(out_dir)
     return result

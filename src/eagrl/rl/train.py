@@ -72,10 +72,15 @@ def run_rl(model_cfg: ModelConfig, gen_cfg: GenerationConfig, rl_cfg: RLConfig, 
              rl_cfg.split, rl_cfg.num_generations, rl_cfg.prompts_per_batch)
 
     cuda = loaded.device.type == "cuda"
-    rollout = StructuredRollout(prompts, cohort.features, gen_cfg.model_copy(update={"temperature": rl_cfg.temperature}),
-                                seed=rl_cfg.seed, batch_size=gen_cfg.batch_size,
-                                prefix_cache_tokens=gen_cfg.prefix_cache_tokens,
-                                labels={r["prompt"]: r["label"] for r in rows})
+    rollout = StructuredRollout(
+        prompts,
+        cohort.features,
+        gen_cfg.model_copy(update={"temperature": rl_cfg.temperature}),
+        seed=rl_cfg.seed,
+        batch_size=gen_cfg.batch_size,
+        prefix_cache_tokens=gen_cfg.prefix_cache_tokens,
+        labels={r["prompt"]: r["label"] for r in rows},
+    )
     trainer = build_trainer(model, loaded.tokenizer, rl_cfg, rows, rollout, out / "checkpoints", cuda,
                             cls_reward=cls_reward)
     resume = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None

@@ -168,7 +168,8 @@ class MlflowSteps(TrainerCallback):
 
 
 class ProgressLog(TrainerCallback):
-    """One log line per logged step: step/total, reward and its parts, entropy, eps(tau), KL (NaN: not sampled at this step)."""
+    """One log line per logged step: step/total, reward and its parts, entropy, eps(tau), KL (NaN: not sampled at
+    this step)."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs and "train_loss" not in logs:

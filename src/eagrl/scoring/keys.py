@@ -89,8 +89,15 @@ def tag_heldout(model_cfg: ModelConfig, adapter_dir: str | Path, gen_cfg: Genera
     """Tag the active stage run with the key of its held-out check (:func:`eagrl.scoring.policy.evaluate_trained`)."""
     from eagrl.scoring.policy import heldout_generation
 
-    tag_scored(scoring_key(model_cfg.model_copy(update={"adapter": str(adapter_dir)}), heldout_generation(gen_cfg, style),
-                           cohort_md5, split), artifact_path)
+    tag_scored(
+        scoring_key(
+            model_cfg.model_copy(update={"adapter": str(adapter_dir)}),
+            heldout_generation(gen_cfg, style),
+            cohort_md5,
+            split,
+        ),
+        artifact_path,
+    )
 
 
 @dataclass

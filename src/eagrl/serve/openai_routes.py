@@ -72,7 +72,9 @@ class _Sampling(BaseModel):
 
 class CompletionBody(_Sampling):
     prompt: str | list[str] = Field(description="One prompt or a list of prompts.")
-    logprobs: int | None = Field(None, ge=0, le=5, description="Log-probs of the generated tokens (0: no alternatives).")
+    logprobs: int | None = Field(
+        None, ge=0, le=5, description="Log-probs of the generated tokens (0: no alternatives)."
+    )
 
 
 class ChatMessageIn(BaseModel):

@@ -53,6 +53,7 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
     cohort = Cohort.load(source)
     trajectories = Path(trajectories_path) if trajectories_path else default_trajectories(cfg, cohort, source)
     mcfg = model_config(cfg)
+    registered = Workspace.of(cfg).registered_name("sft")
 
     with stage_run(cfg, "sft", parent_run_id) as run:
         cohort_md5 = tree_md5(source)
@@ -76,23 +77,26 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
         if (out / "fit-train").is_dir():
             mlflow.log_artifacts(str(out / "fit-train"), artifact_path="fit-train")
         tag_heldout(mcfg, res.adapter_dir, cfg.generation, cohort_md5, cfg.sft.eval_split)  # for the evaluation
-        info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=Workspace.of(cfg).registered_name("sft"),
+        info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered,
                           metadata={"stage": "sft", "dataset": cfg.data.dataset, "task": cfg.data.task})
         split = cfg.sft.eval_split
         auroc, ci = held.get(f"{split}_auroc"), held.get(f"{split}_auroc_ci")
-        message = (f"SFT on {int(res.metrics.get('n_examples', 0))} trajectories, "
-                   f"{int(res.metrics.get('optimizer_steps', 0))} optimiser steps over "
-                   f"{int(res.metrics.get('answer_tokens_trained', 0))} answer slots and "
-                   f"{int(res.metrics.get('reasoning_tokens_trained', 0))} reasoning tokens: loss "
-                   f"{res.metrics.get('first_loss', float('nan')):.3f} -> {res.metrics.get('last_loss', float('nan')):.3f}; "
-                   f"{split} P_QD AUROC " + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else "undefined")
-                   + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}"
-                   + (f"; on its own training stays {held['train_auroc']:.3f}" if "train_auroc" in held else "")
-                   + f"; registered {Workspace.of(cfg).registered_name('sft')}"
-                   + (f" v{info.registered_model_version}" if getattr(info, "registered_model_version", None) else ""))
+        message = (
+            f"SFT on {int(res.metrics.get('n_examples', 0))} trajectories, "
+            f"{int(res.metrics.get('optimizer_steps', 0))} optimiser steps over "
+            f"{int(res.metrics.get('answer_tokens_trained', 0))} answer slots and "
+            f"{int(res.metrics.get('reasoning_tokens_trained', 0))} reasoning tokens: loss "
+            f"{res.metrics.get('first_loss', float('nan')):.3f} -> {res.metrics.get('last_loss', float('nan')):.3f}; "
+            f"{split} P_QD AUROC "
+            + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else "undefined")
+            + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}"
+            + (f"; on its own training stays {held['train_auroc']:.3f}" if "train_auroc" in held else "")
+            + f"; registered {registered}"
+            + (f" v{info.registered_model_version}" if getattr(info, "registered_model_version", None) else "")
+        )
         result = StageResult("sft", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
                              outputs={"adapter": str(res.adapter_dir), "heldout": str(out / "heldout"),
-                                      "loss_plot": str(plot), "registered_model": Workspace.of(cfg).registered_name("sft"),
+                                      "loss_plot": str(plot), "registered_model": registered,
                                       "model_uri": str(info.model_uri),
                                       "model_version": str(getattr(info, "registered_model_version", None) or "")})
     result.write(out_dir)
@@ -122,7 +126,8 @@ def loss_plot(history: list[dict], out: Path) -> Path:
     return out
 
 
-@records_failure("direct", ("data", "model", "generation", "sft"), lambda cfg, a: [a["cohort_path"] or Workspace.of(cfg).cohort_dir])
+@records_failure("direct", ("data", "model", "generation", "sft"),
+                 lambda cfg, a: [a["cohort_path"] or Workspace.of(cfg).cohort_dir])
 def direct_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                  cohort_path: str | Path | None = None) -> StageResult:
     """The direct fine-tune baseline (:mod:`eagrl.sft.direct`): the same LoRA SFT on the answer slot alone over every
@@ -140,6 +145,7 @@ def direct_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = N
     source = Path(cohort_path) if cohort_path else Workspace.of(cfg).cohort_dir
     cohort = Cohort.load(source)
     mcfg = model_config(cfg)
+    registered = Workspace.of(cfg).registered_name("direct")
     gen = direct_generation(cfg.generation)
     with stage_run(cfg, "direct", parent_run_id) as run:
         cohort_md5 = tree_md5(source)
@@ -154,7 +160,7 @@ def direct_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = N
         log_metrics(metrics)
         mlflow.log_artifacts(str(out / "heldout"), artifact_path="heldout")
         tag_heldout(mcfg, res.adapter_dir, gen, cohort_md5, cfg.sft.eval_split, style="vanilla")
-        info = log_policy(res.adapter_dir, mcfg, gen, name="policy", registered_name=Workspace.of(cfg).registered_name("direct"),
+        info = log_policy(res.adapter_dir, mcfg, gen, name="policy", registered_name=registered,
                           metadata={"stage": "direct", "dataset": cfg.data.dataset, "task": cfg.data.task})
         split = cfg.sft.eval_split
         auroc, ci = held.get(f"{split}_auroc"), held.get(f"{split}_auroc_ci")
@@ -162,10 +168,10 @@ def direct_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = N
                    f"{int(res.metrics.get('optimizer_steps', 0))} optimiser steps: {split} AUROC "
                    + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else "undefined")
                    + (f"; on its own training stays {held['train_auroc']:.3f}" if "train_auroc" in held else "")
-                   + f"; registered {Workspace.of(cfg).registered_name('direct')}")
+                   + f"; registered {registered}")
         result = StageResult("direct", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
                              outputs={"adapter": str(res.adapter_dir), "heldout": str(out / "heldout"),
-                                      "registered_model": Workspace.of(cfg).registered_name("direct"),
+                                      "registered_model": registered,
                                       "model_uri": str(info.model_uri)})
     result.write(out_dir)
     return result

@@ -6,8 +6,9 @@ answer-slot loss, the cross-entropy of the label's word against the other at the
 read (log of P(y) / (P(yes) + P(no)), each summed over spellings: exactly the readout that MCTS, RL, the
 evaluation and serving use), class-weighted. Without it the one answer token among ~100 reasoning tokens
 barely moves the readout. We cut the prompt ourselves (``max_length=None`` there: TRL only cuts whole
-sequences from one end) and pass our own collator. The adapter is attached with :func:`eagrl.llm.loading.attach_lora` before the trainer sees
-the model, so the same code path builds adapters for SFT and RL.
+sequences from one end) and pass our own collator. The adapter is attached with
+:func:`eagrl.llm.loading.attach_lora` before the trainer sees the model, so the same code path builds adapters for SFT
+and RL.
 
 Nothing is logged to MLflow here; the caller logs :class:`SFTResult` (metrics, loss history, adapter dir).
 ``out_dir`` receives ``adapter/`` (adapter_model.safetensors, adapter_config.json, sft_config.json),

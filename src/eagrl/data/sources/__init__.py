@@ -3,8 +3,9 @@
 ``NAME``; ``REQUIRED_COLUMNS``: native table -> {column: kind} with kind in numeric|datetime|string|any
 (the validation stage turns it into Great Expectations checks before anything else reads the tables);
 optionally ``DOMAINS``: native table -> {column: [allowed values] | (min, max)}, checked on every row;
-``DEFAULT_TASK`` (or ``default_task(path) -> str`` where the data says it); ``default_path() -> Path``; ``read(path) -> dict[str, DataFrame]`` (native tables; a malformed file raises
-DataError naming the file and the problem); ``to_raw(native, cfg) -> RawEHR``.
+``DEFAULT_TASK`` (or ``default_task(path) -> str`` where the data says it); ``default_path() -> Path``;
+``read(path) -> dict[str, DataFrame]`` (native tables; a malformed file raises DataError naming the file and the
+problem); ``to_raw(native, cfg) -> RawEHR``.
 """
 from __future__ import annotations
 

@@ -63,11 +63,14 @@ def read(path: str | Path) -> dict[str, pd.DataFrame]:
         else:
             df = pd.read_excel(path, sheet_name=0, engine="openpyxl")
     except UnicodeDecodeError as exc:
-        raise DataError(f"TJH file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); re-export it as UTF-8") from None
+        raise DataError(
+            f"TJH file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); re-export it as UTF-8"
+        ) from None
     except (zipfile.BadZipFile, zlib.error, ElementTree.ParseError, EOFError, KeyError, OSError) as exc:
         # a corrupt deflate stream (zlib.error) or sheet XML (ParseError) inside the workbook: found by fuzzing
-        raise DataError(f"TJH file {path} is not a readable xlsx workbook (truncated or corrupt?): "
-                        f"{type(exc).__name__}: {exc}") from None
+        raise DataError(
+            f"TJH file {path} is not a readable xlsx workbook (truncated or corrupt?): {type(exc).__name__}: {exc}"
+        ) from None
     except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"TJH file {path} cannot be parsed: {exc}") from None
     if df.empty:

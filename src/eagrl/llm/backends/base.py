@@ -11,8 +11,8 @@ Conventions (the same as vLLM's defaults): ``text`` stops before the matched sto
 EOS token; ``token_ids`` run up to and including the token that completed the stop string (or the EOS
 token); ``logprobs[i]`` is log p(token_ids[i]) under the model's own distribution (temperature 1, before
 top-k/top-p); ``entropies[i]``, where a backend reports them (the transformers backend does; vLLM does not),
-is the entropy of that same distribution at the position of token i. Sample j of prompt i is drawn with a generator seeded from ``(seed_i, j)`` only, so it does
-not depend on what else is in the batch.
+is the entropy of that same distribution at the position of token i. Sample j of prompt i is drawn with a generator
+seeded from ``(seed_i, j)`` only, so it does not depend on what else is in the batch.
 """
 from __future__ import annotations
 

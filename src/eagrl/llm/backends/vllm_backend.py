@@ -97,7 +97,8 @@ class VLLMBackend(GenerationBackend):
 
 
 def _guided(vllm, regex: str) -> dict:
-    """The name-list constraint as vLLM guided decoding (``structured_outputs`` from 0.10.2, ``guided_decoding`` before)."""
+    """The name-list constraint as vLLM guided decoding (``structured_outputs`` from 0.10.2, ``guided_decoding``
+    before)."""
     sp = vllm.sampling_params
     if hasattr(sp, "StructuredOutputsParams"):
         return {"structured_outputs": sp.StructuredOutputsParams(regex=regex)}
