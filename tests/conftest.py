@@ -1,9 +1,12 @@
-"""Shared fixtures: the real open datasets in ../shared/data and throw-away workspaces."""
+"""Shared fixtures: the real open datasets in ../shared/data and throw-away workspaces.
+
+Helpers that tests import live in the ``support`` package (tests/support/), not here. Collecting the tests
+needs no data: the tests that read it ask for the ``shared_data`` fixture, which fails (never skips: the suite
+asserts on real data) naming the folder it expected.
+"""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,12 +14,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-
-from eagrl.data.sources import shared_data_dir  # noqa: E402
-
-SHARED = shared_data_dir()
-if not SHARED.is_dir():  # never skip silently: the suite asserts on real data
-    raise RuntimeError(f"the open datasets are expected in {SHARED} (or set EAGRL_SHARED_DATA)")
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +41,10 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    return SHARED
+    """../shared/data (or $EAGRL_SHARED_DATA); the test fails, naming that folder, when it is missing."""
+    from support.data import shared_dir  # imports eagrl, after the environment above is set
+
+    return shared_dir()
 
 
 @pytest.fixture()
@@ -56,9 +56,3 @@ def workspace(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))
     return ws
 
-
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run the installed `eagrl` entry point in a subprocess, as a user would."""
-    exe = Path(sys.executable).parent / "eagrl"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
