@@ -2,8 +2,8 @@
 
 ``python tests/support/images_kfp_docker.py WORKSPACE DATA_PATH IMAGE`` (DOCKER_HOST set) runs the smoke profile on
 the MIMIC demo at DATA_PATH and prints one JSON line: each stage's status and the parent MLflow run id. Used by
-tests/e2e/test_images.py in a process of its own, because the pipeline graph (and the image of each task) is
-built when ``pipelines.eagrl_pipeline`` is imported, from $EAGRL_COMPILE_PROFILE / $EAGRL_COMPILE_OVERRIDES.
+tests/e2e/test_images.py in a process of its own (`kfp.local.init` configures the whole process); the pipeline
+graph, with the image of each task, is built here for the smoke profile with both images set to IMAGE.
 
 Every task runs in IMAGE (the CPU image; this machine has no GPU, so ``pipeline.gpu_image`` is set to it too),
 as user 10001, on the host network namespace ``none``, with the workspace and the data mounted at their own
@@ -18,16 +18,16 @@ from pathlib import Path
 
 
 def main(workspace: str, data_path: str, image: str) -> None:
-    os.environ["EAGRL_COMPILE_PROFILE"] = "smoke"
-    os.environ["EAGRL_COMPILE_OVERRIDES"] = json.dumps({"pipeline.image": image, "pipeline.gpu_image": image})
     from kfp import local
 
     import docker
     from eagrl.cli import build_config
+    from eagrl.config import load_config
     from eagrl.stage import StageResult
     from eagrl.tracking.mlflow_run import end_run, start_parent_run
-    from pipelines.eagrl_pipeline import STAGES, eagrl_pipeline
+    from pipelines.eagrl_pipeline import STAGES, build_pipeline
 
+    eagrl_pipeline = build_pipeline(load_config("smoke", {"pipeline.image": image, "pipeline.gpu_image": image}))
     ws = Path(workspace)
     out = ws / "out"
     cfg = build_config("smoke", data_path=Path(data_path), workspace=ws)  # as `eagrl run` builds it
