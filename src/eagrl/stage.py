@@ -41,8 +41,8 @@ class StageResult:
         return cls(metrics=metrics, **status)
 
 
-def records_failure(stage: str, sections: tuple[str, ...] | None = None, inputs=None, reuse: bool = True,
-                    state=None):
+def stage_contract(stage: str, sections: tuple[str, ...] | None = None, inputs=None, reuse: bool = True,
+                   state=None):
     """Decorate a stage function ``f(cfg, out_dir, ...)``: the stage contract every stage shares.
 
     * Reuse: with ``cfg.pipeline.reuse`` on, a stage whose fingerprint (its config ``sections``, default the
@@ -130,7 +130,7 @@ def _is_path(value) -> bool:
 
 def fingerprint(stage: str, cfg, named: dict, sections, extra_inputs, fn, state=None) -> str:
     """What a stage's result depends on: config values, input contents, live ``state`` (JSON-able; see
-    :func:`records_failure`), its code and eagrl's version."""
+    :func:`stage_contract`), its code and eagrl's version."""
     import hashlib
 
     import eagrl

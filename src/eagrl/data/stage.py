@@ -16,7 +16,7 @@ from eagrl.data.cohort import Cohort
 from eagrl.data.sources import get_source
 from eagrl.data.validation import validate_source
 from eagrl.errors import DataError, ValidationFailed
-from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import DataStore, tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
 
@@ -33,7 +33,7 @@ def source_path(cfg: Config) -> Path:
     return pulled if pulled.exists() else get_source(cfg.data.dataset).default_path()
 
 
-@records_failure("validate", ("data", "validation"), lambda cfg, a: [source_path(cfg)])
+@stage_contract("validate", ("data", "validation"), lambda cfg, a: [source_path(cfg)])
 def validate(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
              cohort_out: str | Path | None = None) -> StageResult:
     """Run the validation gates; write the HTML report; on success optionally save the validated cohort.
@@ -67,7 +67,7 @@ def validate(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
     return result
 
 
-@records_failure("prepare", ("data", "validation", "tracking"), lambda cfg, a: [source_path(cfg)])
+@stage_contract("prepare", ("data", "validation", "tracking"), lambda cfg, a: [source_path(cfg)])
 def prepare(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
             validated_cohort: str | Path | None = None) -> StageResult:
     """Store the raw import and the cohort under ``<workspace>/data`` and version both with DVC.

@@ -20,9 +20,7 @@ generalisation, and the HTML report.
 from __future__ import annotations
 
 import gc
-import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,6 @@ from eagrl.evaluate.diagnostics import llm_diagnostics
 from eagrl.evaluate.models import READY, Resolved, resolve
 from eagrl.evaluate.perturb import shuffled, with_value_noise
 from eagrl.evaluate.score import (
-    aligned,
     read_c_exp,
     read_scored,
     restricted,
@@ -45,54 +42,18 @@ from eagrl.evaluate.score import (
     summarise,
     tuned_f1,
 )
+from eagrl.evaluate.table import FAILED, SCORED, SKIPPED, Evaluation, generalisation_gains, paired_rows, write_tables
 from eagrl.evaluate.tabular import fit_tabular, score_tabular
-from eagrl.metrics import paired_bootstrap
-from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, nested_run, stage_run
 from eagrl.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-SCORED, SKIPPED, FAILED = "scored", "skipped", "failed"
-
-
-@dataclass
-class Evaluation:
-    """Everything the stage computed; the report and the files are views of it."""
-
-    table: list[dict] = field(default_factory=list)
-    paired: list[dict] = field(default_factory=list)
-    robustness: list[dict] = field(default_factory=list)
-    generalisation: list[dict] = field(default_factory=list)
-    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)  # entry name -> table predictions
-    perturbed: dict[tuple[str, str, float], pd.DataFrame] = field(default_factory=dict)
-    transfer: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)  # (target, entry) -> predictions
-    notes: list[str] = field(default_factory=list)
-
-    def metrics(self, split: str) -> dict:
-        out: dict = {}
-        for row in self.table:
-            if row["status"] == SCORED:
-                out.update({f"{row['name']}_{split}_{k}": v for k, v in row["metrics"].items()})
-        for p in self.paired:
-            key = f"{p['entry']}_vs_{p['reference']}_{p['metric'].replace('@', '_at_')}"  # MLflow: no @
-            out.update({f"{key}_{k}": p[k] for k in ("diff", "diff_ci", "rel_diff", "rel_diff_ci", "p_value")})
-        for r in self.robustness:
-            if r["perturbation"] != "none":
-                key = f"{r['entry']}_{r['perturbation']}{r['level']:g}"
-                out.update({f"{key}_{k}": r[k] for k in ("auroc", "auroc_ci", "auprc", "auprc_ci") if k in r})
-        for g in self.generalisation:
-            if g["status"] == SCORED:
-                key = f"{g['entry']}_on_{g['target']}"
-                out.update({f"{key}_{k}": g[k] for k in ("auroc", "auroc_ci", "auprc", "auprc_ci") if k in g})
-        out.update({f"n_models_{s}": sum(r["status"] == s for r in self.table) for s in (SCORED, SKIPPED, FAILED)})
-        out["n_models_reused"] = sum(bool(r.get("reused_from")) for r in self.table)
-        return out
-
 
 # ====================================================================== the stage
-@records_failure("evaluate")
+@stage_contract("evaluate")
 def evaluate_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                    cohort_path: str | Path | None = None, only: list[str] | None = None,
                    versions: dict[str, str] | None = None) -> StageResult:
@@ -250,8 +211,8 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
             if backend is not None and backend is not base_backend:
                 del backend  # one policy in memory at a time (the base model stays for the prompt rows)
                 _release_memory()
-    _paired(ecfg, ev)
-    _generalisation_gains(ecfg, ev, [t[0] for t in targets], f"{cfg.data.dataset}/{cfg.data.task}")
+    paired_rows(ecfg, ev)
+    generalisation_gains(ecfg, ev, [t[0] for t in targets], f"{cfg.data.dataset}/{cfg.data.task}")
     tabular = {m.name for m in ecfg.models if m.kind == "tabular"}
     missing = [n for n in ecfg.robustness.models if n not in ev.predictions and n not in tabular]
     if missing:
@@ -391,37 +352,6 @@ def _c_exp(cfg: Config, cohort: Cohort, resolved: list[Resolved], out: Path, ev:
     return None
 
 
-# ====================================================================== paired comparisons
-def _paired(ecfg: EvaluateConfig, ev: Evaluation) -> None:
-    order = [r["name"] for r in ev.table]
-    labels = {r["name"]: r["label"] for r in ev.table}
-    for i, ref in enumerate(ecfg.references):
-        if ref not in ev.predictions:
-            ev.notes.append(f"paired comparisons against {labels.get(ref, ref)} left out: it was not scored")
-            continue
-        for name in order:
-            if name == ref or name not in ev.predictions or name in ecfg.references[:i]:
-                continue
-            ev.paired += _pairs(ecfg, name, ref, ev.predictions[name], ev.predictions[ref], ecfg.paired_metrics)
-    # robustness: each perturbed model against each reference perturbed the same way
-    for (name, pert, level), pred in ev.perturbed.items():
-        for ref in ecfg.references:
-            other = ev.perturbed.get((ref, pert, level))
-            if ref != name and other is not None and (name not in ecfg.references
-                                                       or ecfg.references.index(name) > ecfg.references.index(ref)):
-                ev.paired += _pairs(ecfg, name, ref, pred, other, ["auroc"], suffix=f"@{pert}{level:g}")
-
-
-def _pairs(ecfg, name, ref, a, b, metrics, suffix: str = "") -> list[dict]:
-    y, pa, pb = aligned(a, b)
-    rows = []
-    for metric in metrics:
-        res = paired_bootstrap(y, pa, pb, metric, n_boot=ecfg.n_boot, ci=ecfg.ci, seed=ecfg.seed,
-                               threshold=ecfg.threshold, n_bins=ecfg.n_bins)
-        rows.append({"entry": name, "reference": ref, "metric": metric + suffix, **res})
-    return rows
-
-
 # ====================================================================== robustness
 def _robustness(cfg, ecfg, res: Resolved, cohort: Cohort, out: Path, c_exp, backend, pred, ev: Evaluation) -> None:
     rob = ecfg.robustness
@@ -479,45 +409,6 @@ def _generalise(cfg, ecfg: EvaluateConfig, res: Resolved, targets, out: Path, ba
         pred = _score(cfg, ecfg, res, cohort, where, c_exp, backend, run_name=f"evaluate-{res.name}-on-{key}")
         ev.transfer[(key, res.name)] = pred
         row.update(status=SCORED, **summarise(pred, ecfg, metrics=("auroc", "auprc")))  # with n, n_positive
-
-
-def _generalisation_gains(ecfg: EvaluateConfig, ev: Evaluation, target_keys: list[str], source: str) -> None:
-    scored_names = {r["entry"] for r in ev.generalisation}
-    tabular = {m.name for m in ecfg.models if m.kind == "tabular"}
-    for name in ecfg.generalisation.models:  # entries never scored still get a visible row per target
-        if name not in scored_names and name not in tabular:
-            row = next(r for r in ev.table if r["name"] == name)
-            for key in target_keys:
-                ev.generalisation.append({"entry": name, "source": source, "target": key, "n": None,
-                                          "status": row["status"] if row["status"] != SCORED else SKIPPED,
-                                          "note": row["note"]})
-    for row in ev.generalisation:
-        base = ev.transfer.get((row["target"], "pqd"))
-        mine = ev.transfer.get((row["target"], row["entry"]))
-        if base is None or mine is None or row["entry"] == "pqd":
-            continue
-        res = paired_bootstrap(*aligned(mine, base), "auroc", n_boot=ecfg.n_boot, ci=ecfg.ci, seed=ecfg.seed)
-        row.update(diff_vs_pqd=res["diff"], diff_vs_pqd_ci=res["diff_ci"])
-
-
-# ====================================================================== outputs
-def _flat_row(row: dict) -> dict:
-    out = {}
-    for k, v in row.items():
-        if k == "metrics":
-            out.update(_flat_row(v))
-        elif isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
-            out[f"{k}_low"], out[f"{k}_high"] = v
-        else:
-            out[k] = v
-    return out
-
-
-def write_tables(ev: Evaluation, out: Path) -> None:
-    for name, rows in (("table", ev.table), ("paired", ev.paired), ("robustness", ev.robustness),
-                       ("generalisation", ev.generalisation)):
-        pd.DataFrame([_flat_row(r) for r in rows]).to_csv(out / f"{name}.csv", index=False)
-    (out / "notes.json").write_text(json.dumps(ev.notes, indent=1))
 
 
 def report_context(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[str], ev: Evaluation):

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from eagrl.config import Config
 from eagrl.data.cohort import Cohort
-from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import DataStore, tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
 from eagrl.workspace import Workspace
 
 
-@records_failure("expert", ("data", "expert"),
+@stage_contract("expert", ("data", "expert"),
                  lambda cfg, a: [] if a["cohort_path"] else [Workspace.of(cfg).cohort_dir])
 def expert_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                  cohort_path: str | Path | None = None) -> StageResult:
@@ -124,7 +124,7 @@ def _check_features(cohort: Cohort, features: list[str], where: Path) -> None:
                         f"(e.g. {missing}); train it on this cohort first")
 
 
-@records_failure("expert-evaluate", inputs=lambda cfg, a: [Workspace.of(cfg).cohort_dir,
+@stage_contract("expert-evaluate", inputs=lambda cfg, a: [Workspace.of(cfg).cohort_dir,
                                                          a["model_path"] or Workspace.of(cfg).expert_dir])
 def evaluate_expert_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None,
                           split: str = "test") -> StageResult:
@@ -156,7 +156,7 @@ def evaluate_expert_stage(cfg: Config, out_dir: str | Path, model_path: str | Pa
     return result
 
 
-@records_failure("expert-attention", inputs=lambda cfg, a: [Workspace.of(cfg).cohort_dir,
+@stage_contract("expert-attention", inputs=lambda cfg, a: [Workspace.of(cfg).cohort_dir,
                                                           a["model_path"] or Workspace.of(cfg).expert_dir])
 def export_attention_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None) -> StageResult:
     """Write every stay's score and C_exp from a trained expert, by this config's C_exp rule (``EXPORT_KEYS``)."""

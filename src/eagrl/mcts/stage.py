@@ -19,13 +19,13 @@ from pathlib import Path
 from eagrl.config import Config
 from eagrl.data.cohort import Cohort
 from eagrl.mcts.cohort_search import trajectories_dir
-from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import DataStore, tree_md5
 from eagrl.tracking.mlflow_run import stage_run
 from eagrl.workspace import Workspace, model_config
 
 
-@records_failure("mcts", ("data", "expert", "model", "generation", "reward", "mcts"),
+@stage_contract("mcts", ("data", "expert", "model", "generation", "reward", "mcts"),
                  lambda cfg, a: [a["cohort_path"] or Workspace.of(cfg).cohort_dir,
                                  a["attention_path"] or Workspace.of(cfg).attention_path])
 def mcts_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,

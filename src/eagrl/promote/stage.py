@@ -32,7 +32,7 @@ import pandas as pd
 
 from eagrl.config import Config
 from eagrl.errors import DataError
-from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def promote_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = 
     return _promote_stage(cfg, out_dir, parent_run_id, evaluation_dir=evaluation, candidate=candidate)
 
 
-@records_failure("promote", state=registry_state)
+@stage_contract("promote", state=registry_state)
 def _promote_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None, evaluation_dir: Path,
                    candidate: str | None) -> StageResult:
     import mlflow

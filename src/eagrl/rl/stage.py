@@ -26,7 +26,7 @@ from eagrl.config import Config
 from eagrl.config.rl import RLConfig
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
-from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
 from eagrl.workspace import Workspace, model_config
@@ -57,7 +57,7 @@ def _inputs(cfg: Config, a: dict) -> list:
     return [a["cohort_path"] or Workspace.of(cfg).cohort_dir, a["attention_path"] or Workspace.of(cfg).attention_path]
 
 
-@records_failure("rl", SECTIONS, _inputs)
+@stage_contract("rl", SECTIONS, _inputs)
 def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
              cohort_path: str | Path | None = None, attention_path: str | Path | None = None,
              adapter_path: str | Path | None = None) -> StageResult:

@@ -15,7 +15,7 @@ from pathlib import Path
 from eagrl.config import Config
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
-from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
 from eagrl.workspace import Workspace, model_config
@@ -35,7 +35,7 @@ def default_trajectories(cfg: Config, cohort: Cohort, cohort_path: Path) -> Path
     return path
 
 
-@records_failure("sft", ("data", "expert", "model", "generation", "mcts", "sft"),
+@stage_contract("sft", ("data", "expert", "model", "generation", "mcts", "sft"),
                  lambda cfg, a: [a["cohort_path"] or Workspace.of(cfg).cohort_dir, a["trajectories_path"]
                                  or Workspace.of(cfg).trajectories_dir])
 def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
@@ -126,7 +126,7 @@ def loss_plot(history: list[dict], out: Path) -> Path:
     return out
 
 
-@records_failure("direct", ("data", "model", "generation", "sft"),
+@stage_contract("direct", ("data", "model", "generation", "sft"),
                  lambda cfg, a: [a["cohort_path"] or Workspace.of(cfg).cohort_dir])
 def direct_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                  cohort_path: str | Path | None = None) -> StageResult:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from eagrl.config import Config
 from eagrl.data.cohort import Cohort
-from eagrl.stage import StageResult, records_failure, stage_dir
+from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.mlflow_run import log_metrics, nested_run, stage_run
 from eagrl.workspace import Workspace, model_config
 
 
-@records_failure("zeroshot", ("data", "model", "generation", "zeroshot"),
+@stage_contract("zeroshot", ("data", "model", "generation", "zeroshot"),
                  lambda cfg, a: [] if a["cohort_path"] else [Workspace.of(cfg).cohort_dir])
 def zeroshot_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                    cohort_path: str | Path | None = None) -> StageResult:

@@ -21,110 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
-from eagrl.llm.backends.base import GenerationBackend, Sample, SamplingParams, find_stop, sample_seed, seeds_for
-from eagrl.llm.backends.script import Draw, Peek, answer, first_op, run_lockstep
-
-
-@dataclass
-class _Entry:
-    ids: np.ndarray  # (L,) token ids the keys/values belong to
-    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (H, L_buf, D) keys and values (views of a batch cache)
-    index: torch.Tensor  # (L,) where token i's keys/values sit in the L_buf axis (skips pads and holes)
-
-    def gather(self, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(H, n, D) keys and values of the first n tokens."""
-        k, v = self.kv[layer]
-        idx = self.index[:n]
-        return k.index_select(1, idx), v.index_select(1, idx)
-
-
-class PrefixStore:
-    """LRU store of per-sequence keys/values, looked up by longest common token prefix.
-
-    Entries are views of the batch cache they came from plus an index of the real positions, so keeping a
-    row costs nothing until it is used again (then one gather).
-    """
-
-    def __init__(self, capacity_tokens: int):
-        self.capacity = capacity_tokens
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
-        self._tokens = 0
-        self.hits = 0  # prompt tokens served from the store
-        self.misses = 0  # prompt tokens computed
-
-    def lookup(self, ids: np.ndarray) -> tuple[_Entry | None, int]:
-        """The entry sharing the longest prefix with ``ids`` and that length (at most len(ids) - 1)."""
-        best, best_key, best_len, limit = None, None, 0, len(ids) - 1
-        for key, e in self._entries.items():
-            m = min(len(e.ids), limit)
-            if m <= best_len:
-                continue
-            diff = np.flatnonzero(e.ids[:m] != ids[:m])
-            common = int(diff[0]) if diff.size else m
-            if common > best_len:
-                best, best_key, best_len = e, key, common
-        if best_key is not None:
-            self._entries.move_to_end(best_key)
-        return best, best_len
-
-    def put(self, entry: _Entry) -> None:
-        n = len(entry.ids)
-        if self.capacity <= 0 or n == 0 or n > self.capacity:
-            return
-        key = entry.ids.tobytes()
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return
-        self._entries[key] = entry
-        self._tokens += n
-        while self._tokens > self.capacity:
-            _, old = self._entries.popitem(last=False)
-            self._tokens -= len(old.ids)
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._tokens = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-@dataclass
-class _Row:
-    prompt: np.ndarray  # (P,) prompt ids
-    seed: int
-    generated: list[int]
-    logprobs: list[float]
-    entropies: list[float] = field(default_factory=list)
-    done: bool = False
-    finish_reason: str = "length"
-    stop: str | None = None
-    text: str = ""
-
-    def take(self, tok: int, logp: float, entropy: float, stop_ids: set[int], stops: tuple[str, ...], text) -> None:
-        """Append a sampled token; end the row at a stop token or a stop string (``text``: ids -> their text)."""
-        self.generated.append(tok)
-        self.logprobs.append(logp)
-        self.entropies.append(entropy)
-        if tok in stop_ids:
-            self.done, self.finish_reason, self.text = True, "eos", text(self.generated[:-1])
-            return
-        self.text = text(self.generated)
-        if stops:
-            i, which = find_stop(self.text, stops)
-            if i >= 0:
-                self.done, self.finish_reason, self.stop, self.text = True, "stop", which, self.text[:i]
-
-    def sample(self) -> Sample:
-        return Sample(self.text, self.generated, self.logprobs, self.finish_reason, self.stop, self.entropies)
+from eagrl.llm.backends.base import GenerationBackend, Sample, SamplingParams, sample_seed, seeds_for
+from eagrl.llm.backends.prefix_cache import PrefixEntry, PrefixStore, growing_cache
+from eagrl.llm.backends.sampling import Row, constrain, sample_tokens
+from eagrl.llm.backends.script import run_lockstep
+from eagrl.llm.backends.script_loop import ScriptLoop
 
 
 class TransformersBackend(GenerationBackend):
@@ -167,7 +73,7 @@ class TransformersBackend(GenerationBackend):
             raise ValueError("cannot generate from an empty prompt")
         seeds = seeds_for(prompt_arrays, seed)
         self._prefill_alone(prompt_arrays, shared=n > 1)
-        rows = [_Row(p, sample_seed(s, j), [], []) for p, s in zip(prompt_arrays, seeds) for j in range(n)]
+        rows = [Row(p, sample_seed(s, j), [], []) for p, s in zip(prompt_arrays, seeds) for j in range(n)]
         for start in range(0, len(rows), self.batch_size):
             self._decode(rows[start:start + self.batch_size], params)
         out = [r.sample() for r in rows]
@@ -243,7 +149,7 @@ class TransformersBackend(GenerationBackend):
         return cache, mask, lengths, logits
 
     # ================================================================== decoding
-    def _decode(self, rows: list[_Row], params: SamplingParams) -> None:
+    def _decode(self, rows: list[Row], params: SamplingParams) -> None:
         dev = self.device
         cache, mask, lengths, logits = self._prefill([r.prompt for r in rows], reserve=params.max_tokens)
         gens = [torch.Generator().manual_seed(r.seed) for r in rows]
@@ -253,11 +159,11 @@ class TransformersBackend(GenerationBackend):
             logp = torch.log_softmax(logits.float(), -1)  # (B, V)
             entropy = torch.special.entr(logp.exp()).sum(-1)  # (B,) what RL's entropy-aware clipping reads; ~free here
             if params.names is not None:  # only names from the list may be sampled; logp stays the model's own
-                tokens = _sample(_constrain(logits.float(), rows, params.names), params, gens)
+                tokens = sample_tokens(constrain(logits.float(), rows, params.names), params, gens)
                 if params.names.end not in stop_ids:
                     stop_ids = stop_ids | {params.names.end}
             else:
-                tokens = _sample(logits.float(), params, gens)  # (B,)
+                tokens = sample_tokens(logits.float(), params, gens)  # (B,)
             for b, r in enumerate(rows):
                 if not r.done:
                     tok = int(tokens[b])
@@ -283,7 +189,7 @@ class TransformersBackend(GenerationBackend):
             return
         with torch.inference_mode(), _threads(self.threads):
             for start in range(0, len(scripts), self.batch_size):
-                _ScriptLoop(self, scripts[start:start + self.batch_size]).run()
+                ScriptLoop(self, scripts[start:start + self.batch_size]).run()
 
     def _stop_ids(self, params: SamplingParams) -> set[int]:
         """The tokens that end a sample: EOS (unless ignored), the extra ones, any special token if asked."""
@@ -308,7 +214,7 @@ class TransformersBackend(GenerationBackend):
 
         if self._sliding:
             return DynamicCache(config=self._config)  # no reuse: sliding layers keep only a window
-        return _growing_cache(self._n_layers)
+        return growing_cache(self._n_layers)
 
     def _forward(self, input_ids, mask, positions, cache, logits_to_keep):
         kwargs = {self._cache_kw: cache}
@@ -327,149 +233,11 @@ class TransformersBackend(GenerationBackend):
             if len(valid) != len(row_ids):  # bookkeeping mismatch: never store a wrong entry
                 continue
             kv = [(layer.keys[b], layer.values[b]) for layer in cache.layers]
-            self.store.put(_Entry(row_ids.astype(np.int64), kv, valid))
+            self.store.put(PrefixEntry(row_ids.astype(np.int64), kv, valid))
 
 
-@dataclass
-class _Draw:
-    """A field being sampled in the script loop: the row state :meth:`TransformersBackend._decode` keeps, plus
-    the field's settings."""
-
-    op: Draw
-    row: _Row
-    stop_ids: set[int]
-    gen: torch.Generator
-    text: object  # ids -> text after the context
 
 
-class _ScriptLoop:
-    """One decoding loop over a batch of writing scripts.
-
-    Row b's keys/values hold ``kv[b]`` (its context as fed so far). Each pass, a row either consumes the
-    logits at the end of its context (a Peek is answered, a Draw samples one token) or still has tokens queued
-    (the framework's tags, or the token it just sampled); all rows with a queue feed the same number of tokens
-    in one batched forward (one each while any row is sampling), so a response whose field ended never waits
-    for the others. A token the script dropped after sampling (it ran past the field's end) is hidden from
-    the attention mask and its position reused, so no cache is ever copied. Finished rows leave the batch.
-    """
-
-    def __init__(self, backend: "TransformersBackend", scripts):
-        self.be = backend
-        self.scripts = list(scripts)
-        self.ops: list = [first_op(sc) for sc in self.scripts]
-        self.rows = [b for b, op in enumerate(self.ops) if op is not None]  # script index of each batch row
-        self.draws: dict[int, _Draw] = {}
-        self.queue: dict[int, list[int]] = {}
-
-    def run(self) -> None:
-        if not self.rows:
-            return
-        be = self.be
-        ctx = [np.asarray(self.ops[i].context, dtype=np.int64) for i in self.rows]
-        be._prefill_alone(ctx, shared=False)
-        self.cache, self.mask, self.lengths, logits = be._prefill(ctx, reserve=256)
-        self.kv = [c.tolist() for c in ctx]
-        while self.rows:
-            logp = torch.log_softmax(logits.float(), -1)  # (B, V)
-            entropy = torch.special.entr(logp.exp()).sum(-1)  # (B,)
-            ended = []
-            for b, i in enumerate(self.rows):
-                if not self.queue.get(i) and not self._serve(b, i, logits[b], logp[b], float(entropy[b])):
-                    ended.append(b)
-            if ended:
-                self._drop(ended)
-            if not self.rows:
-                break
-            logits = self._feed()
-
-    # ------------------------------------------------------------------ one row
-    def _serve(self, b: int, i: int, logits: torch.Tensor, logp: torch.Tensor, entropy: float) -> bool:
-        """Answer row b's operations from the logits at the end of its context until it has tokens to feed;
-        False when its script has ended."""
-        while True:
-            op = self.ops[i]
-            if isinstance(op, Peek):
-                result = logp[torch.as_tensor(op.candidates)].cpu().numpy()
-            else:
-                d = self.draws.get(i) or self._start_draw(i, op)
-                result = self._sample(d, logits, logp, entropy)
-                if result is None:  # the field goes on: feed the sampled token
-                    self.queue[i] = [d.row.generated[-1]]
-                    return True
-                del self.draws[i]
-            self.ops[i] = answer(self.scripts[i], result)
-            if self.ops[i] is None:
-                return False
-            if self._reconcile(b, i):
-                return True
-
-    def _start_draw(self, i: int, op: Draw) -> _Draw:
-        p = op.params
-        stop_ids = self.be._stop_ids(p) | ({p.names.end} if p.names is not None else set())
-        seed = sample_seed(op.seed, 0)  # as generate(n=1, seed=[op.seed]) seeds it
-        d = _Draw(op, _Row(np.asarray(op.context), seed, [], []), stop_ids, torch.Generator().manual_seed(seed),
-                  self.be._text_of(op.context))
-        self.draws[i] = d
-        return d
-
-    def _sample(self, d: _Draw, logits: torch.Tensor, logp: torch.Tensor, entropy: float) -> Sample | None:
-        """Sample row's next token of field ``d``; the finished :class:`Sample`, or None while it goes on."""
-        p, r = d.op.params, d.row
-        x = logits.float()[None]  # (1, V)
-        if p.names is not None:  # only names from the list may be sampled; logp stays the model's own
-            x = _constrain(x, [r], p.names)
-        tok = int(_sample(x, p, [d.gen])[0])
-        r.take(tok, float(logp[tok]), entropy, d.stop_ids, p.stop, d.text)
-        return r.sample() if r.done or len(r.generated) >= p.max_tokens else None  # "length" unless it stopped
-
-    def _reconcile(self, b: int, i: int) -> bool:
-        """Line row b's keys/values up with its script's context: hide tokens the script dropped, queue the
-        ones it added. True when there is something to feed (else the current logits serve the next op)."""
-        ctx = self.ops[i].context
-        kv = self.kv[b]
-        m = min(len(kv), len(ctx))
-        diff = np.flatnonzero(np.asarray(kv[:m]) != np.asarray(ctx[:m]))
-        common = int(diff[0]) if diff.size else m
-        drop = len(kv) - common
-        if drop and common == len(ctx):
-            common -= 1  # nothing new after the cut: feed the last kept token again for fresh logits
-            drop += 1
-        if drop:
-            valid = torch.nonzero(self.mask[b], as_tuple=True)[0]
-            self.mask[b, valid[-drop:]] = 0
-            self.lengths[b] -= drop
-            del kv[common:]
-        self.queue[i] = list(ctx[common:])
-        return bool(self.queue[i])
-
-    # ------------------------------------------------------------------ the batch
-    def _feed(self) -> torch.Tensor:
-        """One forward over every row's next queued tokens; the (B, V) logits at each row's end."""
-        dev = self.be.device
-        n = min(len(self.queue[i]) for i in self.rows)  # > 0: every row left has something queued
-        ids = torch.as_tensor([self.queue[i][:n] for i in self.rows], dtype=torch.long, device=dev)  # (B, n)
-        for b, i in enumerate(self.rows):
-            self.kv[b] += self.queue[i][:n]
-            del self.queue[i][:n]
-        positions = self.lengths[:, None] + torch.arange(n, device=dev)  # (B, n) real tokens before each
-        self.mask = torch.cat([self.mask, torch.ones(len(self.rows), n, dtype=self.mask.dtype, device=dev)], 1)
-        self.lengths = self.lengths + n
-        return self.be._forward(ids, self.mask, positions, self.cache, logits_to_keep=1)[:, -1]  # (B, V)
-
-    def _drop(self, ended: list[int]) -> None:
-        """Store the ended rows' keys/values for later calls, then take them out of the batch."""
-        be = self.be
-        for b in ended:
-            be._store_rows(self.cache, self.mask[b:b + 1], [np.asarray(self.kv[b], dtype=np.int64)], rows=[b])
-        gone = set(ended)
-        keep = [b for b in range(len(self.rows)) if b not in gone]
-        self.rows = [self.rows[b] for b in keep]
-        self.kv = [self.kv[b] for b in keep]
-        if keep:
-            idx = torch.as_tensor(keep, device=self.mask.device)
-            self.mask, self.lengths = self.mask[idx], self.lengths[idx]
-            for layer in self.cache.layers:
-                layer.keep_rows(idx)
 
 
 @contextlib.contextmanager
@@ -486,89 +254,9 @@ def _threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def _growing_cache(n_layers: int) -> DynamicCache:
-    cache = DynamicCache()
-    cache.layers = [GrowingLayer() for _ in range(n_layers)]
-    cache.layer_class_to_replicate = None
-    return cache
 
 
-class GrowingLayer(DynamicLayer):
-    """A full-attention cache layer that writes into reserved room (``DynamicLayer`` concatenates, copying
-    the whole cache at every decoding step)."""
-
-    def __init__(self, reserve: int = 0):
-        super().__init__()
-        self.reserve = reserve
-        self._n = 0
-        self._kb = self._vb = None
-
-    def prime(self, rows: list[tuple[torch.Tensor, torch.Tensor] | None], length: int, reserve: int) -> None:
-        """Start from per-row prefixes ((H, l, D) pairs or None), left-padded with zeros to ``length``."""
-        ref = next(r[0] for r in rows if r is not None)
-        h, _, d = ref.shape
-        self._kb = ref.new_zeros(len(rows), h, length + reserve, d)
-        self._vb = ref.new_zeros(len(rows), h, length + reserve, d)
-        for b, r in enumerate(rows):
-            if r is not None:
-                n = r[0].shape[1]
-                self._kb[b, :, length - n:length] = r[0]
-                self._vb[b, :, length - n:length] = r[1]
-        self.lazy_initialization(self._kb, self._vb)
-        self._n = length
-        self.reserve = reserve
-        self.keys, self.values = self._kb[:, :, :length], self._vb[:, :, :length]
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        b, h, t, d = key_states.shape
-        if self._kb is None:
-            self.lazy_initialization(key_states, value_states)
-            self._kb = key_states.new_empty(b, h, t + self.reserve, d)
-            self._vb = value_states.new_empty(b, h, t + self.reserve, d)
-        elif self._n + t > self._kb.shape[2]:
-            cap = max(2 * self._kb.shape[2], self._n + t + self.reserve)
-            kb, vb = key_states.new_empty(b, h, cap, d), value_states.new_empty(b, h, cap, d)
-            kb[:, :, :self._n], vb[:, :, :self._n] = self._kb[:, :, :self._n], self._vb[:, :, :self._n]
-            self._kb, self._vb = kb, vb
-        self._kb[:, :, self._n:self._n + t] = key_states
-        self._vb[:, :, self._n:self._n + t] = value_states
-        self._n += t
-        self.keys, self.values = self._kb[:, :, :self._n], self._vb[:, :, :self._n]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self._n
-
-    def keep_rows(self, idx: torch.Tensor) -> None:
-        """Only these batch rows from now on (views already handed out keep the old buffers)."""
-        self._kb, self._vb = self._kb.index_select(0, idx), self._vb.index_select(0, idx)
-        self.keys, self.values = self._kb[:, :, :self._n], self._vb[:, :, :self._n]
 
 
-def _constrain(logits: torch.Tensor, rows: list[_Row], names) -> torch.Tensor:
-    """Logits with every token the name list does not allow next set to -inf (finished rows untouched)."""
-    keep = torch.zeros_like(logits, dtype=torch.bool)
-    for b, r in enumerate(rows):
-        if r.done:
-            keep[b] = True
-        else:
-            keep[b, names.allowed(r.generated)] = True
-    return logits.masked_fill(~keep, float("-inf"))
 
 
-def _sample(logits: torch.Tensor, params: SamplingParams, gens: list[torch.Generator]) -> torch.Tensor:
-    """One token per row: greedy at temperature 0, else top-k / top-p sampling with each row's generator."""
-    if params.temperature <= 0:
-        return logits.argmax(-1).cpu()
-    x = logits / params.temperature  # (B, V)
-    if params.top_k and params.top_k < x.shape[-1]:
-        kth = torch.topk(x, params.top_k, dim=-1).values[:, -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_x, idx = torch.sort(x, descending=True, dim=-1)
-        probs = torch.softmax(sorted_x, -1)
-        drop = probs.cumsum(-1) - probs > params.top_p  # keep the smallest set whose mass reaches top_p
-        sorted_x = sorted_x.masked_fill(drop, float("-inf"))
-        x = torch.full_like(x, float("-inf")).scatter(-1, idx, sorted_x)
-    probs = F.softmax(x, -1).cpu()
-    return torch.stack([torch.multinomial(probs[b], 1, generator=g)[0] for b, g in enumerate(gens)])
