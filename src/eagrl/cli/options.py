@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from eagrl.config import Config, load_config, parse_override
+from eagrl import config
+from eagrl.config import Config, parse_override
 from eagrl.errors import EagrlError
 
 console = Console(stderr=True)
@@ -28,22 +29,13 @@ WorkspaceOpt = Annotated[Optional[Path], typer.Option("--workspace", help="Folde
 
 def build_config(profile: str, dataset: str | None = None, data_path: Path | None = None, task: str | None = None,
                  sets: list[str] | None = None, workspace: Path | None = None) -> Config:
-    """The contract options and --set overrides, resolved to absolute paths so subprocesses agree."""
+    """The option contract and ``--set`` overrides, through the one config builder
+    (:func:`eagrl.config.build_config`)."""
     overrides: dict = dict(parse_override(s) for s in (sets or []))
-    given = {
-        "data.dataset": dataset,
-        "data.task": task,
-        "data.data_path": str(data_path.resolve()) if data_path else None,
-    }
+    given = {"data.dataset": dataset, "data.task": task,
+             "data.data_path": str(data_path.resolve()) if data_path else None}
     overrides.update({k: v for k, v in given.items() if v is not None})
-    ws = (workspace or Path(overrides.pop("workspace", None) or os.environ.get("EAGRL_WORKSPACE", "."))).resolve()
-    overrides["workspace"] = str(ws)
-    cfg = load_config(profile, overrides)
-    if cfg.tracking.mlflow_tracking_uri is None:  # pin the store now, so every component logs to the same one
-        from eagrl.tracking.mlflow_run import tracking_uri
-
-        cfg.tracking.mlflow_tracking_uri = tracking_uri(cfg)
-    return cfg
+    return config.build_config(profile, overrides, workspace)
 
 
 def fail(exc: BaseException, code: int = 1) -> None:

@@ -8,12 +8,15 @@ from eagrl.config.root import (
     TrackingConfig,
     ValidationConfig,
     ZeroShotConfig,
+    build_config,
     config_from_json,
     config_from_params,
+    default_tracking_uri,
     load_config,
     parse_override,
     profile_path,
 )
 
 __all__ = ["PROFILES", "Config", "DataConfig", "PipelineConfig", "TrackingConfig", "ValidationConfig",
-           "ZeroShotConfig", "config_from_json", "config_from_params", "load_config", "parse_override", "profile_path"]
+           "ZeroShotConfig", "build_config", "config_from_json", "default_tracking_uri", "config_from_params",
+           "load_config", "parse_override", "profile_path"]

@@ -257,13 +257,33 @@ def config_from_json(text: str) -> Config:
     return Config.model_validate(json.loads(text))
 
 
+def default_tracking_uri(cfg: Config) -> str:
+    """MLflow's store when ``tracking.mlflow_tracking_uri`` is unset: ``$MLFLOW_TRACKING_URI``, else the workspace's
+    ``mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(cfg.workspace).resolve() / 'mlflow.db'}"
+
+
+def build_config(profile: str = "default", overrides: dict[str, Any] | None = None,
+                 workspace: str | Path | None = None) -> Config:
+    """The one config builder, shared by the CLI, the KFP components and the benchmarks: a profile, dotted
+    overrides, and the workspace (``workspace``, else the overrides' ``workspace``, else ``$EAGRL_WORKSPACE`` (on a
+    cluster: the mounted volume, pipelines/platform.py), else the current folder), made absolute so that every
+    process agrees; the MLflow store is pinned too, so that every component logs to the same one."""
+    overrides = dict(overrides or {})
+    ws = workspace or overrides.pop("workspace", None) or os.environ.get("EAGRL_WORKSPACE") or "."
+    overrides["workspace"] = str(Path(ws).resolve())
+    cfg = load_config(profile, overrides)
+    if cfg.tracking.mlflow_tracking_uri is None:
+        cfg.tracking.mlflow_tracking_uri = default_tracking_uri(cfg)
+    return cfg
+
+
 def config_from_params(profile: str, dataset: str = "", task: str = "", data_path: str = "",
                        overrides: str = "{}", model: str = "") -> Config:
     """Rebuild the config inside a pipeline component from the pipeline's plain parameters.
 
     ``overrides`` is a JSON object of dotted keys (``{"data.seed": 7}``); empty strings mean "not set", so
-    the KFP UI can leave them blank. ``model`` sets ``model.source``. On a cluster ``$EAGRL_WORKSPACE`` (set
-    by pipelines/platform.py to the mounted volume) is the workspace unless ``overrides`` names one.
+    the KFP UI can leave them blank. ``model`` sets ``model.source``. The workspace follows :func:`build_config`.
     """
     try:
         extra = json.loads(overrides or "{}")
@@ -273,6 +293,4 @@ def config_from_params(profile: str, dataset: str = "", task: str = "", data_pat
         raise ConfigError(f"pipeline parameter overrides must be a JSON object, got {type(extra).__name__}")
     given = {"data.dataset": dataset, "data.task": task, "data.data_path": data_path, "model.source": model}
     extra.update({k: v for k, v in given.items() if v})
-    if "workspace" not in extra and os.environ.get("EAGRL_WORKSPACE"):
-        extra["workspace"] = os.environ["EAGRL_WORKSPACE"]
-    return load_config(profile, extra)
+    return build_config(profile, extra)

@@ -10,15 +10,14 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from eagrl.config import Config
+from eagrl.config import Config, default_tracking_uri
 from eagrl.metrics import metrics_json
 
 MAX_PARAM_LEN = 6000
 
 
 def tracking_uri(cfg: Config) -> str:
-    return (cfg.tracking.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{Path(cfg.workspace).resolve() / 'mlflow.db'}")
+    return cfg.tracking.mlflow_tracking_uri or default_tracking_uri(cfg)
 
 
 def _experiment_id(cfg: Config) -> str:
