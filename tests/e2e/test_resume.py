@@ -1,6 +1,6 @@
 """Resumability: a finished stage is reused (content hashes), and a run killed anywhere finishes the same.
 
-The fast tests exercise the stage contract (``eagrl.stage.records_failure``) on a toy stage; the slow ones
+The fast tests exercise the stage contract (``eagrl.stage.stage_contract``) on a toy stage; the slow ones
 SIGKILL ``eagrl run --profile smoke`` (the whole process group, as a node loss would) at seeded random
 moments, rerun it in the same workspace and compare every output with an uninterrupted run.
 """
@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 from eagrl.config import load_config
-from eagrl.stage import FINGERPRINT, StageResult, path_md5, records_failure, stage_dir
+from eagrl.stage import FINGERPRINT, StageResult, path_md5, stage_contract, stage_dir
 from pipelines.eagrl_pipeline import STAGES
 
 # ------------------------------------------------------------------ the contract, on a toy stage
 CALLS: list[str] = []
 
 
-@records_failure("toy", sections=("data",))
+@stage_contract("toy", sections=("data",))
 def toy_stage(cfg, out_dir, parent_run_id=None, source=None, copy_out=None) -> StageResult:
     """Doubles the number in ``source`` into ``OUT/toy/result.txt``; fails on a negative number."""
     CALLS.append(str(source))
@@ -107,7 +107,7 @@ def test_a_failed_stage_is_never_reused(toy):
     assert len(CALLS) == 2
 
 
-@records_failure("toy-live", sections=("data",), state=lambda cfg, a: Path(a["live"]).read_text())
+@stage_contract("toy-live", sections=("data",), state=lambda cfg, a: Path(a["live"]).read_text())
 def toy_live_stage(cfg, out_dir, live=None) -> StageResult:
     """Depends on live state outside its inputs (like promotion on the registry): counts the calls in ``live``."""
     CALLS.append("live")
