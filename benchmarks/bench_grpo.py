@@ -52,7 +52,7 @@ def main() -> None:
 
     import torch
     from datasets import Dataset
-    from llm_helpers import tjh_cohort
+    from support.llm import tjh_cohort
     from transformers import PrinterCallback
     from trl import GRPOTrainer
 

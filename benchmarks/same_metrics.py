@@ -5,9 +5,9 @@ Used to show that a refactoring changed no behaviour: run the smoke pipeline bef
 
     .venv/bin/python benchmarks/same_metrics.py RUN_BEFORE RUN_AFTER
 
-It prints one line per differing or missing value and a JSON summary last; exit 1 when anything differs. Folders
-whose names carry a run key (``rl/eag-rl-<key>``) are matched by their name without the key, so a changed key is
-reported as a changed key, not as every metric missing.
+It prints one line per differing or missing value and a JSON summary last; exit 1 when any value differs. Folders
+whose names carry a run key (``rl/eag-rl-<key>``) are matched by their name without the key; a changed key is printed
+as a note (a key names a run, it is not a metric), not as every metric missing.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-TIMING = re.compile(r"(^|_)(seconds|secs|s|wall|time|per_s|per_second|tokens_per_s|throughput|elapsed)(_|$)")
+TIMING = re.compile(r"(^|_)(seconds|secs|s|wall|time|per_s|per_second|per_minute|throughput|elapsed)(_|$)")
 KEYED = re.compile(r"^(?P<stem>.+)-(?P<key>[0-9a-f]{10})$")
 
 
@@ -56,8 +56,9 @@ def same(a, b, tol: float) -> bool:
 def compare(before: Path, after: Path, tol: float = 0.0) -> tuple[list[str], dict]:
     fa, ka = collect(before)
     fb, kb = collect(after)
-    problems = [f"run key of {stem}: {ka.get(stem)} -> {kb.get(stem)}" for stem in sorted(set(ka) | set(kb))
-                if ka.get(stem) != kb.get(stem)]
+    notes = [f"note: run key of {stem}: {ka.get(stem)} -> {kb.get(stem)}" for stem in sorted(set(ka) | set(kb))
+             if ka.get(stem) != kb.get(stem)]
+    problems: list[str] = []
     compared = 0
     for name in sorted(set(fa) | set(fb)):
         if name not in fa or name not in fb:
@@ -70,7 +71,7 @@ def compare(before: Path, after: Path, tol: float = 0.0) -> tuple[list[str], dic
             compared += 1
             if va is None or vb is None or not same(va, vb, tol):
                 problems.append(f"{name} {key}: {va} -> {vb}")
-    return problems, {"files": len(set(fa) & set(fb)), "values": compared, "differ": len(problems)}
+    return problems, {"files": len(set(fa) & set(fb)), "values": compared, "differ": len(problems), "notes": notes}
 
 
 def main() -> int:
@@ -84,7 +85,7 @@ def main() -> int:
             print(f"same_metrics: {run} is not a run folder", file=sys.stderr)
             return 2
     problems, summary = compare(args.before, args.after, args.tol)
-    for line in problems:
+    for line in [*summary.pop("notes"), *problems]:
         print(line)
     print(json.dumps(summary))
     return 1 if problems else 0

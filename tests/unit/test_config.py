@@ -1,6 +1,6 @@
 import pytest
 
-from eagrl.config import PROFILES, config_from_params, load_config, parse_override
+from eagrl.config import PROFILES, build_config, config_from_params, load_config, parse_override
 from eagrl.errors import ConfigError
 
 
@@ -54,7 +54,8 @@ def test_unknown_profile_lists_the_choices():
 def test_pipeline_params_round_trip_the_whole_config():
     import json
 
-    cfg = load_config("smoke", {"data.dataset": "tjh", "data.task": "mortality", "data.seed": 11})
+    # as `eagrl run` builds it (the one builder: absolute workspace, pinned MLflow store) and hands it on
+    cfg = build_config("smoke", {"data.dataset": "tjh", "data.task": "mortality", "data.seed": 11})
     again = config_from_params(cfg.profile, overrides=json.dumps(cfg.to_flat()))
     assert again == cfg
     # plain UI parameters win over the profile; a blank task is the dataset's default (issue 27)

@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from eagrl.config import PROFILES, config_from_params, load_config
+from eagrl.config import PROFILES, build_config, config_from_params, load_config
 from eagrl.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", PROFILES)
 def test_profiles_carry_the_whole_table_and_round_trip(name):
-    cfg = load_config(name)
+    cfg = build_config(name)  # as `eagrl run` builds it and hands it to the components
     names = [m.name for m in cfg.evaluate.models]
     assert names[:3] == ["vanilla", "think", "pqd"] and names[-1] == "expert"
     assert {"sft", "grpo", "dapo", "eag-rl", "eag-rl-no-stage1", "eag-rl-no-stage2", "eag-rl-no-ratt",

@@ -149,7 +149,9 @@ def heldout_folder(cfg: Config) -> str:
 def _run_key(cfg: Config, cohort_md5: str, attention: Path, adapter: str | None) -> str:
     start = adapter or ""
     if adapter and Path(adapter).is_dir():
-        start = tree_md5(adapter)
+        from eagrl.scoring.keys import adapter_digest
+
+        start = adapter_digest(adapter)  # its weights and config, not the SFT stage's notes (paths) beside them
     key = {"model": cfg.model.weights(),
            "generation": cfg.generation.content(),
            "rl": cfg.rl.model_dump(mode="json", exclude=set(RLConfig.NOT_TRAINING)),

@@ -50,8 +50,16 @@ def adapter_digest(folder: str | Path) -> str:
         raise FileNotFoundError(f"{root} holds no adapter weights ({', '.join(_WEIGHT_FILES[1:])})")
     for f in found:
         h.update(f.name.encode())
-        h.update(f.read_bytes())
+        h.update(_normalised_config(f) if f.name == "adapter_config.json" else f.read_bytes())
     return h.hexdigest()
+
+
+def _normalised_config(path: Path) -> bytes:
+    """An adapter config's content, independent of how it was written: peft writes ``target_modules`` from a set, in
+    an order that changes from one Python process to the next; lists of names are sorted, keys too."""
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg = {k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in cfg.items()}
+    return json.dumps(cfg, sort_keys=True).encode()
 
 
 def scoring_key(model_cfg: ModelConfig, gen_cfg: GenerationConfig, cohort_md5: str, split: str) -> str | None:
