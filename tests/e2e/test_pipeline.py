@@ -2,12 +2,14 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from support.cli import run_cli
 
 from pipelines.eagrl_pipeline import STAGES, compile_pipeline
 
 
+@pytest.mark.slow  # the whole pipeline, 3-4 min of make test's 15: in make test-slow, which CI runs too
 def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     out = workspace / "out"
     res = run_cli("run", "--profile", "smoke", "--data-path", str(shared_data / "mimic-iv-demo-clif"),

@@ -46,8 +46,12 @@ def test_real_file_passes_with_warnings_only(shared_data):
         (lambda df: df.assign(age=df["age"].where(df.index != 0, -5)), "records.age"),
         (lambda df: df.assign(outcome=df["outcome"].where(df.index != 5, 2)), "records.outcome"),
         (lambda df: df.assign(**{"Discharge time": df["Admission time"] - pd.Timedelta(days=3)}), "discharge_time"),
+        # a date at the end of pandas' range: the tolerance arithmetic overflowed (the MEDS fuzzer found it)
+        (lambda df: df.assign(**{"Discharge time": df["Discharge time"].where(df.index != 0,
+                                                                               pd.Timestamp("2262-04-10"))}),
+         "stays.discharge_time=2262-04-10"),
     ],
-    ids=["missing-column", "negative-age", "outcome-2", "dates-out-of-order"],
+    ids=["missing-column", "negative-age", "outcome-2", "dates-out-of-order", "impossible-date"],
 )
 def test_corrupted_copies_fail_naming_the_problem(tjh_sheet, tmp_path, corrupt, expected):
     report, cohort = validate_source(tjh_cfg(write_copy(corrupt(tjh_sheet.copy()), tmp_path)))

@@ -244,9 +244,10 @@ def canonical_checks(raw: RawEHR, task: str, vcfg: ValidationConfig | None = Non
     in_stay = meas[["stay_id", "time"]].merge(
         stays[["stay_id", "admit_time", "discharge_time"]], on="stay_id", how="left"
     )
-    in_stay["discharge_day_end"] = in_stay["discharge_time"].dt.normalize() + pd.Timedelta(days=1)
-    in_stay["earliest"] = in_stay["admit_time"] - tol
-    in_stay["latest"] = in_stay["discharge_time"] + tol
+    admit, discharge = _plausible(in_stay["admit_time"]), _plausible(in_stay["discharge_time"])  # no overflow
+    in_stay["discharge_day_end"] = discharge.dt.normalize() + pd.Timedelta(days=1)
+    in_stay["earliest"] = admit - tol
+    in_stay["latest"] = discharge + tol
     impossible, hours = vcfg.impossible_time_max_share, f"{vcfg.time_tolerance_hours:g} h"
     checks = [
         Check("stays", gxe.ExpectColumnValuesToBeUnique(column="stay_id"), "error", "one row per stay"),
@@ -283,9 +284,38 @@ def canonical_checks(raw: RawEHR, task: str, vcfg: ValidationConfig | None = Non
             "warning", f"measured after the day of discharge (within {hours})"),
         Check("measurement_keys", gxe.ExpectColumnValuesToBeNull(column="conflicting"),
               why="another value at the same stay, time and feature", error_above=vcfg.conflict_max_share),
+        Check("times", gxe.ExpectColumnValuesToBeNull(column="impossible"), "error",
+              f"a date before {PLAUSIBLE_TIMES[0]:%Y} or from {PLAUSIBLE_TIMES[1]:%Y} on cannot be real"),
     ]
     return checks, {"stays": stays, "measurements": meas[["stay_id", "time", "feature"]],
-                    "measurements_in_stay": in_stay, "measurement_keys": conflicting_keys(meas)}
+                    "measurements_in_stay": in_stay, "measurement_keys": conflicting_keys(meas),
+                    "times": impossible_times(stays, meas)}
+
+
+PLAUSIBLE_TIMES = (pd.Timestamp("1900-01-01"), pd.Timestamp("2200-01-01"))
+
+
+def _plausible(times: pd.Series) -> pd.Series:
+    """The times inside :data:`PLAUSIBLE_TIMES`, NaT elsewhere (the ``times`` check reports those)."""
+    lo, hi = PLAUSIBLE_TIMES
+    return times.where((times >= lo) & (times < hi))
+
+
+def impossible_times(stays: pd.DataFrame, meas: pd.DataFrame) -> pd.DataFrame:
+    """One row per timestamp of the stays and measurements: ``impossible`` is ``table.column=value`` for a time
+    outside :data:`PLAUSIBLE_TIMES`, else None."""
+    parts = []
+    for table, df, cols in (("stays", stays, ("admit_time", "discharge_time", "prediction_time")),
+                            ("measurements", meas, ("time",))):
+        for col in cols:
+            if col not in df.columns:
+                continue
+            t = df[col].dropna()
+            bad = t[_plausible(t).isna()]
+            out = pd.Series(None, index=t.index, dtype=object)
+            out[bad.index] = (f"{table}.{col}=" + bad.astype(str)).to_numpy()
+            parts.append(out)
+    return pd.DataFrame({"impossible": pd.concat(parts, ignore_index=True) if parts else pd.Series([], dtype=object)})
 
 
 def conflicting_keys(meas: pd.DataFrame) -> pd.DataFrame:
