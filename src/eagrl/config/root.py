@@ -88,7 +88,7 @@ class DataConfig(_Section):
 class ValidationConfig(_Section):
     min_positives_per_split: int = Field(2, ge=0, description="Each split needs at least this many positives.")
     time_tolerance_hours: float = Field(
-        24.0, ge=0, description="A measurement at most this long before admission or after discharge is a "
+        24.0, ge=0, le=8760, description="A measurement at most this long before admission or after discharge is a "
         "recording artefact (warning: ED labs before the admission, day-precision dates); farther out it is impossible."
     )
     impossible_time_max_share: float = Field(

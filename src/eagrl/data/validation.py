@@ -292,7 +292,7 @@ def canonical_checks(raw: RawEHR, task: str, vcfg: ValidationConfig | None = Non
                     "times": impossible_times(stays, meas)}
 
 
-PLAUSIBLE_TIMES = (pd.Timestamp("1900-01-01"), pd.Timestamp("2200-01-01"))
+PLAUSIBLE_TIMES = (pd.Timestamp("1800-01-01"), pd.Timestamp("2250-01-01"))  # de-identified MIMIC dates reach the 2200s
 
 
 def _plausible(times: pd.Series) -> pd.Series:
