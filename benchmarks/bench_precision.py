@@ -7,7 +7,7 @@ the answer slot's readout (vanilla prompt, one forward pass a stay) and prints o
 ``{"auroc_unmerged_fp32", "auroc_merged_fp32", "auroc_merged_bf16", "served_path": "merged_fp32", ...}``, plus the
 largest probability difference of each merged way against the unmerged one.
 
-    .venv/bin/python benchmarks/bench_precision.py --cohort WS/data/cohorts/tjh-mortality --adapter DIR
+    .venv/bin/python benchmarks/bench_precision.py --cohort WS/data/cohorts/tjh-mortality --adapter DIR [--profile P]
     .venv/bin/python benchmarks/bench_precision.py --cohort ... --train-stays 96   # trains a direct adapter first
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eagrl.config import load_config
 from eagrl.config.llm import GenerationConfig, ModelConfig
 from eagrl.data.cohort import Cohort
 from eagrl.llm.loading import load_model
@@ -53,9 +54,11 @@ def main() -> None:
     ap.add_argument("--source", default="smollm2-135m")
     ap.add_argument("--train-stays", type=int, default=96, help="without --adapter: train a direct adapter on these")
     ap.add_argument("--split", default="test")
+    ap.add_argument("--profile", default="default", help="the profile whose generation settings (prompt serialisation, "
+                    "token budget) the adapter was trained with")
     args = ap.parse_args()
     cohort = Cohort.load(args.cohort)
-    gen = direct_generation(GenerationConfig())
+    gen = direct_generation(load_config(args.profile).generation)  # the prompts the adapter was trained on
     adapter = args.adapter
     if adapter is None:
         from eagrl.config.sft import SFTConfig
