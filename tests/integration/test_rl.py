@@ -297,9 +297,9 @@ def test_the_rewarded_label_decides_where_the_drawn_digits_move(cohort, c_exp, s
     group advantage, TRL's loss, the optimiser), with the prompt (the full series) and the Brier R_cls it was
     calibrated with. From the same start, the policy trained against label 1 answers higher than the one trained
     against label 0. The contrast, not each run's move, is asserted: both runs also share a drift that does not depend
-    on the label (a malformed answer scores 0 whatever the label, so both learn the format), which measured -0.03 to
-    +0.01 over LoRA inits 0-5 (24 steps) and once pushed the label-1 move to +0.0199 in CI; the contrast measured 0.056
-    to 0.115 over the same inits."""
+    on the label (likely the format, since a malformed answer scores 0 whatever the label; not measured), -0.03 to
+    +0.01 over LoRA inits 0-5 (24 steps), which once pushed the label-1 move to +0.0199 in CI; the contrast measured
+    0.056 to 0.115 over the same inits."""
     before, up = _answer_before_and_after_training(1, "digits", 24, cohort, c_exp, sft_adapter, tmp_path / "to1")
     _, down = _answer_before_and_after_training(0, "digits", 24, cohort, c_exp, sft_adapter, tmp_path / "to0")
     assert up - down > 0.04, (before, up, down)
