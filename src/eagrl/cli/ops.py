@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from eagrl.cli.options import WorkspaceOpt
 from eagrl.config import load_config, parse_override
 
 
@@ -110,7 +111,6 @@ def pipeline_schedule(
 
 
 TrackingUri = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow store; default as `eagrl run`.")]
-Workspace = Annotated[Optional[Path], typer.Option("--workspace", help="Folder with data/, data.dvc, mlflow.db.")]
 
 
 def _client(tracking_uri: str | None, workspace: Path | None):
@@ -126,7 +126,7 @@ def _client(tracking_uri: str | None, workspace: Path | None):
 def runs_compare(
     run_ids: Annotated[list[str], typer.Argument(help="Two or more MLflow run ids.")],
     tracking_uri: TrackingUri = None,
-    workspace: Workspace = None,
+    workspace: WorkspaceOpt = None,
     all_params: Annotated[bool, typer.Option("--all-params", help="Every param, not only those that differ.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -150,15 +150,16 @@ def data_checkout(run_id: Annotated[str, typer.Argument(help="MLflow run id (a p
                                                               "<workspace>/checkouts/<run-id>/data.")] = None,
                   force: Annotated[bool, typer.Option("--force", help="Replace the workspace's data/ (the current "
                                                       "version is versioned first).")] = False,
-                  tracking_uri: TrackingUri = None, workspace: Workspace = None,
+                  tracking_uri: TrackingUri = None, workspace: WorkspaceOpt = None,
                   remote: Annotated[Optional[str], typer.Option("--remote", help="DVC remote; default "
                                                                 "tracking.dvc_remote.")] = None) -> None:
     """Restore the exact data/ tree (raw, cohort, C_exp, trajectories) a past MLflow run used, from DVC."""
     from eagrl.tracking.checkout import checkout_version, run_data_version
+    from eagrl.workspace import Workspace
 
     cfg, client = _client(tracking_uri, workspace)
     md5 = run_data_version(client, run_id)
-    dest = into or Path(cfg.workspace) / "checkouts" / run_id / "data"
+    dest = into or Workspace.of(cfg).checkouts_dir / run_id / "data"
     done = checkout_version(md5, cfg.workspace, remote or cfg.tracking.dvc_remote, dest=dest, force=force, label=run_id)
     if done.previous_md5:
         typer.echo(f"the replaced data/ stays in DVC as {done.previous_md5}", err=True)

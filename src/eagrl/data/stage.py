@@ -19,17 +19,14 @@ from eagrl.errors import DataError, ValidationFailed
 from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import DataStore, tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
-
-
-def cohort_name(cfg: Config) -> str:
-    return f"{cfg.data.dataset}-{cfg.data.task}"
+from eagrl.workspace import Workspace
 
 
 def source_path(cfg: Config) -> Path:
     """The folder the source is read from: data_path, else a pulled copy in the workspace, else the default."""
     if cfg.data.data_path:
         return Path(cfg.data.data_path)
-    pulled = Path(cfg.workspace) / "data" / "raw" / cfg.data.dataset
+    pulled = Workspace.of(cfg).raw_dir()
     return pulled if pulled.exists() else get_source(cfg.data.dataset).default_path()
 
 
@@ -82,16 +79,15 @@ def prepare(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         validate(cfg, out_dir, parent_run_id, cohort_out=validated_cohort)
     cohort = Cohort.load(validated_cohort)
 
-    workspace = Path(cfg.workspace).resolve()
-    raw_dir = workspace / "data" / "raw" / cfg.data.dataset
-    cohort_dir = workspace / "data" / "cohorts" / cohort_name(cfg)
+    ws = Workspace.of(cfg)
+    raw_dir, cohort_dir = ws.raw_dir(), ws.cohort_dir
     with stage_run(cfg, "prepare", parent_run_id) as run:
         if src.resolve() != raw_dir.resolve():
             _replace_dir(src, raw_dir, copy=True)
         _replace_dir(Path(validated_cohort), cohort_dir, copy=True)
         versions = {"raw_md5": tree_md5(raw_dir), "cohort_md5": tree_md5(cohort_dir)}
         if cfg.tracking.dvc:
-            versions.update(DataStore(workspace, cfg.tracking.dvc_remote).commit())
+            versions.update(DataStore(ws.root, cfg.tracking.dvc_remote).commit())
         import mlflow
 
         mlflow.set_tags({f"eagrl.{k}": v for k, v in versions.items()})
@@ -99,7 +95,7 @@ def prepare(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         metrics = cohort.statistics()
         log_metrics(metrics)
         result = StageResult("prepare", metrics=metrics, mlflow_run_id=run.info.run_id,
-                             message=f"cohort {cohort_name(cfg)}: {metrics['n_stays']} stays -> {cohort_dir}",
+                             message=f"cohort {ws.name}: {metrics['n_stays']} stays -> {cohort_dir}",
                              outputs={"cohort": str(cohort_dir), "raw": str(raw_dir), **versions})
     result.write(out_dir)
     return result
