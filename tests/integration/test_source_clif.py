@@ -177,6 +177,17 @@ def test_missing_column_names_table_and_column(demo_copy):
         clif.to_raw(native, DataConfig())
 
 
+def test_repeated_hospitalization_is_an_error_naming_the_id(native):
+    """Found by fuzzing (tests/integration/test_fuzz_loaders.py): repeated hospitalization rows raised pandas'
+    InvalidIndexError from the label lookup instead of a report."""
+    repeated = dict(native, hospitalization=pd.concat([native["hospitalization"], native["hospitalization"].head(3)],
+                                                      ignore_index=True))
+    first = str(native["hospitalization"]["hospitalization_id"].iloc[0])
+    with pytest.raises(DataError, match=rf"clif_hospitalization\.parquet has 6 rows sharing 3 hospitalization_id "
+                                        rf"values, e\.g\. {first}"):
+        clif.to_raw(repeated, DataConfig())
+
+
 def test_missing_directory_says_how_to_get_the_data(tmp_path):
     with pytest.raises(DataError, match="eagrl data pull mimic-iv-demo"):
         clif.read(tmp_path / "nowhere")

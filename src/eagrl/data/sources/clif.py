@@ -156,6 +156,7 @@ def _empty_table(columns: dict[str, str]) -> pd.DataFrame:
 # ====================================================================== canonical form
 def to_raw(native: dict[str, pd.DataFrame], cfg: DataConfig) -> RawEHR:
     _require_columns(native)
+    _require_one_row_per_hospitalization(native["hospitalization"])
     specs = load_specs(specs_dir() / "clif.yaml")
     stays = _stays(native)
     measurements = _measurements(native, _feature_by_category(specs))
@@ -169,6 +170,16 @@ def _require_columns(native: dict[str, pd.DataFrame]) -> None:
         missing = [c for c in columns if c not in native.get(table, {})]
         if missing:
             raise DataError(f"CLIF table clif_{table}.parquet lacks the columns {', '.join(missing)}")
+
+
+def _require_one_row_per_hospitalization(hosp: pd.DataFrame) -> None:
+    """A repeated hospitalization id is ambiguous (which admission, which outcome?): an error naming it."""
+    ids = _ids(hosp["hospitalization_id"])
+    repeated = ids[ids.duplicated(keep=False)]
+    if len(repeated):
+        raise DataError(f"CLIF table clif_hospitalization.parquet has {len(repeated)} rows sharing "
+                        f"{repeated.nunique()} hospitalization_id values, e.g. {repeated.iloc[0]}; "
+                        "keep one row per hospitalization")
 
 
 def _stays(native: dict[str, pd.DataFrame]) -> pd.DataFrame:
