@@ -62,7 +62,7 @@ lint: $(STAMP)
 
 ## the lint, then the test suite (under 15 minutes on 2 cores); slow tests run with `make test-slow`
 test: lint
-	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider
+	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider --durations=15
 
 test-slow: $(STAMP) services
 	$(BIN)/python -m pytest -m "slow and not images" -q -p no:cacheprovider

@@ -115,6 +115,22 @@ def test_shared_copies_and_user_data(tmp_path, shared_data):
         pull.pull_dataset("physionet2012", tmp_path / "p", source=tmp_path / "missing")
 
 
+def test_the_command_pulls_into_the_workspace_the_stages_read(tmp_path, monkeypatch, shared_data):
+    """`eagrl data pull` follows the same workspace rule as every stage: --workspace, else $EAGRL_WORKSPACE."""
+    from support.cli import call_cli
+
+    from eagrl.workspace import Workspace
+
+    env_ws, opt_ws = tmp_path / "from-env", tmp_path / "from-option"
+    monkeypatch.setenv("EAGRL_WORKSPACE", str(env_ws))
+    res = call_cli("data", "pull", "tjh")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(Workspace(env_ws.resolve(), "tjh", "mortality").raw_dir())
+    assert pull.is_complete(env_ws / "data" / "raw" / "tjh", "tjh")
+    res = call_cli("data", "pull", "tjh", "--workspace", str(opt_ws))
+    assert res.returncode == 0 and pull.is_complete(opt_ws / "data" / "raw" / "tjh", "tjh"), res.stderr
+
+
 def _pypi_reachable() -> bool:
     try:
         socket.create_connection(("pypi.org", 443), timeout=5).close()

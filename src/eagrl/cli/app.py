@@ -7,7 +7,6 @@ writes ``OUT/<stage>/metrics.json``; exit 0 on success, else one clear line on s
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -49,10 +48,11 @@ def data_pull(
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Bring a dataset's raw files into the workspace."""
+    from eagrl.config import workspace_root
     from eagrl.data.pull import pull_dataset
+    from eagrl.workspace import Workspace
 
-    ws = (workspace or Path(os.environ.get("EAGRL_WORKSPACE", "."))).resolve()
-    target = dest or ws / "data" / "raw" / dataset
+    target = dest or Workspace(workspace_root(workspace), dataset, task="").raw_dir()
     path = pull_dataset(dataset, target, source=source) if source else pull_dataset(dataset, target)
     print(path)
 

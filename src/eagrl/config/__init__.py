@@ -15,8 +15,9 @@ from eagrl.config.root import (
     load_config,
     parse_override,
     profile_path,
+    workspace_root,
 )
 
 __all__ = ["PROFILES", "Config", "DataConfig", "PipelineConfig", "TrackingConfig", "ValidationConfig",
            "ZeroShotConfig", "build_config", "config_from_json", "default_tracking_uri", "config_from_params",
-           "load_config", "parse_override", "profile_path"]
+           "load_config", "parse_override", "profile_path", "workspace_root"]

@@ -263,15 +263,19 @@ def default_tracking_uri(cfg: Config) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(cfg.workspace).resolve() / 'mlflow.db'}"
 
 
+def workspace_root(workspace: str | Path | None = None) -> Path:
+    """The workspace rule: ``workspace``, else ``$EAGRL_WORKSPACE`` (on a cluster: the mounted volume,
+    pipelines/platform.py), else the current folder; absolute, so that every process agrees."""
+    return Path(workspace or os.environ.get("EAGRL_WORKSPACE") or ".").resolve()
+
+
 def build_config(profile: str = "default", overrides: dict[str, Any] | None = None,
                  workspace: str | Path | None = None) -> Config:
     """The one config builder, shared by the CLI, the KFP components and the benchmarks: a profile, dotted
-    overrides, and the workspace (``workspace``, else the overrides' ``workspace``, else ``$EAGRL_WORKSPACE`` (on a
-    cluster: the mounted volume, pipelines/platform.py), else the current folder), made absolute so that every
-    process agrees; the MLflow store is pinned too, so that every component logs to the same one."""
+    overrides, and the workspace (``workspace``, else the overrides' ``workspace``, else :func:`workspace_root`'s
+    rule); the MLflow store is pinned too, so that every component logs to the same one."""
     overrides = dict(overrides or {})
-    ws = workspace or overrides.pop("workspace", None) or os.environ.get("EAGRL_WORKSPACE") or "."
-    overrides["workspace"] = str(Path(ws).resolve())
+    overrides["workspace"] = str(workspace_root(workspace or overrides.pop("workspace", None)))
     cfg = load_config(profile, overrides)
     if cfg.tracking.mlflow_tracking_uri is None:
         cfg.tracking.mlflow_tracking_uri = default_tracking_uri(cfg)
