@@ -22,7 +22,11 @@ Campaign (2026-12-06, on 2 shared cores; mutation = one byte operation or one ta
 3. After the fixes (commit 34f60ca: both loaders catch those errors; ``validation.one_line`` keeps the report on
    one line): TJH 60 and PhysioNet 60 random inputs, the 4 x 4 fixed-seed inputs of ``make test`` and 3 prepare
    mutants, no failure.
-In all about 390 inputs (shrinks included), 4 distinct failures, all fixed, each with a regression test on a
+4. CI's random long campaign (2026-12-06, a later session's submission): CLIF, rows of
+   ``clif_hospitalization.parquet`` duplicated, raised pandas' ``InvalidIndexError`` from the label lookup; fixed in
+   46547bd (a repeated hospitalization id is a ``DataError`` naming it). The long campaign is seeded since: its
+   4 x 60 inputs passed here (13 min on 2 shared cores, TJH 11 min of it) before CI replays them.
+In all about 630 inputs (shrinks included), 5 distinct failures, all fixed, each with a regression test on a
 corrupted copy of the real file (test_source_tjh.py, test_source_physionet2012.py, test_source_clif.py).
 Pyarrow reads many flipped parquet pages without an error (no checksums): those inputs reach validation, which
 rejects or passes them.

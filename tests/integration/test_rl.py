@@ -292,6 +292,7 @@ def test_training_moves_the_yes_no_answer_toward_the_rewarded_label(label, cohor
     assert (after - before) * (1 if label else -1) > 0.02, (before, after)
 
 
+@pytest.mark.slow  # two 24-step runs, the longest test of make test (the digit readout is off in every profile)
 def test_the_rewarded_label_decides_where_the_drawn_digits_move(cohort, c_exp, sft_adapter, tmp_path):
     """The sign of the loop with the digit readout, through the drawn answer and the policy gradient alone (reward,
     group advantage, TRL's loss, the optimiser), with the prompt (the full series) and the Brier R_cls it was
