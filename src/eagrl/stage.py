@@ -42,9 +42,13 @@ class StageResult:
 
 
 def stage_contract(stage: str, sections: tuple[str, ...] | None = None, inputs=None, reuse: bool = True,
-                   state=None):
+                   state=None, resolve=None):
     """Decorate a stage function ``f(cfg, out_dir, ...)``: the stage contract every stage shares.
 
+    * Inputs, computed once: ``resolve(cfg, out_dir, args)`` returns the value of each input argument the caller
+      left out (the workspace's cohort, the SFT stage's adapter, the registry version "latest" names now); the
+      stage is called with those values and they are what the fingerprint digests, so what is hashed is what is
+      read. ``inputs(cfg, args)`` names what a stage reads that is no argument (the raw source files).
     * Reuse: with ``cfg.pipeline.reuse`` on, a stage whose fingerprint (its config ``sections``, default the
       whole config; the content of every existing path among its arguments and of the paths ``inputs(args)``
       names; the eagrl library's code) matches the one recorded when it last
@@ -74,17 +78,19 @@ def stage_contract(stage: str, sections: tuple[str, ...] | None = None, inputs=N
         @functools.wraps(fn)
         def wrapper(cfg, out_dir, *args, **kwargs):
             key = None
-            if cfg.pipeline.reuse and reuse:
+            try:
                 bound = signature.bind(cfg, out_dir, *args, **kwargs)
                 bound.apply_defaults()
+                if resolve is not None:
+                    bound.arguments.update(resolve(cfg, out_dir, dict(list(bound.arguments.items())[2:])))
                 named = dict(list(bound.arguments.items())[2:])
-                extra = inputs(cfg, named) if inputs else ()
-                key = fingerprint(stage, cfg, named, sections, extra, fn, state(cfg, named) if state else None)
-                reused = reuse_finished(stage, cfg, out_dir, key, named)
-                if reused is not None:
-                    return reused
-            try:
-                result = fn(cfg, out_dir, *args, **kwargs)
+                if cfg.pipeline.reuse and reuse:
+                    extra = inputs(cfg, named) if inputs else ()
+                    key = fingerprint(stage, cfg, named, sections, extra, fn, state(cfg, named) if state else None)
+                    reused = reuse_finished(stage, cfg, out_dir, key, named)
+                    if reused is not None:
+                        return reused
+                result = fn(*bound.args, **bound.kwargs)
             except Exception as exc:
                 previous = StageResult.read(out_dir, stage)
                 if previous is None or previous.status != "failed":

@@ -72,3 +72,11 @@ def model_config(cfg):
     if cfg.model.cache_dir:
         return cfg.model
     return cfg.model.model_copy(update={"cache_dir": str(Workspace.of(cfg).model_cache_dir)})
+
+
+def workspace_inputs(cfg, out_dir, given: dict) -> dict:
+    """A stage contract's ``resolve`` for the inputs every stage finds in the workspace: ``cohort_path`` and
+    ``attention_path``, each the workspace's own where the caller passed None (only those the stage takes)."""
+    ws = Workspace.of(cfg)
+    defaults = {"cohort_path": ws.cohort_dir, "attention_path": ws.attention_path}
+    return {k: Path(given[k] or default) for k, default in defaults.items() if k in given}

@@ -236,6 +236,27 @@ def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(pre
     assert client.get_latest_versions("eagrl-grpo-mimic-iv-demo-readmission_30d")
 
 
+def test_the_rl_and_evaluation_inputs_name_the_models_they_read(prepared, rl_trained):
+    """Resolved once by the stage contract: RL's start adapter (the SFT stage's, so a retrained SFT policy is a new
+    input to a rerun) and the evaluation's registry versions ("latest" made a number; unregistered entries left
+    out, their rows skipped), so an evaluation rerun after retraining scores the new version instead of reusing."""
+    from eagrl.evaluate.stage import _inputs as evaluate_inputs
+    from eagrl.rl.stage import _inputs as rl_inputs
+
+    ws, _ = prepared
+    cfg, sft, result, grpo = rl_trained
+    given = {"cohort_path": None, "attention_path": None, "adapter_path": None}
+    resolved = rl_inputs(cfg, ws / "out-rl", given)
+    assert resolved["adapter_path"] == sft.outputs["adapter"]
+    assert resolved["cohort_path"] == ws / "data" / "cohorts" / "mimic-iv-demo-readmission_30d"
+
+    versions = evaluate_inputs(cfg, ws / "out-rl", {"cohort_path": None, "only": None, "versions": None})["versions"]
+    assert versions["eag-rl"] == result.outputs["model_version"] and versions["grpo"] == grpo.outputs["model_version"]
+    assert versions["sft"] == sft.outputs["model_version"] and "dapo" not in versions
+    pinned = evaluate_inputs(cfg, ws / "out-rl", {"cohort_path": None, "only": ["eag-rl"], "versions": {"eag-rl": 1}})
+    assert pinned["versions"] == {"eag-rl": "1"}  # the caller's pin wins; entries outside `only` are not looked up
+
+
 def test_rl_rescored_with_another_cap_resumes_and_keeps_the_earlier_heldout_files(prepared, rl_trained):
     from eagrl.rl.stage import rl_stage
 

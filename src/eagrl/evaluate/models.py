@@ -55,12 +55,13 @@ def base_model_config(cfg: Config) -> ModelConfig:
     return model_config(cfg)
 
 
-def registry_version(name: str, version: str) -> tuple[str | None, str]:
-    """(the version number, "") of a registered model, or (None, why not)."""
+def registry_version(name: str, version: str, tracking_uri: str | None = None) -> tuple[str | None, str]:
+    """(the version number, "") of a registered model, or (None, why not); the registry of ``tracking_uri``
+    (default: the active one)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri)
     try:
         if version.startswith("@"):
             return str(client.get_model_version_by_alias(name, version[1:]).version), ""

@@ -31,7 +31,7 @@ from eagrl.config.evaluate import TUNE_SPLIT, EvaluateConfig
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
 from eagrl.evaluate.diagnostics import llm_diagnostics
-from eagrl.evaluate.models import READY, Resolved, resolve
+from eagrl.evaluate.models import READY, Resolved, registry_version, resolve
 from eagrl.evaluate.perturb import shuffled, with_value_noise
 from eagrl.evaluate.score import (
     read_c_exp,
@@ -47,13 +47,32 @@ from eagrl.evaluate.tabular import fit_tabular, score_tabular
 from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, nested_run, stage_run
-from eagrl.workspace import Workspace
+from eagrl.workspace import Workspace, workspace_inputs
 
 log = logging.getLogger(__name__)
 
+REGISTERED_KINDS = ("registered", "expert")  # the entries read from the MLflow registry
+
 
 # ====================================================================== the stage
-@stage_contract("evaluate")
+def _inputs(cfg: Config, out_dir, given: dict) -> dict:
+    """The workspace's cohort, and each registered entry pinned to the version the registry gives it now
+    ("latest" or an alias made a number) unless the caller pinned it: the fingerprint then names the models
+    scored, so a policy retrained since the last evaluation is scored anew rather than reused."""
+    from eagrl.tracking.mlflow_run import tracking_uri
+
+    ecfg = _restricted(cfg.evaluate, given["only"])
+    versions = {k: str(v) for k, v in (given["versions"] or {}).items()}
+    for m in ecfg.models:
+        if m.kind in REGISTERED_KINDS and m.name not in versions:
+            number, _ = registry_version(m.registered_name(cfg.data.dataset, cfg.data.task), m.version,
+                                         tracking_uri(cfg))
+            if number is not None:  # not registered: the table lists it as skipped
+                versions[m.name] = number
+    return {**workspace_inputs(cfg, out_dir, given), "versions": versions}
+
+
+@stage_contract("evaluate", resolve=_inputs)
 def evaluate_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                    cohort_path: str | Path | None = None, only: list[str] | None = None,
                    versions: dict[str, str] | None = None) -> StageResult:
@@ -69,7 +88,7 @@ def evaluate_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None =
 
     ecfg = _pinned(_restricted(cfg.evaluate, only), versions or {})
     out = stage_dir(out_dir, "evaluate")
-    source = Path(cohort_path or Workspace.of(cfg).cohort_dir)
+    source = Path(cohort_path)
     cohort = Cohort.load(source)
     ids = cohort.sample_ids(ecfg.split, ecfg.max_stays, ecfg.seed)
     cohort = restricted(cohort, ecfg.split, ids)  # every model, perturbation and the expert: these stays
@@ -117,7 +136,7 @@ def _pinned(ecfg: EvaluateConfig, versions: dict[str, str]) -> EvaluateConfig:
     from eagrl.errors import ConfigError
 
     names = {m.name: m for m in ecfg.models}
-    unknown = [n for n in versions if n not in names or names[n].kind != "registered"]
+    unknown = [n for n in versions if n not in names or names[n].kind not in REGISTERED_KINDS]
     if unknown:
         raise ConfigError(f"pinned versions name {unknown}, which are not registered entries of evaluate.models")
     try:

@@ -16,11 +16,10 @@ from eagrl.data.cohort import Cohort
 from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import DataStore, tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
-from eagrl.workspace import Workspace
+from eagrl.workspace import Workspace, workspace_inputs
 
 
-@stage_contract("expert", ("data", "expert"),
-                 lambda cfg, a: [] if a["cohort_path"] else [Workspace.of(cfg).cohort_dir])
+@stage_contract("expert", ("data", "expert"), resolve=workspace_inputs)
 def expert_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                  cohort_path: str | Path | None = None) -> StageResult:
     """Train + evaluate + export ConCare on the prepared cohort (``eagrl data prepare`` first)."""
@@ -29,7 +28,7 @@ def expert_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = N
     from eagrl.expert.fit import train_expert
 
     out = stage_dir(out_dir, "expert")
-    source = Path(cohort_path) if cohort_path else Workspace.of(cfg).cohort_dir
+    source = Path(cohort_path)
     cohort = Cohort.load(source)
     with stage_run(cfg, "expert", parent_run_id) as run:
         mlflow.set_tag("eagrl.cohort_md5", tree_md5(source))
@@ -108,11 +107,13 @@ def _ci(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
-def _trained(cfg: Config, model_path: str | Path | None):
-    from eagrl.expert.fit import load_expert
+def _trained_inputs(cfg: Config, out_dir, given: dict) -> dict:
+    """The trained expert to read: the given checkpoint, else the workspace's."""
+    return {"model_path": Path(given["model_path"] or Workspace.of(cfg).expert_dir / "model.pt")}
 
-    model, ecfg, features = load_expert(model_path or Workspace.of(cfg).expert_dir / "model.pt")
-    return model, ecfg, features
+
+def _cohort_input(cfg: Config, given: dict) -> list:
+    return [Workspace.of(cfg).cohort_dir]
 
 
 def _check_features(cohort: Cohort, features: list[str], where: Path) -> None:
@@ -124,18 +125,18 @@ def _check_features(cohort: Cohort, features: list[str], where: Path) -> None:
                         f"(e.g. {missing}); train it on this cohort first")
 
 
-@stage_contract("expert-evaluate", inputs=lambda cfg, a: [Workspace.of(cfg).cohort_dir,
-                                                         a["model_path"] or Workspace.of(cfg).expert_dir])
+@stage_contract("expert-evaluate", inputs=_cohort_input, resolve=_trained_inputs)
 def evaluate_expert_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None,
                           split: str = "test") -> StageResult:
     """Score a trained expert on one split of the prepared cohort, with bootstrap intervals."""
+    from eagrl.expert.fit import load_expert
     from eagrl.expert.train import predict
     from eagrl.metrics import evaluate_binary
 
     out = stage_dir(out_dir, "expert-evaluate")
     cohort = Cohort.load(Workspace.of(cfg).cohort_dir)
-    model, ecfg, features = _trained(cfg, model_path)
-    _check_features(cohort, features, Path(model_path or Workspace.of(cfg).expert_dir))
+    model, ecfg, features = load_expert(model_path)
+    _check_features(cohort, features, Path(model_path))
     arrays = cohort.tensors(split)
     probs, _ = predict(model, arrays)
     metrics = evaluate_binary(arrays["y"], probs, prefix=f"{split}_", n_boot=ecfg.n_boot, seed=ecfg.seed,
@@ -156,16 +157,16 @@ def evaluate_expert_stage(cfg: Config, out_dir: str | Path, model_path: str | Pa
     return result
 
 
-@stage_contract("expert-attention", inputs=lambda cfg, a: [Workspace.of(cfg).cohort_dir,
-                                                          a["model_path"] or Workspace.of(cfg).expert_dir])
+@stage_contract("expert-attention", inputs=_cohort_input, resolve=_trained_inputs)
 def export_attention_stage(cfg: Config, out_dir: str | Path, model_path: str | Path | None = None) -> StageResult:
     """Write every stay's score and C_exp from a trained expert, by this config's C_exp rule (``EXPORT_KEYS``)."""
     from eagrl.expert.attention import export_attention
+    from eagrl.expert.fit import load_expert
 
     out = stage_dir(out_dir, "expert-attention")
     cohort = Cohort.load(Workspace.of(cfg).cohort_dir)
-    model, ecfg, features = _trained(cfg, model_path)
-    _check_features(cohort, features, Path(model_path or Workspace.of(cfg).expert_dir))
+    model, ecfg, features = load_expert(model_path)
+    _check_features(cohort, features, Path(model_path))
     ecfg = ecfg.model_copy(update={k: getattr(cfg.expert, k) for k in EXPORT_KEYS})
     table = export_attention(model, cohort, ecfg, out / "attention.parquet")
     import mlflow

@@ -22,12 +22,10 @@ from eagrl.mcts.cohort_search import trajectories_dir
 from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import DataStore, tree_md5
 from eagrl.tracking.mlflow_run import stage_run
-from eagrl.workspace import Workspace, model_config
+from eagrl.workspace import model_config, workspace_inputs
 
 
-@stage_contract("mcts", ("data", "expert", "model", "generation", "reward", "mcts"),
-                 lambda cfg, a: [a["cohort_path"] or Workspace.of(cfg).cohort_dir,
-                                 a["attention_path"] or Workspace.of(cfg).attention_path])
+@stage_contract("mcts", ("data", "expert", "model", "generation", "reward", "mcts"), resolve=workspace_inputs)
 def mcts_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                cohort_path: str | Path | None = None, attention_path: str | Path | None = None) -> StageResult:
     """Search every stay of ``cfg.mcts.split``, select the SFT set, track and version it."""
@@ -37,9 +35,8 @@ def mcts_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = Non
     from eagrl.mcts.cohort_search import run_mcts
 
     out = stage_dir(out_dir, "mcts")
-    source = Path(cohort_path) if cohort_path else Workspace.of(cfg).cohort_dir
+    source, attention = Path(cohort_path), Path(attention_path)
     cohort = Cohort.load(source)
-    attention = Path(attention_path) if attention_path else Workspace.of(cfg).attention_path
     table = read_attention(attention)
     cohort_md5 = tree_md5(source)
     dest = trajectories_dir(cfg, cohort, source, attention)

@@ -29,7 +29,7 @@ from eagrl.errors import DataError
 from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
-from eagrl.workspace import Workspace, model_config
+from eagrl.workspace import Workspace, model_config, workspace_inputs
 
 SECTIONS = ("data", "expert", "model", "generation", "reward", "mcts", "sft", "rl")
 
@@ -52,12 +52,15 @@ def default_sft_adapter(cfg: Config, out_dir: str | Path) -> str | None:
     return f"models:/{sft}/{newest.version}"
 
 
-def _inputs(cfg: Config, a: dict) -> list:
+def _inputs(cfg: Config, out_dir, given: dict) -> dict:
+    """The workspace's cohort and C_exp, and the start adapter: the SFT stage's in ``out_dir``, else the newest
+    registered SFT version (for the variants that start from Stage 1), so a retrained SFT policy is a new input."""
+    paths = workspace_inputs(cfg, out_dir, given)
+    adapter = given["adapter_path"] or (default_sft_adapter(cfg, out_dir) if cfg.rl.from_sft else None)
+    return {**paths, "adapter_path": adapter}
 
-    return [a["cohort_path"] or Workspace.of(cfg).cohort_dir, a["attention_path"] or Workspace.of(cfg).attention_path]
 
-
-@stage_contract("rl", SECTIONS, _inputs)
+@stage_contract("rl", SECTIONS, resolve=_inputs)
 def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
              cohort_path: str | Path | None = None, attention_path: str | Path | None = None,
              adapter_path: str | Path | None = None) -> StageResult:
@@ -72,12 +75,11 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
     from eagrl.scoring.policy import evaluate_trained
 
     out = stage_dir(out_dir, "rl")
-    source = Path(cohort_path) if cohort_path else Workspace.of(cfg).cohort_dir
+    source, attention = Path(cohort_path), Path(attention_path)
     cohort = Cohort.load(source)
-    attention = Path(attention_path) if attention_path else Workspace.of(cfg).attention_path
     table = read_attention(attention)
     c_exp = c_exp_lookup(table, [str(s) for s in cohort.split_ids(cfg.rl.split)])
-    adapter = str(adapter_path) if adapter_path else (default_sft_adapter(cfg, out_dir) if cfg.rl.from_sft else None)
+    adapter = str(adapter_path) if adapter_path else None
     if cfg.rl.from_sft and adapter is None:
         raise DataError(f"rl.variant={cfg.rl.variant!r} starts from the SFT policy, but there is no SFT adapter in "
                         f"{out_dir} nor a registered one: run `eagrl sft` first or pass --adapter")

@@ -18,7 +18,7 @@ from eagrl.errors import DataError
 from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import tree_md5
 from eagrl.tracking.mlflow_run import log_metrics, stage_run
-from eagrl.workspace import Workspace, model_config
+from eagrl.workspace import Workspace, model_config, workspace_inputs
 
 
 def default_trajectories(cfg: Config, cohort: Cohort, cohort_path: Path) -> Path:
@@ -35,9 +35,16 @@ def default_trajectories(cfg: Config, cohort: Cohort, cohort_path: Path) -> Path
     return path
 
 
-@stage_contract("sft", ("data", "expert", "model", "generation", "mcts", "sft"),
-                 lambda cfg, a: [a["cohort_path"] or Workspace.of(cfg).cohort_dir, a["trajectories_path"]
-                                 or Workspace.of(cfg).trajectories_dir])
+def _inputs(cfg: Config, out_dir, given: dict) -> dict:
+    """The workspace's cohort, and the search's selected set for these settings unless a file is given."""
+    paths = workspace_inputs(cfg, out_dir, given)
+    if given.get("trajectories_path") is None:
+        source = paths["cohort_path"]
+        paths["trajectories_path"] = default_trajectories(cfg, Cohort.load(source), source)
+    return paths
+
+
+@stage_contract("sft", ("data", "expert", "model", "generation", "mcts", "sft"), resolve=_inputs)
 def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
               cohort_path: str | Path | None = None, trajectories_path: str | Path | None = None) -> StageResult:
     """Train the LoRA adapter, score it on held-out stays, log and register it."""
@@ -49,9 +56,8 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
     from eagrl.sft.train import run_sft
 
     out = stage_dir(out_dir, "sft")
-    source = Path(cohort_path) if cohort_path else Workspace.of(cfg).cohort_dir
+    source, trajectories = Path(cohort_path), Path(trajectories_path)
     cohort = Cohort.load(source)
-    trajectories = Path(trajectories_path) if trajectories_path else default_trajectories(cfg, cohort, source)
     mcfg = model_config(cfg)
     registered = Workspace.of(cfg).registered_name("sft")
 
@@ -126,8 +132,7 @@ def loss_plot(history: list[dict], out: Path) -> Path:
     return out
 
 
-@stage_contract("direct", ("data", "model", "generation", "sft"),
-                 lambda cfg, a: [a["cohort_path"] or Workspace.of(cfg).cohort_dir])
+@stage_contract("direct", ("data", "model", "generation", "sft"), resolve=workspace_inputs)
 def direct_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                  cohort_path: str | Path | None = None) -> StageResult:
     """The direct fine-tune baseline (:mod:`eagrl.sft.direct`): the same LoRA SFT on the answer slot alone over every
@@ -142,7 +147,7 @@ def direct_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = N
     from eagrl.sft.train import run_sft
 
     out = stage_dir(out_dir, "direct")
-    source = Path(cohort_path) if cohort_path else Workspace.of(cfg).cohort_dir
+    source = Path(cohort_path)
     cohort = Cohort.load(source)
     mcfg = model_config(cfg)
     registered = Workspace.of(cfg).registered_name("direct")

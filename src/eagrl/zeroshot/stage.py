@@ -13,11 +13,11 @@ from eagrl.config import Config
 from eagrl.data.cohort import Cohort
 from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.mlflow_run import log_metrics, nested_run, stage_run
-from eagrl.workspace import Workspace, model_config
+from eagrl.workspace import model_config, workspace_inputs
 
 
 @stage_contract("zeroshot", ("data", "model", "generation", "zeroshot"),
-                 lambda cfg, a: [] if a["cohort_path"] else [Workspace.of(cfg).cohort_dir])
+                 resolve=workspace_inputs)
 def zeroshot_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                    cohort_path: str | Path | None = None) -> StageResult:
     import mlflow
@@ -28,7 +28,7 @@ def zeroshot_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None =
     from eagrl.tracking.dvc_store import tree_md5
 
     out = stage_dir(out_dir, "zeroshot")
-    source = Path(cohort_path or Workspace.of(cfg).cohort_dir)
+    source = Path(cohort_path)
     cohort = Cohort.load(source)
     cohort_md5 = tree_md5(source)
     mcfg = model_config(cfg)

@@ -1,0 +1,65 @@
+"""The stage contract's inputs: resolved once, passed to the stage, and what the fingerprint digests."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eagrl.config import build_config
+from eagrl.errors import DataError
+from eagrl.stage import StageResult, stage_contract
+
+
+def _stage(calls: list, default: Path):
+    """A stage reading one file argument that defaults to ``default`` (as a stage defaults to the workspace's
+    cohort); it records the path it was given and the text it read."""
+
+    def resolve(cfg, out_dir, given):
+        if not default.exists():
+            raise DataError(f"nothing at {default}: run the stage before")
+        return {"source": Path(given["source"] or default)}
+
+    @stage_contract("toy", ("data",), resolve=resolve)
+    def toy(cfg, out_dir, source: str | Path | None = None) -> StageResult:
+        calls.append((source, Path(source).read_text()))
+        result = StageResult("toy", metrics={"n": len(calls)})
+        result.write(out_dir)
+        return result
+
+    return toy
+
+
+@pytest.fixture()
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return build_config("smoke", workspace=tmp_path / "ws")
+
+
+def test_the_stage_reads_what_was_resolved_and_a_changed_default_input_is_recomputed(cfg, tmp_path):
+    default = tmp_path / "cohort.txt"
+    default.write_text("first")
+    calls: list = []
+    toy = _stage(calls, default)
+    out = tmp_path / "out"
+
+    toy(cfg, out)
+    assert calls == [(default, "first")]  # the default, resolved once, is the argument the stage got
+    assert toy(cfg, out).message.startswith("reused")  # same content: reused
+    assert len(calls) == 1
+
+    default.write_text("second")  # the default input changed behind the caller's back: a new input
+    toy(cfg, out)
+    assert calls[-1] == (default, "second")
+
+    other = tmp_path / "other.txt"
+    other.write_text("second")  # a given path with the same content as the last one read: reused
+    assert toy(cfg, out, source=other).message.startswith("reused") and len(calls) == 2
+
+
+def test_a_failed_resolution_leaves_a_failed_status_naming_the_cause(cfg, tmp_path):
+    toy = _stage([], tmp_path / "missing.txt")
+    with pytest.raises(DataError, match="nothing at"):
+        toy(cfg, tmp_path / "out")
+    status = json.loads((tmp_path / "out" / "toy" / "status.json").read_text())
+    assert status["status"] == "failed" and "missing.txt" in status["message"]
