@@ -37,6 +37,8 @@ def slot_probabilities(model, records: list[dict], yes_no: tuple[list[int], list
     """P(yes) / (P(yes) + P(no)) at each record's answer slot, teacher-forced on its prompt and searched response."""
     import torch
 
+    from eagrl.sft.train import answer_slot_logprob
+
     yes, no = yes_no
     contexts = [list(r["prompt_ids"]) + list(r["token_ids"][:r["readout_index"]]) for r in records]
     out = []
@@ -51,9 +53,7 @@ def slot_probabilities(model, records: list[dict], yes_no: tuple[list[int], list
                 mask[j, width - len(c):] = 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            p_yes, p_no = logp[:, yes].exp().sum(-1), logp[:, no].exp().sum(-1)
-            out.extend((p_yes / (p_yes + p_no)).tolist())
+            out.extend(answer_slot_logprob(logits, yes, no)[:, 1].exp().tolist())  # (no, yes): P(yes)
             print(f"\r  {min(i + batch, len(contexts))}/{len(contexts)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return np.asarray(out)

@@ -29,6 +29,7 @@ from eagrl.llm.prompt import build_prompt, encode
 from eagrl.llm.structured import tokenizer_encode, yes_no_ids
 from eagrl.metrics import auroc
 from eagrl.sft.direct import direct_generation
+from eagrl.sft.train import answer_slot_logprob
 
 
 def readout(model, tok, cohort: Cohort, stays: list[str], gen: GenerationConfig) -> np.ndarray:
@@ -41,9 +42,8 @@ def readout(model, tok, cohort: Cohort, stays: list[str], gen: GenerationConfig)
             p = build_prompt(cohort.patient(sid), cohort.features, dataset=cohort.dataset, task=cohort.task, cfg=gen,
                              tokenizer=tok)
             ids = encode(p, tok) + enc(f"<{FINAL}>")
-            logits = model(torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
-            prob = torch.softmax(logits, -1)
-            out.append(float(prob[yes].sum() / (prob[yes].sum() + prob[no].sum())))
+            logits = model(torch.tensor([ids]), logits_to_keep=1).logits[:, -1]
+            out.append(float(answer_slot_logprob(logits, yes, no)[0, 1].exp()))  # (no, yes): P(yes)
     return np.asarray(out)
 
 
