@@ -155,9 +155,10 @@ def test_same_seed_same_tree(tiny, prompt_ids):
 
 
 # ====================================================================== selection
-def _traj(rollout, r, p, text=None, well=True):
+def _traj(rollout, r, p, text=None, well=True, slot=None):
     return {"rollout": rollout, "r": r, "r_cls": r, "r_att": 0.0, "r_att_expert": 0.0, "probability": p,
-            "text": text or f"t{rollout}", "token_ids": [rollout], "mask": [True], "n_steps": 1, "well_formed": well}
+            "text": text or f"t{rollout}", "token_ids": [rollout], "mask": [True], "n_steps": 1, "well_formed": well,
+            "readout_index": slot}
 
 
 def _patient(sid, label, trajs):
@@ -188,6 +189,26 @@ def test_selection_keeps_correct_side_top_k_and_balances():
                                                                  ("c", 1), ("d", 0)]
     one_class = [{"label": 1, "r": 0.5}, {"label": 1, "r": 0.6}]
     assert balance_classes(one_class) == one_class  # nothing to balance against: kept, with a warning
+
+
+def test_the_kept_patients_other_rollouts_follow_for_the_answer_slot_alone():
+    """With the yes/no readout every well-formed rollout of a kept patient trains the slot: the selected one with its
+    text, the others slot-only, so the union's text carries no net label cue; a patient balancing drops brings none."""
+    pats = [
+        _patient("a", 1, [_traj(0, 0.9, 0.4, slot=3), _traj(1, 0.5, 0.7, slot=3),
+                          _traj(2, 0.7, 0.6, well=False, slot=3), _traj(3, 0.6, 0.5, text="t0", slot=3)]),
+        _patient("b", 0, [_traj(0, 0.8, 0.8, slot=3), _traj(1, 0.2, 0.5, slot=3)]),
+        _patient("c", 0, [_traj(0, 0.3, 0.8, slot=3), _traj(1, 0.1, 0.5, slot=3)]),
+    ]
+    sel = select_trajectories(pats, MCTSConfig(top_k_per_patient=1, balance=True), correct_side_only=False,
+                              slot_only=True)
+    texts = [(s["stay_id"], s["rollout"]) for s in sel if s.get("train_text", True)]
+    slots = [(s["stay_id"], s["rollout"]) for s in sel if s.get("train_text") is False]
+    assert texts == [("a", 0), ("b", 0)]  # c: the lower-R negative, cut by balancing
+    assert slots == [("a", 1), ("a", 3), ("b", 1)]  # a's malformed rollout 2 is not; the same text as 0 is a draw
+    assert all(s["label"] == {"a": 1, "b": 0}[s["stay_id"]] for s in sel)
+    plain = select_trajectories(pats, MCTSConfig(top_k_per_patient=1, balance=True), correct_side_only=False)
+    assert [(s["stay_id"], s["rollout"]) for s in plain] == texts and all("train_text" not in s for s in plain)
 
 
 # ====================================================================== store and stage
@@ -232,7 +253,9 @@ def test_run_mcts_resumes_and_reports(tiny, tmp_path):
     m = json.loads(again.metrics_path.read_text())
     assert m["n_patients"] == 3 and m["n_trajectories"] == 6 and m["tree_nodes_mean"] >= 3
     sel = [json.loads(line) for line in again.selected_path.read_text().splitlines()]
-    assert len(sel) == m["n_selected"] <= 3
+    texts = [s for s in sel if s.get("train_text", True)]  # the rest: the kept stays' other rollouts, slot alone
+    assert len(texts) == m["n_selected"] <= 3 and len(sel) - len(texts) == m["n_slot_only"]
+    assert {s["stay_id"] for s in sel} == {s["stay_id"] for s in texts}
     if sel:
         assert len(m["selected_r_ci"]) == 2 and m["selected_r_ci"][0] <= m["selected_r_mean"] <= m["selected_r_ci"][1]
     with pytest.raises(ConfigError, match="other search settings \\(model: .*'dtype': 'float32'.* vs now .*'bfloat16'"):

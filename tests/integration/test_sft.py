@@ -255,3 +255,60 @@ def test_sft_fits_its_training_stays_through_the_readout(tok, tmp_path):
     m = result.metrics
     assert m["optimizer_steps"] == 16 and m["answer_tokens_trained"] == 64
     assert all("answer_loss" in row for row in result.history)
+
+
+def cued(tok, i: int, label: int, cue: int, train_text: bool = True) -> dict:
+    """``answered`` with a reasoning that names a side (``cue``: 1 "severe", 0 "mild"), as the search's selection
+    writes the label into the text it keeps; ``train_text`` False marks a rollout the search did not select."""
+    rec = answered(tok, i, label)
+    word = tok.encode(" severe shock" if cue else " mild stable", add_special_tokens=False)
+    index = rec["readout_index"]
+    tokens = rec["token_ids"][:index - 1] + word + rec["token_ids"][index - 1:]
+    mask = rec["mask"][:index - 1] + [True] * len(word) + rec["mask"][index - 1:]
+    out = {**rec, "token_ids": tokens, "mask": mask, "readout_index": index + len(word)}
+    return out if train_text else {**out, "train_text": False}
+
+
+def test_a_slot_only_rollout_trains_its_answer_slot_and_no_reasoning_token(tok, tmp_path):
+    yes_no = (tok.encode("no", add_special_tokens=False)[0], tok.encode("yes", add_special_tokens=False)[0])
+    recs = [cued(tok, 0, 1, 1), cued(tok, 0, 1, 0, train_text=False)]
+    data = load_examples(write_jsonl(tmp_path / "a.jsonl", recs), 4096, answer_tokens=yes_no)
+    selected, other = data.examples
+    assert any(t != IGNORE for t in selected["labels"]) and all(t == IGNORE for t in other["labels"])
+    assert other["answer_pos"] >= 0 and other["input_ids"][other["answer_pos"]] == yes_no[1]
+    assert data.stats()["n_slot_only"] == 1 and data.n_answer_targets == 2
+    digits = load_examples(write_jsonl(tmp_path / "b.jsonl", recs), 4096)  # no answer slot: nothing to train on it
+    assert len(digits.examples) == 1 and digits.n_no_target == 1
+
+
+def test_with_every_rollout_the_slot_reads_the_patient_not_the_texts_cue(tok, tmp_path):
+    """The design step of session 17, in miniature. The prompt tells the label, and so does the reasoning of the
+    selected rollouts (the search's selection wrote it there). Trained on those alone, the slot reads the text's cue:
+    on texts with the other cue it ranks the stays near chance (TJH: 0.301). Trained also, for the slot alone, on the
+    other rollouts (whose cue is the other label), the cue is worthless on the union and the slot reads the patient:
+    it ranks the stays by label whichever cue the text carries."""
+    from eagrl.metrics import auroc
+    from eagrl.sft.train import answer_slot_logprob
+
+    labels = [1, 0, 1, 0, 0, 1, 0, 1]
+    selected = [cued(tok, i, y, y) for i, y in enumerate(labels)]
+    others = [cued(tok, i, y, 1 - y, train_text=False) for i, y in enumerate(labels)]
+    yes_no = (tok.encode("no", add_special_tokens=False)[0], tok.encode("yes", add_special_tokens=False)[0])
+    sft_cfg = SFTConfig(learning_rate=3e-3, epochs=8, batch_size=4, grad_accumulation=1, lora_dropout=0.0,
+                        lr_scheduler="constant", seed=1)
+    yes, no = _yes_no(tok)
+    wrong_cue = [cued(tok, i, y, 1 - y) for i, y in enumerate(labels)]
+    batch = SFTCollator(tok.pad_token_id)(
+        load_examples(write_jsonl(tmp_path / "w.jsonl", wrong_cue), 4096, answer_tokens=yes_no).examples)
+
+    def auroc_on_wrong_cue(records, name) -> float:
+        result = run_sft(TINY, sft_cfg, write_jsonl(tmp_path / f"{name}.jsonl", records), tmp_path / name,
+                         readout="yesno")
+        assert result.metrics["n_slot_only"] == sum(r.get("train_text") is False for r in records)
+        with torch.no_grad():
+            logits = result.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            p = answer_slot_logprob(logits[torch.arange(len(labels)), batch["answer_pos"] - 1], yes, no)[:, 1].exp()
+        return auroc(labels, p.tolist())
+
+    every, only_selected = auroc_on_wrong_cue(selected + others, "every"), auroc_on_wrong_cue(selected, "selected")
+    assert every == 1.0 and only_selected < 0.75, (every, only_selected)

@@ -44,6 +44,11 @@ class MCTSConfig(Section):
     top_k_per_patient: int = Field(2, ge=1, description="Selected trajectories per patient (highest R first).")
     balance: bool = Field(True, description="Keep as many positive-label as negative-label trajectories.")
     dedupe: bool = Field(True, description="Select a response text at most once per patient.")
+    slot_rollouts: Literal["selected", "all"] = Field(
+        "all", description="Which rollouts of a kept patient train SFT's answer slot (yes/no readout): all (the "
+        "selected ones with their reasoning, the others for the slot alone, so the text's cue carries no net label) "
+        "or selected (the slot learns the cue R_cls's selection wrote into the text; docs/results.md, session 16)."
+    )
     seed: int = Field(0, description="Base seed; patient i's tree is seeded from (seed, stay_id).")
     split: Literal["train", "val", "test"] = Field("train", description="Which cohort split is searched (the SFT set).")
     max_stays: int | None = Field(

@@ -4,7 +4,8 @@
 
 * ``trajectories.jsonl``: every completed rollout of every patient (:class:`TrajectoryStore`, one line a
   patient, appended as each tree finishes; a rerun skips the stored patients);
-* ``selected.jsonl``: the SFT set (:func:`select_trajectories`), one record a line;
+* ``selected.jsonl``: the SFT set (:func:`select_trajectories`), one record a line (with the yes/no readout and
+  ``mcts.slot_rollouts: all``, the kept patients' other rollouts follow, marked for the answer slot alone);
 * ``metrics.json``: means of R, R_cls, R_att (search reward) and R_att against C_exp over the selected
   trajectories with percentile-bootstrap 95% intervals, the same means over all trajectories, selected
   counts by class, tree sizes and time per patient.
@@ -33,7 +34,7 @@ from eagrl.errors import DataError
 from eagrl.llm.backends import GenerationBackend, make_backend
 from eagrl.llm.prompt import build_prompt, encode
 from eagrl.mcts.search import make_generator, search
-from eagrl.mcts.select import select_trajectories
+from eagrl.mcts.select import select_trajectories, trains_text
 from eagrl.mcts.store import TrajectoryStore
 from eagrl.metrics import bootstrap_indices
 from eagrl.tracking.dvc_store import tree_md5
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # MCTS settings that do not change what the search writes (selection and sample size): left out of the header,
 # as GenerationConfig.content() leaves out the throughput-only generation settings.
-_NOT_SEARCH = {"top_k_per_patient", "balance", "dedupe", "n_boot", "split", "max_stays"}
+_NOT_SEARCH = {"top_k_per_patient", "balance", "dedupe", "slot_rollouts", "n_boot", "split", "max_stays"}
 
 
 @dataclass
@@ -117,7 +118,8 @@ def run_mcts(
     wanted = set(stay_ids)
     patients = [p for p in store.patients() if p["stay_id"] in wanted]
     searched = [s for s in todo if s in store]
-    selected = select_trajectories(patients, cfg, correct_side_only=gen_cfg.readout == "digits")
+    selected = select_trajectories(patients, cfg, correct_side_only=gen_cfg.readout == "digits",
+                                   slot_only=gen_cfg.readout == "yesno" and cfg.slot_rollouts == "all")
     selected_path = _write_jsonl(out / "selected.jsonl", selected)
     metrics = mcts_metrics(patients, selected, cfg.n_boot, cfg.seed)
     from eagrl.metrics import metrics_json
@@ -142,8 +144,10 @@ def mean_ci(values, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> tupl
 
 
 def mcts_metrics(patients: list[dict], selected: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Reward statistics of the selected and of all trajectories, counts, tree sizes and timings."""
-    m: dict = {}
+    """Reward statistics of the selected and of all trajectories, counts, tree sizes and timings (the slot-only
+    records of ``selected`` are counted apart: ``n_slot_only``)."""
+    m: dict = {"n_slot_only": sum(not trains_text(s) for s in selected)}
+    selected = [s for s in selected if trains_text(s)]
     for key in ("r", "r_cls", "r_att", "r_att_expert"):
         m[f"selected_{key}_mean"], m[f"selected_{key}_ci"] = mean_ci([s[key] for s in selected], n_boot, seed)
     trajs = [t for p in patients for t in p["trajectories"]]

@@ -19,6 +19,7 @@ from pathlib import Path
 from eagrl.config import Config
 from eagrl.data.cohort import Cohort
 from eagrl.mcts.cohort_search import trajectories_dir
+from eagrl.mcts.select import trains_text
 from eagrl.stage import StageResult, stage_contract, stage_dir
 from eagrl.tracking.dvc_store import DataStore, tree_md5
 from eagrl.tracking.mlflow_run import stage_run
@@ -57,7 +58,8 @@ def mcts_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = Non
         lo, hi = m.get("selected_r_att_ci", [float("nan")] * 2)
         message = (f"MCTS ({'guided' if cfg.mcts.expert_guidance else 'unguided'}) on {m['n_patients']} stays: "
                    f"{m['n_trajectories']} trajectories, {m['n_selected']} selected "
-                   f"({m['n_selected_positive']} pos / {m['n_selected_negative']} neg), selected R_att "
+                   f"({m['n_selected_positive']} pos / {m['n_selected_negative']} neg; "
+                   f"{m.get('n_slot_only', 0)} more rollouts for the answer slot alone), selected R_att "
                    f"{m['selected_r_att_mean']:.3f} [{lo:.3f}, {hi:.3f}]; {res.n_skipped} stays resumed from the store")
         result = StageResult("mcts", metrics={**m, "n_resumed": res.n_skipped}, mlflow_run_id=run.info.run_id,
                              message=message,
@@ -75,7 +77,8 @@ def reward_plot(trajectories_path: Path, selected_path: Path, out: Path) -> Path
     import matplotlib.pyplot as plt
 
     every = _all_trajectories(trajectories_path)
-    chosen = [json.loads(line) for line in selected_path.read_text().splitlines() if line.strip()]
+    chosen = [r for r in (json.loads(line) for line in selected_path.read_text().splitlines() if line.strip())
+              if trains_text(r)]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, key, title in zip(axes, ("r", "r_cls", "r_att"), ("R (composite)", "R_cls", "R_att")):
         bins = [i / 20 for i in range(21)]

@@ -6,7 +6,9 @@ it, False where the framework inserted a tag or the probability), plus reward fi
 
 An example is ``input_ids = prompt_ids + token_ids`` with ``labels`` equal to the token where the model
 wrote it and -100 elsewhere (every prompt token, every inserted response token), so the language-model loss
-is the NLL of the model-written response tokens only. With the yes/no readout a trajectory also carries its
+is the NLL of the model-written response tokens only. A record with ``"train_text": false`` (a rollout the search
+did not select, :func:`eagrl.mcts.select.slot_only_records`) trains its answer slot alone: no token is in
+``labels``. With the yes/no readout a trajectory also carries its
 ``readout_index`` (the answer slot in ``token_ids``): the token there becomes the label's word ("yes" / "no"),
 and the example records ``answer_pos`` (its index in ``input_ids``) and ``answer_label``, which the trainer's
 answer-slot loss reads (``eagrl.sft.train``); the slot is never in ``labels``. Over ``max_seq_len`` the prompt
@@ -113,6 +115,7 @@ class ExampleSet:
     n_read: int  # trajectories in the file
     n_truncated: int  # prompts cut to fit max_seq_len
     n_no_target: int  # dropped: not one model-written token
+    n_slot_only: int = 0  # examples that train the answer slot alone (rollouts the search did not select)
 
     @property
     def n_target_tokens(self) -> int:
@@ -129,6 +132,7 @@ class ExampleSet:
         return {"n_trajectories": self.n_read, "n_examples": len(self.examples), "n_truncated": self.n_truncated,
                 "n_no_target": self.n_no_target, "n_target_tokens": self.n_target_tokens,
                 "n_answer_targets": len(answered), "n_answer_positive": int(sum(answered)),
+                "n_slot_only": self.n_slot_only,
                 "mean_seq_len": sum(lengths) / len(lengths) if lengths else 0.0,
                 "max_seq_len_seen": max(lengths, default=0)}
 
@@ -139,7 +143,7 @@ def load_examples(path: str | Path, max_seq_len: int, max_examples: int | None =
 
     ``answer_tokens`` = (token of "no", token of "yes"): trajectories with a ``readout_index`` get their answer slot
     set to the label's token and trained (the yes/no readout); None: no answer-slot targets (the digits readout)."""
-    examples, stay_ids, n_read, n_truncated, n_no_target = [], [], 0, 0, 0
+    examples, stay_ids, n_read, n_truncated, n_no_target, n_slot_only = [], [], 0, 0, 0, 0
     path = Path(path)
     for lineno, rec in enumerate(iter_trajectories(path), start=1):
         n_read += 1
@@ -148,11 +152,17 @@ def load_examples(path: str | Path, max_seq_len: int, max_examples: int | None =
         index = rec.get("readout_index")
         answer = None if answer_tokens is None or index is None else \
             (int(index), int(rec["label"]), answer_tokens[int(rec["label"])])
-        if not any(rec["mask"]) and answer is None:
+        slot_only = not rec.get("train_text", True)
+        if slot_only and answer is None:  # nothing to train on it without the answer slot (the digits readout)
+            n_no_target += 1
+            continue
+        mask = [False] * len(rec["mask"]) if slot_only else rec["mask"]
+        n_slot_only += slot_only
+        if not any(mask) and answer is None:
             n_no_target += 1
             continue
         try:
-            ex = build_example(rec["prompt_ids"], rec["token_ids"], rec["mask"], max_seq_len, answer)
+            ex = build_example(rec["prompt_ids"], rec["token_ids"], mask, max_seq_len, answer)
         except DataError as exc:
             raise DataError(f"{path}: trajectory {lineno} (stay {rec['stay_id']!r}): {exc}") from None
         n_truncated += len(ex["input_ids"]) < len(rec["prompt_ids"]) + len(rec["token_ids"])
@@ -168,7 +178,7 @@ def load_examples(path: str | Path, max_seq_len: int, max_examples: int | None =
     if not examples:
         raise DataError(f"{path} yields no training example ({n_read} trajectories, {n_no_target} without a "
                         "model-written token)")
-    return ExampleSet(examples, stay_ids, n_read, n_truncated, n_no_target)
+    return ExampleSet(examples, stay_ids, n_read, n_truncated, n_no_target, n_slot_only)
 
 
 # ====================================================================== batching
