@@ -30,6 +30,9 @@ def run_local(cfg: Config, out_dir: str | Path) -> dict:
             (out / stage / name).unlink(missing_ok=True)
     # Components run as `python -m kfp...` subprocesses: make sure that is this interpreter.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    # KFP's executor logs to its stdout, a pipe here, so Python buffers it in 8 KB blocks: unbuffered, a stage's
+    # progress lines (SFT and RL steps, search counts) reach pipeline.log as they are written, not when it ends.
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     _close_interrupted(cfg, out)
     parent = start_parent_run(cfg)
     (out / RUN_RECORD).write_text(json.dumps({"mlflow_run_id": parent, "pid": os.getpid()}))
