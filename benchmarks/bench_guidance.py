@@ -60,7 +60,8 @@ def main() -> None:
         cfg = build_config(args.profile, args.dataset, None, args.task,
                            [*args.sets, f"mcts.expert_guidance={str(guided).lower()}"], args.workspace)
         res = mcts_stage(cfg, out / arm)
-        selected = [json.loads(x) for x in Path(res.outputs["selected"]).read_text().splitlines() if x.strip()]
+        selected = [r for r in (json.loads(x) for x in Path(res.outputs["selected"]).read_text().splitlines()
+                                if x.strip()) if r.get("train_text", True)]  # not the slot-only rollouts
         arms[arm] = {"selected": selected, "metrics": res.metrics, "cfg": cfg}
         print(f"{arm}: {res.message}", flush=True)
 

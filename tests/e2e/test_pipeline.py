@@ -65,7 +65,9 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     selected = status["outputs"]["selected"]
     assert selected.startswith(str(workspace / "data" / "trajectories")) and "guided-" in selected
     sft = json.loads((out / "sft" / "metrics.json").read_text())
-    assert sft["n_examples"] == mcts["n_selected"] and sft["test_n_stays"] == 16
+    # every rollout of a kept stay trains SFT: the selected ones with their reasoning, the others the answer slot alone
+    assert sft["n_examples"] == mcts["n_selected"] + mcts["n_slot_only"] and sft["n_slot_only"] == mcts["n_slot_only"]
+    assert sft["test_n_stays"] == 16
     sft_version = client.get_latest_versions("eagrl-sft-mimic-iv-demo-readmission_30d")[0]
     import hashlib
 

@@ -64,7 +64,9 @@ def test_mcts_stage_stores_in_the_workspace_resumes_and_versions(prepared):
     # tracked: reward statistics, the plot and the selected set in MLflow; the data version in DVC
     client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     run = client.get_run(second.mlflow_run_id)
-    assert run.data.metrics["n_selected"] == len(selected) and "selected_r_att_mean" in run.data.metrics
+    texts = [s for s in selected if s.get("train_text", True)]  # the rest: other rollouts, for the answer slot alone
+    assert run.data.metrics["n_selected"] == len(texts) and "selected_r_att_mean" in run.data.metrics
+    assert run.data.metrics["n_slot_only"] == len(selected) - len(texts) > 0
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"selected.jsonl", "rewards.png", "metrics.json"}
     dvc = yaml.safe_load((ws / "data.dvc").read_text())
     assert run.data.tags["eagrl.dvc_data_md5"] == dvc["outs"][0]["md5"]
