@@ -62,8 +62,10 @@ def slot_probabilities(model, records: list[dict], yes_no: tuple[list[int], list
 def rollouts(store: Path) -> list[dict]:
     """Every searched trajectory of the store (``trajectories.jsonl``), flat: stay, label, prompt, response, slot, the
     search's own reading of it (``probability``, the base model's slot) and whether SFT trained on it (selected)."""
+    from eagrl.mcts.select import trains_text
+
     selected = {(r["stay_id"], r["rollout"]) for r in read_jsonl(store / "selected.jsonl")
-                if r.get("train_text", True)}  # slot-only records (mcts.slot_rollouts: all) trained the slot alone
+                if trains_text(r)}  # slot-only records (mcts.slot_rollouts: all) trained the slot alone
     out = []
     for row in read_jsonl(store / "trajectories.jsonl")[1:]:  # line 1 is the store's header
         for t in row["trajectories"]:

@@ -52,6 +52,7 @@ def main() -> None:
 
     from eagrl.cli import build_config
     from eagrl.mcts.cohort_search import mean_ci
+    from eagrl.mcts.select import trains_text
     from eagrl.mcts.stage import mcts_stage
 
     out = args.out or args.workspace / "runs" / "guidance"
@@ -61,7 +62,7 @@ def main() -> None:
                            [*args.sets, f"mcts.expert_guidance={str(guided).lower()}"], args.workspace)
         res = mcts_stage(cfg, out / arm)
         selected = [r for r in (json.loads(x) for x in Path(res.outputs["selected"]).read_text().splitlines()
-                                if x.strip()) if r.get("train_text", True)]  # not the slot-only rollouts
+                                if x.strip()) if trains_text(r)]  # not the slot-only rollouts
         arms[arm] = {"selected": selected, "metrics": res.metrics, "cfg": cfg}
         print(f"{arm}: {res.message}", flush=True)
 

@@ -59,7 +59,7 @@ def mcts_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = Non
         message = (f"MCTS ({'guided' if cfg.mcts.expert_guidance else 'unguided'}) on {m['n_patients']} stays: "
                    f"{m['n_trajectories']} trajectories, {m['n_selected']} selected "
                    f"({m['n_selected_positive']} pos / {m['n_selected_negative']} neg; "
-                   f"{m.get('n_slot_only', 0)} more rollouts for the answer slot alone), selected R_att "
+                   f"{m['n_slot_only']} more rollouts for the answer slot alone), selected R_att "
                    f"{m['selected_r_att_mean']:.3f} [{lo:.3f}, {hi:.3f}]; {res.n_skipped} stays resumed from the store")
         result = StageResult("mcts", metrics={**m, "n_resumed": res.n_skipped}, mlflow_run_id=run.info.run_id,
                              message=message,

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from eagrl.errors import DataError
+from eagrl.mcts.select import trains_text
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +153,12 @@ def load_examples(path: str | Path, max_seq_len: int, max_examples: int | None =
         index = rec.get("readout_index")
         answer = None if answer_tokens is None or index is None else \
             (int(index), int(rec["label"]), answer_tokens[int(rec["label"])])
-        slot_only = not rec.get("train_text", True)
-        if slot_only and answer is None:  # nothing to train on it without the answer slot (the digits readout)
-            n_no_target += 1
-            continue
+        slot_only = not trains_text(rec)
         mask = [False] * len(rec["mask"]) if slot_only else rec["mask"]
-        n_slot_only += slot_only
-        if not any(mask) and answer is None:
+        if not any(mask) and answer is None:  # a slot-only record without the slot (digits readout) too
             n_no_target += 1
             continue
+        n_slot_only += slot_only
         try:
             ex = build_example(rec["prompt_ids"], rec["token_ids"], mask, max_seq_len, answer)
         except DataError as exc:
