@@ -41,8 +41,10 @@ def run_local(cfg: Config, out_dir: str | Path) -> dict:
     started = time.time()
     error = ""
     log_path = out / "pipeline.log"
+    # the components log their progress (eagrl.stage.progress_logging) into pipeline.log, at INFO unless asked otherwise
     with _StageProgress(out, STAGES, log_path), open(log_path, "w") as log, \
-            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+            _component_env(EAGRL_LOG_LEVEL=os.environ.get("EAGRL_LOG_LEVEL") or "INFO"):
         try:
             eagrl_pipeline(profile=cfg.profile, overrides=json.dumps(cfg.to_flat()), out_dir=str(out),
                            parent_run_id=parent)
@@ -69,6 +71,22 @@ def run_local(cfg: Config, out_dir: str | Path) -> dict:
     _close_parent(cfg, parent, summary, out / "summary.json")
     (out / RUN_RECORD).unlink(missing_ok=True)
     return summary
+
+
+@contextlib.contextmanager
+def _component_env(**values: str):
+    """Variables the component subprocesses inherit (KFP's local runner passes them this process's environment), set
+    for the pipeline's duration only."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 RUN_RECORD = ".pipeline-run.json"  # the parent MLflow run of the execution writing to OUT, while it runs

@@ -14,6 +14,23 @@ from pathlib import Path
 from eagrl.metrics import metrics_json
 
 
+def progress_logging() -> None:
+    """Long stages log their progress (SFT and RL steps, search and scoring counts) at INFO: shown on an interactive
+    terminal, or wherever ``EAGRL_LOG_LEVEL`` (e.g. INFO) asks for it; scripts and tests keep one line on failure.
+    Every stage calls it as it starts, so a KFP component, a process of its own, logs as the CLI does (``eagrl run``
+    asks its components for INFO: their lines go to ``pipeline.log``). Idempotent: one handler at most."""
+    import logging
+    import os
+    import sys
+
+    level = os.environ.get("EAGRL_LOG_LEVEL") or ("INFO" if sys.stderr.isatty() else "")
+    if level and not logging.getLogger("eagrl").handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        logging.getLogger("eagrl").addHandler(handler)
+        logging.getLogger("eagrl").setLevel(level.upper())
+
+
 @dataclass
 class StageResult:
     stage: str
@@ -77,6 +94,7 @@ def stage_contract(stage: str, sections: tuple[str, ...] | None = None, inputs=N
 
         @functools.wraps(fn)
         def wrapper(cfg, out_dir, *args, **kwargs):
+            progress_logging()
             key = None
             try:
                 bound = signature.bind(cfg, out_dir, *args, **kwargs)

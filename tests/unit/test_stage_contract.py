@@ -63,3 +63,29 @@ def test_a_failed_resolution_leaves_a_failed_status_naming_the_cause(cfg, tmp_pa
         toy(cfg, tmp_path / "out")
     status = json.loads((tmp_path / "out" / "toy" / "status.json").read_text())
     assert status["status"] == "failed" and "missing.txt" in status["message"]
+
+
+def test_a_stage_in_a_process_of_its_own_logs_its_progress_where_eagrl_log_level_asks(tmp_path):
+    """A KFP component is a process of its own that calls a stage: with EAGRL_LOG_LEVEL set (``eagrl run`` sets INFO
+    for its components) the stage's INFO lines reach its stderr, so pipeline.log shows a long stage's progress; unset,
+    a script stays quiet."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import logging\n"
+        "from eagrl.config import build_config\n"
+        "from eagrl.stage import StageResult, stage_contract\n"
+        "@stage_contract('toy', ('data',))\n"
+        "def toy(cfg, out_dir):\n"
+        "    logging.getLogger('eagrl.toy').info('toy step 3/7')\n"
+        "    return StageResult('toy')\n"
+        f"toy(build_config('smoke', workspace={str(tmp_path / 'ws')!r}), {str(tmp_path / 'out')!r})\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("EAGRL_LOG_LEVEL", "MLFLOW_TRACKING_URI")}
+    asked = subprocess.run([sys.executable, "-c", script], env={**env, "EAGRL_LOG_LEVEL": "INFO"},
+                           capture_output=True, text=True, timeout=120)
+    quiet = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert asked.returncode == 0 and quiet.returncode == 0, asked.stderr[-2000:] + quiet.stderr[-2000:]
+    assert "eagrl.toy: toy step 3/7" in asked.stderr and "toy step" not in quiet.stderr

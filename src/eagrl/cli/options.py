@@ -13,6 +13,7 @@ from rich.console import Console
 from eagrl import config
 from eagrl.config import Config, parse_override
 from eagrl.errors import EagrlError
+from eagrl.stage import progress_logging  # noqa: F401  (the commands set it up first)
 
 console = Console(stderr=True)
 
@@ -42,19 +43,6 @@ def fail(exc: BaseException, code: int = 1) -> None:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     print(f"eagrl: error: {msg}", file=sys.stderr)
     raise typer.Exit(code)
-
-
-def progress_logging() -> None:
-    """Long stages log their progress (SFT and RL steps, search and scoring counts) at INFO: shown on an interactive
-    terminal, or wherever ``EAGRL_LOG_LEVEL`` (e.g. INFO) asks for it; scripts and tests keep one line on failure."""
-    import logging
-
-    level = os.environ.get("EAGRL_LOG_LEVEL") or ("INFO" if sys.stderr.isatty() else "")
-    if level and not logging.getLogger("eagrl").handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-        logging.getLogger("eagrl").addHandler(handler)
-        logging.getLogger("eagrl").setLevel(level.upper())
 
 
 def guard(fn):
