@@ -138,6 +138,59 @@ def test_sft_stage_trains_scores_and_registers_a_loadable_policy(prepared):
         mlflow.set_tracking_uri(None)
 
 
+def test_sft_then_trains_the_answer_slot_after_the_policys_own_text(prepared):
+    """SFT's second phase (eagrl.sft.own_text): the trained policy writes its P_QD response to every training stay and
+    the answer slot alone learns each stay's label after that text, the text the evaluation, RL and serving read it
+    after. Teacher-forced on those responses, the phase's adapter gives the labels a higher likelihood than the first
+    phase's (kept as it was); the stage registers the phase's adapter. (Whether the slot comes to rank the stays is
+    a question for the real model: the tiny one barely reads a prompt; docs/results.md has TJH.)"""
+    import torch
+
+    from eagrl.config.llm import ModelConfig
+    from eagrl.data.cohort import Cohort
+    from eagrl.llm.loading import load_model
+    from eagrl.llm.structured import answer_words, tokenizer_encode, yes_no_ids
+    from eagrl.mcts.stage import mcts_stage
+    from eagrl.metrics import auroc
+    from eagrl.sft.data import SFTCollator, load_examples
+    from eagrl.sft.stage import sft_stage
+    from eagrl.sft.train import answer_slot_logprob
+    from eagrl.workspace import Workspace
+
+    ws, _ = prepared
+    cfg = _cfg(ws, "mcts.max_stays=4", "sft.eval_max_stays=6", "sft.eval_n_boot=50", "sft.fit_max_stays=6",
+               "sft.own_text_epochs=1", "sft.learning_rate=3e-3", "sft.lr_scheduler=constant", "sft.lora_dropout=0")
+    mcts_stage(cfg, ws / "out-o")
+    first = ws / "out-o" / "sft" / "train" / "adapter"
+    result = sft_stage(cfg, ws / "out-o")
+    phase = ws / "out-o" / "sft" / "own-text"
+    cohort = Cohort.load(Workspace.of(cfg).cohort_dir)
+    records = [json.loads(x) for x in (phase / "own_text.jsonl").read_text().splitlines()]
+    assert sorted(r["stay_id"] for r in records) == sorted(map(str, cohort.split_ids("train")))
+    assert all(r["train_text"] is False and 0 <= r["readout_index"] < len(r["token_ids"]) for r in records)
+    assert all(any(r["mask"]) for r in records)  # the policy wrote text before each slot
+    m = result.metrics
+    assert m["own_text_stays"] == m["own_text_examples"] == len(records) and m["own_text_steps"] >= 1
+    assert result.outputs["adapter"] == str(phase / "adapter") and "own text" in result.message
+
+    def slot_readout(adapter: Path) -> tuple[float, float]:
+        """(mean NLL of the label's word at the slot, AUROC of P(yes)) teacher-forced on the responses."""
+        loaded = load_model(ModelConfig(source="tiny", adapter=str(adapter)))
+        enc = tokenizer_encode(loaded.tokenizer)
+        data = load_examples(phase / "own_text.jsonl", 4096, answer_tokens=answer_words(enc))
+        batch = SFTCollator(loaded.tokenizer.pad_token_id)(data.examples)
+        with torch.no_grad():
+            logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        two = answer_slot_logprob(logits[torch.arange(len(data.examples)), batch["answer_pos"] - 1],
+                                  *yes_no_ids(enc))  # (n, 2): (no, yes)
+        y = batch["answer_label"]
+        return -float(two.gather(1, y[:, None]).mean()), auroc(y.tolist(), two[:, 1].exp().tolist())
+
+    (nll_before, auroc_before), (nll_after, _) = slot_readout(first), slot_readout(phase / "adapter")
+    assert abs(auroc_before - m["own_text_auroc_before"]) < 0.05, (auroc_before, m)  # the same readout
+    assert nll_after < nll_before, (nll_before, nll_after)
+
+
 def test_the_direct_fine_tune_trains_the_slot_on_every_training_stay_and_registers(prepared):
     """The direct baseline: one example a training stay (vanilla prompt, <final_answer>, the label's word at the slot),
     the answer-slot loss alone, scored in the vanilla style on held-out and on its own training stays."""

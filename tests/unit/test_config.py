@@ -38,6 +38,7 @@ def test_parse_override_reads_yaml_scalars():
         ({"data.min_visits": 0}, "data.min_visits"),
         ({"data.nonexistent": 1}, "data.nonexistent"),
         ({"data.bin": "weekly"}, "data.bin"),
+        ({"sft.own_text_epochs": 1, "generation.readout": "digits"}, "sft.own_text_epochs"),  # no slot to train
     ],
 )
 def test_bad_values_are_named_with_the_value(override, fragment):

@@ -172,6 +172,10 @@ class Config(_Section):
             raise ValueError("mcts.sample_readout draws each rollout's answer token, but the search decodes greedily "
                              "(mcts.temperature null and generation.temperature 0): the framework would write the "
                              "answer and SFT never train it; set mcts.temperature > 0 or mcts.sample_readout false")
+        if self.sft.own_text_epochs > 0 and self.generation.readout != "yesno":
+            raise ValueError(f"sft.own_text_epochs ({self.sft.own_text_epochs}) trains the answer slot after the "
+                             f"policy's own text, which only the yes/no readout has (generation.readout is "
+                             f"{self.generation.readout!r}); set sft.own_text_epochs 0 or generation.readout yesno")
         return self
 
     def to_flat(self) -> dict[str, Any]:

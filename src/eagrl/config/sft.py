@@ -58,6 +58,11 @@ class SFTConfig(Section):
         1.0, ge=0.0, description="Weight of the mean NLL of the model-written reasoning tokens (0: the answer slot "
         "alone, as the direct fine-tune).",
     )
+    own_text_epochs: float = Field(
+        0.0, ge=0.0, description="Second phase (yes/no readout): passes of the answer slot alone, trained on the label "
+        "after the policy's own greedy response to every training stay (the text it is read after in the evaluation, "
+        "RL and serving; eagrl.sft.own_text). 0: off.",
+    )
     class_weighted: bool = Field(
         True, description="Weigh each class's answer-slot loss by n / (2 n_class), so both labels pull equally.",
     )

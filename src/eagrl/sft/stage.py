@@ -2,10 +2,12 @@
 
 ``sft_stage(cfg, out_dir)`` is what ``eagrl sft``, the KFP component and the tests call. Around
 :func:`eagrl.sft.train.run_sft` it adds: the trajectory set (the MCTS stage's ``selected.jsonl`` for these
-settings unless a path is given), a held-out check of the trained policy with the same structured P_QD
-generation the zero-shot stage uses (well-formed rate, AUROC/AUPRC/Brier with intervals), the MLflow run
-(settings, loss curve as metrics and as a plot, held-out metrics, the adapter) and the adapter registered as
-``eagrl-sft-<dataset>-<task>`` (a pyfunc model, :mod:`eagrl.llm.registry`).
+settings unless a path is given), with ``sft.own_text_epochs`` > 0 the second phase (the answer slot trained
+after the policy's own text, :mod:`eagrl.sft.own_text`; its adapter is the one registered), a held-out check of
+the trained policy with the same structured P_QD generation the zero-shot stage uses (well-formed rate,
+AUROC/AUPRC/Brier with intervals), the MLflow run (settings, loss curve as metrics and as a plot, held-out
+metrics, the adapter) and the adapter registered as ``eagrl-sft-<dataset>-<task>`` (a pyfunc model,
+:mod:`eagrl.llm.registry`).
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
     from eagrl.llm.registry import log_policy
     from eagrl.scoring.keys import tag_heldout
     from eagrl.scoring.policy import evaluate_trained
+    from eagrl.sft.own_text import train_slot_on_own_text
     from eagrl.sft.train import run_sft
 
     out = stage_dir(out_dir, "sft")
@@ -66,24 +69,32 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
         mlflow.set_tags({"eagrl.cohort_md5": cohort_md5,
                          "eagrl.trajectories_md5": hashlib.md5(trajectories.read_bytes()).hexdigest()})
         res = run_sft(mcfg, cfg.sft, trajectories, out / "train", readout=cfg.generation.readout)
-        for row in res.history:
+        history, adapter_dir, own = res.history, res.adapter_dir, {}
+        if cfg.sft.own_text_epochs > 0:  # the answer slot after the policy's own text (eagrl.sft.own_text)
+            phase = train_slot_on_own_text(res.model, res.tokenizer, cohort, mcfg, cfg.sft, cfg.generation,
+                                           out / "own-text", seed=cfg.evaluate.seed)
+            last = int(history[-1]["step"]) if history else 0
+            history = history + [{**r, "step": r.get("step", 0) + last} for r in phase.history]
+            adapter_dir, own = phase.adapter_dir, phase.metrics
+            mlflow.log_artifact(str(out / "own-text" / "train_history.json"), artifact_path="own-text")
+        for row in history:
             mlflow.log_metrics({f"train_{k}": float(v) for k, v in row.items() if k != "step"},
                                step=int(row.get("step", 0)))
-        plot = loss_plot(res.history, out / "loss.png")
+        plot = loss_plot(history, out / "loss.png", phase_start=len(res.history) if own else None)
 
         held = evaluate_trained(res.model, res.tokenizer, cohort, out / "heldout", mcfg, cfg.generation,
                                 split=cfg.sft.eval_split, max_stays=cfg.sft.eval_max_stays,
                                 n_boot=cfg.sft.eval_n_boot, seed=cfg.evaluate.seed,
                                 fit_max_stays=cfg.sft.fit_max_stays)
-        metrics = {**res.metrics, **held}
+        metrics = {**res.metrics, **own, **held}
         log_metrics(metrics)
         for path in (plot, out / "train" / "train_history.json"):
             mlflow.log_artifact(str(path))
         mlflow.log_artifacts(str(out / "heldout"), artifact_path="heldout")
         if (out / "fit-train").is_dir():
             mlflow.log_artifacts(str(out / "fit-train"), artifact_path="fit-train")
-        tag_heldout(mcfg, res.adapter_dir, cfg.generation, cohort_md5, cfg.sft.eval_split)  # for the evaluation
-        info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered,
+        tag_heldout(mcfg, adapter_dir, cfg.generation, cohort_md5, cfg.sft.eval_split)  # for the evaluation
+        info = log_policy(adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered,
                           metadata={"stage": "sft", "dataset": cfg.data.dataset, "task": cfg.data.task})
         split = cfg.sft.eval_split
         auroc, ci = held.get(f"{split}_auroc"), held.get(f"{split}_auroc_ci")
@@ -92,7 +103,10 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
             f"{int(res.metrics.get('optimizer_steps', 0))} optimiser steps over "
             f"{int(res.metrics.get('answer_tokens_trained', 0))} answer slots and "
             f"{int(res.metrics.get('reasoning_tokens_trained', 0))} reasoning tokens: loss "
-            f"{res.metrics.get('first_loss', float('nan')):.3f} -> {res.metrics.get('last_loss', float('nan')):.3f}; "
+            f"{res.metrics.get('first_loss', float('nan')):.3f} -> {res.metrics.get('last_loss', float('nan')):.3f}"
+            + (f"; then the answer slot after its own text on {int(own['own_text_stays'])} training stays "
+               f"(AUROC on them before: {own.get('own_text_auroc_before', float('nan')):.3f})" if own else "")
+            + "; "
             f"{split} P_QD AUROC "
             + (f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auroc is not None else "undefined")
             + f", well-formed {held.get(f'{split}_well_formed_rate', 0):.0%}"
@@ -101,7 +115,7 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
             + (f" v{info.registered_model_version}" if getattr(info, "registered_model_version", None) else "")
         )
         result = StageResult("sft", metrics=metrics, mlflow_run_id=run.info.run_id, message=message,
-                             outputs={"adapter": str(res.adapter_dir), "heldout": str(out / "heldout"),
+                             outputs={"adapter": str(adapter_dir), "heldout": str(out / "heldout"),
                                       "loss_plot": str(plot), "registered_model": registered,
                                       "model_uri": str(info.model_uri),
                                       "model_version": str(getattr(info, "registered_model_version", None) or "")})
@@ -109,8 +123,9 @@ def sft_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None
     return result
 
 
-def loss_plot(history: list[dict], out: Path) -> Path:
-    """The training loss (and learning rate) per optimiser step."""
+def loss_plot(history: list[dict], out: Path, phase_start: int | None = None) -> Path:
+    """The training loss (and learning rate) per optimiser step; ``phase_start``: the index in ``history`` where the
+    second phase (the answer slot after the policy's own text) begins, marked by a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,6 +134,9 @@ def loss_plot(history: list[dict], out: Path) -> Path:
     steps = [r.get("step", i + 1) for i, r in enumerate(history)]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(steps, [r.get("loss", float("nan")) for r in history], marker="o", ms=3, label="loss (response tokens)")
+    if phase_start is not None and 0 < phase_start < len(steps):
+        ax.axvline(steps[phase_start] - 0.5, color="black", ls=":", lw=1)
+        ax.text(steps[phase_start], ax.get_ylim()[1], " slot after own text", va="top", fontsize=8)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss")
     if any("learning_rate" in r for r in history):
