@@ -23,6 +23,8 @@ def test_run_smoke_on_the_mimic_demo(shared_data, workspace):
     prep = json.loads((out / "prepare" / "metrics.json").read_text())
     assert prep["n_stays"] > 50 and prep["test_positive"] >= 2 and prep["n_features"] == 32
     assert (out / "validate" / "report.html").read_text().count("<tr>") > 20
+    log = (out / "pipeline.log").read_text()  # the components' progress lines, as they ran (eagrl.stage)
+    assert "eagrl.sft.train: SFT on" in log and "eagrl.scoring.policy: zero-shot pqd:" in log
 
     import mlflow
 
