@@ -163,20 +163,26 @@ def evaluate_trained(peft_model, tokenizer, cohort: Cohort, out_dir: str | Path,
     many of the *train* stays (a label-stratified sample; SFT and RL train there), into ``out_dir``'s sibling
     ``fit-train``; those metrics are the ``train_*`` keys. A policy that cannot rank its own training stays has a
     bug or a broken readout, which no learning rate fixes."""
-    from eagrl.llm.loading import LoadedModel, float32_head, merge_adapter
-
-    merged = merge_adapter(peft_model, model_cfg.merge_dtype)  # training is over: fold the adapter in (fast)
-    merged.eval()
-    if model_cfg.float32_head:
-        float32_head(merged)
     gen_cfg = heldout_generation(gen_cfg, style)
-    backend = make_backend(model_cfg, gen_cfg, loaded=LoadedModel(merged, tokenizer, model_cfg.source, None))
+    backend = merged_backend(peft_model, tokenizer, model_cfg, gen_cfg)  # training is over: fold the adapter in
     metrics = evaluate_zero_shot(cohort, out_dir, model_cfg, gen_cfg, split=split, max_stays=max_stays, n_boot=n_boot,
                                  seed=seed, backend=backend)
     if fit_max_stays != 0 and split != "train":
         metrics.update(evaluate_zero_shot(cohort, Path(out_dir).parent / "fit-train", model_cfg, gen_cfg, split="train",
                                           max_stays=fit_max_stays, n_boot=n_boot, seed=seed, backend=backend))
     return metrics
+
+
+def merged_backend(peft_model, tokenizer, model_cfg: ModelConfig, gen_cfg: GenerationConfig) -> GenerationBackend:
+    """A generation backend over ``peft_model`` with its adapter folded in (in place: pass a copy to keep training
+    it), in eval mode, with the float32 head where the model config asks for it."""
+    from eagrl.llm.loading import LoadedModel, float32_head, merge_adapter
+
+    merged = merge_adapter(peft_model, model_cfg.merge_dtype)
+    merged.eval()
+    if model_cfg.float32_head:
+        float32_head(merged)
+    return make_backend(model_cfg, gen_cfg, loaded=LoadedModel(merged, tokenizer, model_cfg.source, None))
 
 
 def heldout_generation(gen_cfg: GenerationConfig, style: str = "pqd") -> GenerationConfig:

@@ -47,20 +47,15 @@ def write_own_text_records(model, tokenizer, cohort: Cohort, model_cfg: ModelCon
     :func:`eagrl.sft.data.load_examples` reads); returns the file and the readout's AUROC on those responses.
 
     ``model`` is the policy being trained (a peft model); it is not changed: a merged copy writes the texts."""
-    from eagrl.llm.backends import make_backend
-    from eagrl.llm.loading import LoadedModel, float32_head, merge_adapter
     from eagrl.llm.prompt import build_prompt, encode
     from eagrl.llm.structured import StructuredGenerator
-    from eagrl.scoring.policy import heldout_generation
+    from eagrl.scoring.policy import heldout_generation, merged_backend
 
     gen = heldout_generation(gen_cfg)
     if gen.readout != "yesno":
         raise DataError(f"training the answer slot after the policy's own text needs the yes/no readout, not "
                         f"generation.readout={gen.readout!r}; set sft.own_text_epochs 0")
-    merged = merge_adapter(copy.deepcopy(model), model_cfg.merge_dtype).eval()
-    if model_cfg.float32_head:
-        float32_head(merged)
-    backend = make_backend(model_cfg, gen, loaded=LoadedModel(merged, tokenizer, model_cfg.source, None))
+    backend = merged_backend(copy.deepcopy(model), tokenizer, model_cfg, gen)  # the policy itself stays trainable
     generator = StructuredGenerator(backend, gen, cohort.features)
     stay_ids = cohort.sample_ids(split, max_stays, seed)
     out = Path(out)
@@ -87,7 +82,7 @@ def write_own_text_records(model, tokenizer, cohort: Cohort, model_cfg: ModelCon
                                     separators=(",", ":")) + "\n")
                 n_kept += 1
             log.info("own text: %d/%d %s stays written", min(start + len(chunk), len(stay_ids)), len(stay_ids), split)
-    del merged, backend
+    del backend
     metrics = {"own_text_stays": float(n_kept), "own_text_generation_seconds": time.perf_counter() - t0}
     if len(set(labels)) == 2:
         metrics["own_text_auroc_before"] = evaluate_binary(np.array(labels), np.array(probs), metrics=("auroc",),
@@ -102,7 +97,7 @@ def train_slot_on_own_text(model, tokenizer, cohort: Cohort, model_cfg: ModelCon
     ``out_dir/adapter``. ``model`` carries the trainable adapter and is trained in place."""
     from eagrl.llm.structured import answer_words, tokenizer_encode, yes_no_ids
     from eagrl.sft.data import load_examples
-    from eagrl.sft.train import ADAPTER_DIR, build_trainer, loss_history
+    from eagrl.sft.train import build_trainer, train_and_save
 
     out = Path(out_dir)
     path, metrics = write_own_text_records(model, tokenizer, cohort, model_cfg, gen_cfg, out / "own_text.jsonl",
@@ -111,13 +106,7 @@ def train_slot_on_own_text(model, tokenizer, cohort: Cohort, model_cfg: ModelCon
     data = load_examples(path, sft_cfg.max_seq_len, answer_tokens=answer_words(encode))
     phase = sft_cfg.model_copy(update={"epochs": sft_cfg.own_text_epochs, "max_steps": None})
     trainer = build_trainer(model, tokenizer, phase, data, out / "checkpoints", readout_ids=yes_no_ids(encode))
-    t0 = time.perf_counter()
-    train_out = trainer.train()
-    seconds = time.perf_counter() - t0
-    adapter_dir = out / ADAPTER_DIR
-    trainer.model.save_pretrained(adapter_dir)
-    trainer.model.eval()
-    history = loss_history(trainer.state.log_history)
+    train_out, seconds, adapter_dir, history = train_and_save(trainer, out, phase, model_cfg)
     answer = [r["answer_loss"] for r in history if "answer_loss" in r]
     metrics.update({"own_text_steps": float(train_out.global_step), "own_text_train_seconds": seconds,
                     "own_text_examples": float(len(data.examples))})
@@ -125,10 +114,7 @@ def train_slot_on_own_text(model, tokenizer, cohort: Cohort, model_cfg: ModelCon
         q = max(1, len(answer) // 4)
         metrics["own_text_answer_loss_start"] = float(np.mean(answer[:q]))
         metrics["own_text_answer_loss_end"] = float(np.mean(answer[-q:]))
-    (out / "train_history.json").write_text(json.dumps(history, indent=1))
     (out / "train_metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-    if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
-        (out / "checkpoints").rmdir()
     log.info("answer slot after the policy's own text: %d stays, %d steps in %.1f s (AUROC on them before: %s)",
              len(data.examples), train_out.global_step, seconds, metrics.get("own_text_auroc_before", "undefined"))
     return OwnTextResult(adapter_dir, metrics, history)

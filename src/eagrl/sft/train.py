@@ -73,25 +73,31 @@ def run_sft(model_cfg: ModelConfig, sft_cfg: SFTConfig, trajectories_path: str |
     trainer = build_trainer(model, loaded.tokenizer, sft_cfg, data, out / "checkpoints", cuda=cuda,
                             readout_ids=yes_no_ids(encode) if answer else None)
 
+    train_out, seconds, adapter_dir, history = train_and_save(trainer, out, sft_cfg, model_cfg)
+    metrics = {**data.stats(), **summary_metrics(history, train_out, seconds, data)}
+    (out / "train_metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    log.info("SFT done in %.1f s: loss %.4f -> %.4f, adapter in %s", seconds, metrics.get("first_loss", math.nan),
+             metrics.get("last_loss", math.nan), adapter_dir)
+    return SFTResult(adapter_dir, metrics, history, trainer.model, loaded.tokenizer)
+
+
+def train_and_save(trainer, out: Path, sft_cfg: SFTConfig, model_cfg: ModelConfig):
+    """Run ``trainer``; save its adapter with the settings it was trained with (``out/adapter``) and its loss curve
+    (``out/train_history.json``); leave the model in eval mode. Returns (train output, seconds, adapter dir, loss
+    history). SFT and its own-text phase (:mod:`eagrl.sft.own_text`) both train through it."""
     t0 = time.perf_counter()
     train_out = trainer.train()
     seconds = time.perf_counter() - t0
-
     adapter_dir = out / ADAPTER_DIR
     trainer.model.save_pretrained(adapter_dir)
     (adapter_dir / "sft_config.json").write_text(json.dumps(
         {"sft": sft_cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")}, indent=1))
-
     history = loss_history(trainer.state.log_history)
-    metrics = {**data.stats(), **summary_metrics(history, train_out, seconds, data)}
     (out / "train_history.json").write_text(json.dumps(history, indent=1))
-    (out / "train_metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-    log.info("SFT done in %.1f s: loss %.4f -> %.4f, adapter in %s", seconds, metrics.get("first_loss", math.nan),
-             metrics.get("last_loss", math.nan), adapter_dir)
     trainer.model.eval()
     if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
         (out / "checkpoints").rmdir()  # save_strategy="no" leaves it empty
-    return SFTResult(adapter_dir, metrics, history, trainer.model, loaded.tokenizer)
+    return train_out, seconds, adapter_dir, history
 
 
 def load_sft_model(model_cfg: ModelConfig, adapter_dir: str | Path, merge: bool = True) -> LoadedModel:
