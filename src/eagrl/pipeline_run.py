@@ -42,8 +42,7 @@ def run_local(cfg: Config, out_dir: str | Path) -> dict:
     error = ""
     log_path = out / "pipeline.log"
     # the components log their progress (eagrl.stage.progress_logging) into pipeline.log, at INFO unless asked otherwise
-    with _StageProgress(out, STAGES, log_path), open(log_path, "w") as log, \
-            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+    with _StageProgress(out, STAGES, log_path), pipeline_log(log_path), \
             _component_env(EAGRL_LOG_LEVEL=os.environ.get("EAGRL_LOG_LEVEL") or "INFO"):
         try:
             eagrl_pipeline(profile=cfg.profile, overrides=json.dumps(cfg.to_flat()), out_dir=str(out),
@@ -71,6 +70,15 @@ def run_local(cfg: Config, out_dir: str | Path) -> dict:
     _close_parent(cfg, parent, summary, out / "summary.json")
     (out / RUN_RECORD).unlink(missing_ok=True)
     return summary
+
+
+@contextlib.contextmanager
+def pipeline_log(path: Path):
+    """This process's stdout and stderr into ``path``, line by line: KFP's local runner prints each line its components
+    write, and a block-buffered file would hold the last 8 KB of them (minutes of SFT or RL steps) until the run ends."""
+    with open(path, "w", buffering=1, encoding="utf-8") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        yield log
 
 
 @contextlib.contextmanager

@@ -439,10 +439,12 @@ def test_the_reward_trend_averages_halves_of_the_steps_and_the_message_says_so()
     assert "early_reward" not in one and _reward_trend(one) == "reward 0.400"
 
 
-def test_the_answer_slot_term_is_the_labels_nll_at_the_slot(cohort, c_exp, sft_adapter, tmp_path):
+def test_the_answer_slot_term_is_the_labels_nll_under_the_readout(cohort, c_exp, sft_adapter, tmp_path):
     """With the yes/no readout the rollout puts each stay's label word at the answer slot (inserted: no policy-gradient
-    loss there) and the loss adds rl.readout_weight x its mean negative log-likelihood, computed here by hand."""
-    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, readout_weight=2.0)
+    loss there) and the loss adds rl.readout_weight x the label's mean negative log-likelihood under the readout,
+    P(y) / (P(yes) + P(no)) summed over spellings at temperature 1, computed here by hand from a plain forward pass,
+    whatever temperature the policy samples at."""
+    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, readout_weight=2.0, temperature=0.5)
     keys = list(rollout.prompt_ids)[:2]
     out = rollout([k for k in keys for _ in range(2)], trainer)
     tok = trainer.processing_class
@@ -466,9 +468,19 @@ def test_the_answer_slot_term_is_the_labels_nll_at_the_slot(cohort, c_exp, sft_a
         full = trainer.accelerator.unwrap_model(trainer.model)(
             torch.cat([prompt_ids, completion_ids], 1), attention_mask=torch.cat([prompt_mask, completion_mask], 1)
         ).logits.float()
+    assert trainer.temperature != 1.0  # the readout's temperature is 1, not the sampling one
+    yes = [tok.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes", "YES", " yes", " Yes", " YES")
+           if len(tok.encode(w, add_special_tokens=False)) == 1]
+    no = [tok.encode(w, add_special_tokens=False)[0] for w in ("no", "No", "NO", " no", " No", " NO")
+          if len(tok.encode(w, add_special_tokens=False)) == 1]
     start = prompt_ids.size(1)
-    nll = -torch.stack([torch.log_softmax(full[b, start + i - 1], -1)[completion_ids[b, i]]
-                        for b, i in enumerate(slots)]).mean()
+    terms = []
+    for b, i in enumerate(slots):
+        p = torch.softmax(full[b, start + i - 1], -1)
+        p_yes, p_no = p[sorted(set(yes))].sum(), p[sorted(set(no))].sum()
+        p_label = p_yes if completion_ids[b, i] == words[1] else p_no
+        terms.append(torch.log(p_label / (p_yes + p_no)))
+    nll = -torch.stack(terms).mean()
     expected = plain + 2.0 * nll  # eval mode: no gradient-accumulation scaling (training divides both terms by it)
     assert with_slot.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-5)
     assert trainer._metrics["eval"]["readout/nll"][-1] == pytest.approx(nll.item(), rel=1e-4)

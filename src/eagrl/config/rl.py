@@ -49,7 +49,8 @@ class RLConfig(Section):
     lam: float = Field(DEFAULT_LAMBDA, ge=0.0, le=1.0, description="lambda in R = lam * R_cls + (1 - lam) * R_att.")
     readout_weight: float = Field(
         1.0, ge=0.0, description="yes/no readout: weight of the answer-slot term, the label's negative log-likelihood "
-        "at the slot (the readout's own gradient, which the policy gradient lacks; trainer.py); 0: none.",
+        "under the readout at the slot, P(y) / (P(yes) + P(no)) at temperature 1 (the readout's own gradient, which "
+        "the policy gradient lacks; trainer.py); 0: none.",
     )
     balance: bool = Field(
         True, description="Repeat the rarer label's stays until both labels have as many prompts, so every epoch "

@@ -36,8 +36,8 @@ ADAPTER_DIR = "adapter"
 HISTORY_KEYS = ("reward", "reward_std", "rewards/r_cls/mean", "rewards/r_att/mean", "entropy",
                 "entropy/features_mean", "eps/mean", "eps/min", "eps/max", "eps/std", "clip_ratio/low_mean",
                 "clip_ratio/high_mean", "clip_ratio/region_mean", "kl_to_start", "kl", "loss",
-                "completions/mean_length", "frac_reward_zero_std", "readout/nll", "learning_rate", "grad_norm",
-                "step_time")
+                "completions/mean_length", "frac_reward_zero_std", "readout/nll", "readout/accuracy", "learning_rate",
+                "grad_norm", "step_time")
 
 
 @dataclass

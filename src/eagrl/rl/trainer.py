@@ -15,8 +15,13 @@ Two steps are overridden, each small:
   duration of TRL's loss, which reads them only inside tensor expressions (the clamp and the clip-fraction
   masks). Both must be tensors: ``torch.clamp`` rejects a float lower bound with a tensor upper bound.
   With the yes/no readout it adds the *answer-slot term*: ``rl.readout_weight`` x the mean negative
-  log-likelihood of the label's word at the slot (the rollout put it there, inserted, so the policy-gradient
-  term never sees it), read from the per-token log-probs TRL computes for its own loss (no extra forward pass).
+  log-likelihood of the label under the readout itself, log P(y) / (P(yes) + P(no)) at temperature 1, each word
+  summed over its spellings (:func:`eagrl.sft.train.answer_slot_logprob`, SFT's slot loss), at the slot the
+  rollout wrote the label's word into (inserted, so the policy-gradient term never sees it). It is read from
+  the last hidden states of the loss's own forward pass (a hook on the backbone: TRL's fused head keeps no
+  logits), so no extra forward pass. Session 18 used TRL's per-token log-prob of the inserted token instead:
+  a full-vocabulary likelihood at the sampling temperature, which is not the quantity the reward, the
+  evaluation and serving read.
 
 Why the extra term: the reward's R_cls depends on the parameters twice, through the text the policy samples
 (the policy gradient acts there) and through the readout of that text, which is a differentiable function of
@@ -51,7 +56,8 @@ class EAGRLTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.rl_cfg = rl_cfg
         self.eps_values: list[float] = []  # every eps(tau) used, for the distribution plot
-        self._stash: list | None = None  # per-token log-probs of the loss's own forward pass, while it is computed
+        self._stash: list | None = None  # the loss's forward pass's last hidden states, while it is computed
+        self._yes_no: tuple | None = None  # the readout's yes and no spellings' tokens, the slot's (no, yes) words
 
     # ------------------------------------------------------------------ scoring
     def _generate_and_score_completions(self, inputs):
@@ -110,10 +116,17 @@ class EAGRLTrainer(GRPOTrainer):
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
     # ------------------------------------------------------------------ loss
-    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
-        out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
-        if self._stash is not None:
-            self._stash.append(out[0])  # (B, C): the loss's forward pass, with its graph
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        if self._stash is None:
+            return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        chunks: list[torch.Tensor] = []  # the backbone's last hidden states, one (b, L, H) per chunk TRL runs
+        handle = _backbone(self.accelerator.unwrap_model(model)).register_forward_hook(
+            lambda _m, _a, out: chunks.append(out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]))
+        try:
+            out = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        finally:
+            handle.remove()
+        self._stash.append(torch.cat(chunks, dim=0))  # (B, L, H): the loss's forward pass, with its graph
         return out
 
     def _compute_loss(self, model, inputs):
@@ -124,15 +137,42 @@ class EAGRLTrainer(GRPOTrainer):
         self._stash = []
         try:
             loss = self._policy_loss(model, inputs)
-            logps = self._stash[-1]  # (B, C)
+            hidden = self._stash[-1]  # (B, L, H)
         finally:
             self._stash = None
         rows = (slots >= 0).nonzero(as_tuple=True)[0]
-        nll = -logps[rows, slots[rows]].float().mean()
+        two, y = self._slot_readout(model, hidden, inputs["completion_ids"], rows, slots[rows])
+        nll = -two.gather(1, y[:, None])[:, 0].mean()
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["readout/nll"].append(self.accelerator.gather(nll.detach()).mean().item())
+        metrics = self._metrics[mode]
+        metrics["readout/nll"].append(self.accelerator.gather(nll.detach()).mean().item())
+        hit = ((two[:, 1] >= two[:, 0]).long() == y).float().mean()
+        metrics["readout/accuracy"].append(self.accelerator.gather(hit.detach()).mean().item())
         scale = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         return loss + weight * nll / scale
+
+    def _slot_readout(self, model, hidden, completion_ids, rows, slots):
+        """((b, 2) readout log-probs of (no, yes) at the given rows' slots, (b,) their labels). The hidden state
+        that predicts completion token j sits at position L - C + j - 1 (TRL left-pads the prompts)."""
+        from eagrl.sft.train import answer_slot_logprob
+
+        if self._yes_no is None:
+            from eagrl.llm.structured import answer_words, tokenizer_encode, yes_no_ids
+
+            encode = tokenizer_encode(self.processing_class)
+            self._yes_no = (*yes_no_ids(encode), answer_words(encode))
+        yes, no, (no_word, yes_word) = self._yes_no
+        at = hidden.size(1) - completion_ids.size(1) + slots - 1
+        head = _causal_lm(self.accelerator.unwrap_model(model)).get_output_embeddings()
+        h = hidden[rows, at].to(head.weight.device, head.weight.dtype)  # (b, H)
+        two = answer_slot_logprob(head(h), yes, no)  # (b, 2), temperature 1
+        word = completion_ids[rows, slots]  # the label's word the rollout wrote at the slot (answer_words)
+        known = (word == yes_word) | (word == no_word)
+        if not bool(known.all()):
+            raise RuntimeError(f"the answer slot holds token(s) {word[~known].tolist()}, neither the yes word's "
+                               f"{yes_word} nor the no word's {no_word}: the rollout's slot index and the completion "
+                               "disagree")
+        return two, (word == yes_word).long()
 
     def _policy_loss(self, model, inputs):
         """TRL's loss, with the per-trajectory upper bounds when the batch carries them."""
@@ -146,6 +186,16 @@ class EAGRLTrainer(GRPOTrainer):
             return super()._compute_loss(model, inputs)
         finally:
             self.epsilon_low, self.epsilon_high = low, high
+
+
+def _causal_lm(model):
+    """The causal LM inside a PEFT model (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _backbone(model):
+    """The module whose output is the last hidden states, the one TRL's fused head projects."""
+    return _causal_lm(model).get_decoder()
 
 
 class MlflowSteps(TrainerCallback):
@@ -168,15 +218,26 @@ class MlflowSteps(TrainerCallback):
 
 
 class ProgressLog(TrainerCallback):
-    """One log line per logged step: step/total, reward and its parts, entropy, eps(tau), KL (NaN: not sampled at
-    this step)."""
+    """One log line per logged step: step/total, then the sampling's figures (reward and its parts, groups without
+    advantage, eps(tau), KL) on a step that sampled a generation batch, the update's (readout NLL and accuracy,
+    entropy, clip-high) on every step. The later updates of a batch (``rl.updates_per_batch``) sample nothing."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs and "train_loss" not in logs:
-            log.info("rl step %d/%d reward %.3f (R_cls %.3f, R_att %.3f) readout NLL %.3f, groups without "
-                     "advantage %.2f, entropy %.3f eps %.3f [%.3f, %.3f] clip-high %.3f kl %.4f", state.global_step,
-                     state.max_steps, logs.get("reward", math.nan), logs.get("rewards/r_cls/mean", math.nan),
-                     logs.get("rewards/r_att/mean", math.nan), logs.get("readout/nll", math.nan),
-                     logs.get("frac_reward_zero_std", math.nan), logs.get("entropy", math.nan),
-                     logs.get("eps/mean", math.nan), logs.get("eps/min", math.nan), logs.get("eps/max", math.nan),
-                     logs.get("clip_ratio/high_mean", math.nan), logs.get("kl_to_start", math.nan))
+        if not logs or "loss" not in logs or "train_loss" in logs:
+            return
+
+        def v(key: str) -> float:  # TRL logs a figure with no value at this step as None, or not at all
+            x = logs.get(key)
+            return math.nan if x is None else float(x)
+
+        parts = [f"rl step {state.global_step}/{state.max_steps}"]
+        if logs.get("reward") is not None:
+            parts.append(f"reward {v('reward'):.3f} (R_cls {v('rewards/r_cls/mean'):.3f}, R_att "
+                         f"{v('rewards/r_att/mean'):.3f}), groups without advantage {v('frac_reward_zero_std'):.2f}, "
+                         f"eps {v('eps/mean'):.3f} [{v('eps/min'):.3f}, {v('eps/max'):.3f}], kl {v('kl_to_start'):.4f}")
+        else:
+            parts.append("the batch's next update")
+        if logs.get("readout/nll") is not None:
+            parts.append(f"readout NLL {v('readout/nll'):.3f} acc {v('readout/accuracy'):.2f}")
+        parts.append(f"entropy {v('entropy'):.3f} clip-high {v('clip_ratio/high_mean'):.3f}")
+        log.info(", ".join(parts))
