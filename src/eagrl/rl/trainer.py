@@ -162,6 +162,9 @@ class EAGRLTrainer(GRPOTrainer):
             encode = tokenizer_encode(self.processing_class)
             self._yes_no = (*yes_no_ids(encode), answer_words(encode))
         yes, no, (no_word, yes_word) = self._yes_no
+        # the batch's tensors were made under torch.inference_mode (TRL's sampling); an index autograd keeps for
+        # the backward pass must be a normal tensor
+        rows, slots, completion_ids = rows.clone(), slots.clone(), completion_ids.clone()
         at = hidden.size(1) - completion_ids.size(1) + slots - 1
         head = _causal_lm(self.accelerator.unwrap_model(model)).get_output_embeddings()
         h = hidden[rows, at].to(head.weight.device, head.weight.dtype)  # (b, H)
