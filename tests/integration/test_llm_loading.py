@@ -199,3 +199,18 @@ def test_the_float32_head_keeps_logits_that_bfloat16_rounds():
 
     assert distinct(kept) > 2 * distinct(rounded)
     assert torch.allclose(kept, rounded.float(), atol=0.1)  # the same function, less rounded
+
+
+def test_the_float32_head_backpropagates_after_it_ran_under_inference_mode():
+    """RL samples under torch.inference_mode, then its answer-slot term applies the head to hidden states that need a
+    gradient: the float32 copy of the weights made while sampling must not be the one autograd keeps (TJH's first RL
+    step failed with 'Inference tensors cannot be saved for backward')."""
+    model = load_model(ModelConfig(source="tiny", dtype="bfloat16")).model
+    head = model.get_output_embeddings()
+    with torch.inference_mode():
+        sampled = head(torch.ones(1, head.in_features))
+    hidden = torch.ones(1, head.in_features, requires_grad=True)
+    logits = head(hidden)
+    logits.logsumexp(-1).sum().backward()
+    assert hidden.grad is not None and torch.isfinite(hidden.grad).all() and hidden.grad.abs().sum() > 0
+    assert torch.allclose(logits.detach(), sampled)  # the same float32 weights

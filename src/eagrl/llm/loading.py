@@ -112,7 +112,8 @@ def float32_head(model: torch.nn.Module) -> torch.nn.Module:
 
     def forward(self, x):
         w = self.weight
-        key = (w.data_ptr(), w._version, w.device)
+        # a copy made under torch.inference_mode (generation) cannot be saved for a backward pass (RL's slot term)
+        key = (w.data_ptr(), w._version, w.device, torch.is_inference_mode_enabled())
         if getattr(self, "_w32_key", None) != key:
             self._w32, self._w32_key = w.detach().float(), key
         b = None if self.bias is None else self.bias.float()
