@@ -74,8 +74,9 @@ def run_local(cfg: Config, out_dir: str | Path) -> dict:
 
 @contextlib.contextmanager
 def pipeline_log(path: Path):
-    """This process's stdout and stderr into ``path``, line by line: KFP's local runner prints each line its components
-    write, and a block-buffered file would hold the last 8 KB of them (minutes of SFT or RL steps) until the run ends."""
+    """This process's stdout and stderr into ``path``, line by line: KFP's local runner prints each line its
+    components write, and a block-buffered file would hold the last 8 KB of them (minutes of SFT or RL steps) until
+    the run ends."""
     with open(path, "w", buffering=1, encoding="utf-8") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
         yield log
