@@ -13,6 +13,7 @@ from support.llm import tjh_cohort
 from eagrl.config.llm import GenerationConfig, ModelConfig
 from eagrl.config.rl import RLConfig
 from eagrl.llm.backends.transformers_backend import TransformersBackend
+from eagrl.llm.structured import NO_SPELLINGS, YES_SPELLINGS
 from eagrl.rl.clip import adaptive_epsilon, clipped_objective, trajectory_entropy
 
 NAN = math.nan
@@ -469,9 +470,9 @@ def test_the_answer_slot_term_is_the_labels_nll_under_the_readout(cohort, c_exp,
             torch.cat([prompt_ids, completion_ids], 1), attention_mask=torch.cat([prompt_mask, completion_mask], 1)
         ).logits.float()
     assert trainer.temperature != 1.0  # the readout's temperature is 1, not the sampling one
-    yes = [tok.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes", "YES", " yes", " Yes", " YES")
+    yes = [tok.encode(w, add_special_tokens=False)[0] for w in YES_SPELLINGS
            if len(tok.encode(w, add_special_tokens=False)) == 1]
-    no = [tok.encode(w, add_special_tokens=False)[0] for w in ("no", "No", "NO", " no", " No", " NO")
+    no = [tok.encode(w, add_special_tokens=False)[0] for w in NO_SPELLINGS
           if len(tok.encode(w, add_special_tokens=False)) == 1]
     start = prompt_ids.size(1)
     terms = []

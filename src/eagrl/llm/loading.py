@@ -84,6 +84,11 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
     return LoadedModel(model, tok, cfg.source, str(path) if path is not None else None)
 
 
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The causal LM inside a PEFT model (or the model itself): where the head and the decoder are."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def float32_head(model: torch.nn.Module) -> torch.nn.Module:
     """Make the output layer compute its logits in float32 (a no-op for a float32 layer). Returns ``model``.
 
@@ -96,7 +101,7 @@ def float32_head(model: torch.nn.Module) -> torch.nn.Module:
 
     import torch.nn.functional as F
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = causal_lm(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if head is None or head.weight.dtype == torch.float32 or getattr(head, "_eagrl_float32", False):
         return model

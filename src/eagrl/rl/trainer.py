@@ -44,6 +44,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from eagrl.config.rl import RLConfig
+from eagrl.llm.loading import causal_lm
 from eagrl.rl.clip import adaptive_epsilon
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class EAGRLTrainer(GRPOTrainer):
         # the backward pass must be a normal tensor
         rows, slots, completion_ids = rows.clone(), slots.clone(), completion_ids.clone()
         at = hidden.size(1) - completion_ids.size(1) + slots - 1
-        head = _causal_lm(self.accelerator.unwrap_model(model)).get_output_embeddings()
+        head = causal_lm(self.accelerator.unwrap_model(model)).get_output_embeddings()
         h = hidden[rows, at].to(head.weight.device, head.weight.dtype)  # (b, H)
         two = answer_slot_logprob(head(h), yes, no)  # (b, 2), temperature 1
         word = completion_ids[rows, slots]  # the label's word the rollout wrote at the slot (answer_words)
@@ -191,14 +192,9 @@ class EAGRLTrainer(GRPOTrainer):
             self.epsilon_low, self.epsilon_high = low, high
 
 
-def _causal_lm(model):
-    """The causal LM inside a PEFT model (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _backbone(model):
     """The module whose output is the last hidden states, the one TRL's fused head projects."""
-    return _causal_lm(model).get_decoder()
+    return causal_lm(model).get_decoder()
 
 
 class MlflowSteps(TrainerCallback):

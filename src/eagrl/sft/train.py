@@ -29,7 +29,7 @@ from trl import SFTTrainer
 
 from eagrl.config.llm import ModelConfig
 from eagrl.config.sft import SFTConfig
-from eagrl.llm.loading import LoadedModel, attach_lora, load_model
+from eagrl.llm.loading import LoadedModel, attach_lora, causal_lm, load_model
 from eagrl.sft.data import ExampleSet, SFTCollator, load_examples
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class AnswerSlotSFTTrainer(SFTTrainer):
         over SmolLM2's 49k vocabulary are 0.5 GB in float32 before their gradient, most of it never read."""
         pos, y = inputs.pop("answer_pos", None), inputs.pop("answer_label", None)
         labels = inputs.pop("labels")
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = causal_lm(model)
         hidden = base.get_decoder()(input_ids=inputs["input_ids"],
                                     attention_mask=inputs["attention_mask"]).last_hidden_state  # (B, T, H)
         head = base.get_output_embeddings()

@@ -31,6 +31,7 @@ from eagrl.llm.backends.prefix_cache import PrefixEntry, PrefixStore, growing_ca
 from eagrl.llm.backends.sampling import Row, constrain, sample_tokens
 from eagrl.llm.backends.script import run_lockstep
 from eagrl.llm.backends.script_loop import ScriptLoop
+from eagrl.llm.loading import causal_lm
 
 
 class TransformersBackend(GenerationBackend):
@@ -40,7 +41,7 @@ class TransformersBackend(GenerationBackend):
         self.threads = threads
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = causal_lm(model)
         self._config = base.config
         self._cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         sliding = any(getattr(self._config, k, None) for k in ("sliding_window", "attention_chunk_size"))
