@@ -312,8 +312,10 @@ def test_the_rewarded_label_decides_where_the_drawn_digits_move(cohort, c_exp, s
 def test_training_logs_every_step_and_saves_the_adapter(variant, cohort, c_exp, sft_adapter, tmp_path):
     from eagrl.rl.train import run_rl
 
+    # T = 0.5: the KL to the start policy must compare log-probs at the same temperature (the rollout records its
+    # log-probs at 1; against them the first step read a KL of ~0.4 on TJH)
     cfg = RLConfig(variant=variant, num_generations=4, prompts_per_batch=2, micro_batch_size=4, updates_per_batch=2,
-                   max_steps=2, max_stays=6, learning_rate=1e-3)
+                   max_steps=2, max_stays=6, learning_rate=1e-3, temperature=0.5)
     res = run_rl(ModelConfig(source="tiny"), GEN, cfg, cohort, c_exp, tmp_path / "rl", sft_adapter=sft_adapter)
     assert res.metrics["train_steps"] == 2 and [r["step"] for r in res.history] == [1.0, 2.0]
     first = res.history[0]

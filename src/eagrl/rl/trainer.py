@@ -57,7 +57,8 @@ class EAGRLTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.rl_cfg = rl_cfg
         self.eps_values: list[float] = []  # every eps(tau) used, for the distribution plot
-        self._stash: list | None = None  # the loss's forward pass's last hidden states, while it is computed
+        self._capture = False  # True while the loss runs: its forward pass's last hidden states go to _hidden
+        self._hidden: torch.Tensor | None = None
         self._yes_no: tuple | None = None  # the readout's yes and no spellings' tokens, the slot's (no, yes) words
 
     # ------------------------------------------------------------------ scoring
@@ -93,23 +94,34 @@ class EAGRLTrainer(GRPOTrainer):
 
     @torch.no_grad()
     def _kl_to_start(self, batch: dict) -> float:
-        """Mean per-token KL (k3 estimator) of the sampling policy to the start policy over model-written tokens."""
+        """Mean per-token KL (k3 estimator) of the current policy to the start policy over model-written tokens.
+
+        Both sides are TRL's own log-probs (its forward pass, at the sampling temperature, float32 head): the
+        current policy's are ``old_per_token_logps`` when TRL computed them (several updates a batch), else one
+        more forward pass. Not the rollout's ``logprobs``: the backend records those at temperature 1 (the raw
+        distribution) and in its own precision, so against a reference at another temperature they read as a
+        KL of ~0.4 before any update (TJH, T = 0.5, session 19)."""
         from trl.trainer.utils import use_adapter
 
-        cur = batch.get("sampling_per_token_logps", batch.get("old_per_token_logps"))
-        if cur is None:
+        model = self.accelerator.unwrap_model(self.model)
+        if not hasattr(model, "peft_config"):
             return math.nan
         ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
         attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+
+        def logps():
+            out, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, ids, attention, batch["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size)
+            return out
+
+        cur = batch.get("old_per_token_logps")
+        if cur is None:
+            cur = logps()
         ref = batch.get("ref_per_token_logps")
         if ref is None:
-            model = self.accelerator.unwrap_model(self.model)
-            if not hasattr(model, "peft_config"):
-                return math.nan
             with use_adapter(model, "ref" if "ref" in model.peft_config else None):
-                ref, _, _ = self._get_per_token_logps_and_entropies(
-                    self.model, ids, attention, batch["completion_ids"].size(1),
-                    batch_size=self.args.per_device_train_batch_size)
+                ref = logps()
         mask = batch["completion_mask"] * batch.get("tool_mask", torch.ones_like(batch["completion_mask"]))
         delta = (ref - cur).float()
         per_token = torch.exp(delta) - delta - 1.0
@@ -118,7 +130,7 @@ class EAGRLTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ loss
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
-        if self._stash is None:
+        if not self._capture:
             return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
         chunks: list[torch.Tensor] = []  # the backbone's last hidden states, one (b, L, H) per chunk TRL runs
         handle = _backbone(self.accelerator.unwrap_model(model)).register_forward_hook(
@@ -127,7 +139,9 @@ class EAGRLTrainer(GRPOTrainer):
             out = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
         finally:
             handle.remove()
-        self._stash.append(torch.cat(chunks, dim=0))  # (B, L, H): the loss's forward pass, with its graph
+        if self._hidden is not None:  # the slot term would read one of two passes: say so, never guess
+            raise RuntimeError("the policy loss ran two forward passes; the answer-slot term reads exactly one")
+        self._hidden = torch.cat(chunks, dim=0)  # (B, L, H): the loss's forward pass, with its graph
         return out
 
     def _compute_loss(self, model, inputs):
@@ -135,12 +149,12 @@ class EAGRLTrainer(GRPOTrainer):
         weight = self.rl_cfg.readout_weight
         if slots is None or weight <= 0 or not bool((slots >= 0).any()):
             return self._policy_loss(model, inputs)
-        self._stash = []
+        self._capture, self._hidden = True, None
         try:
             loss = self._policy_loss(model, inputs)
-            hidden = self._stash[-1]  # (B, L, H)
+            hidden = self._hidden  # (B, L, H)
         finally:
-            self._stash = None
+            self._capture, self._hidden = False, None
         rows = (slots >= 0).nonzero(as_tuple=True)[0]
         two, y = self._slot_readout(model, hidden, inputs["completion_ids"], rows, slots[rows])
         nll = -two.gather(1, y[:, None])[:, 0].mean()
