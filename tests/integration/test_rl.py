@@ -44,6 +44,31 @@ def test_trajectory_entropy_reads_the_feature_span_and_skips_inserted_tokens():
     assert math.isnan(trajectory_entropy([NAN, NAN], [True, False]))
 
 
+# ====================================================================== group advantages with a floor on the std
+def test_a_groups_advantages_are_scaled_by_its_std_or_the_floor_whichever_is_larger():
+    from trl.trainer.utils import nanstd
+
+    from eagrl.rl.trainer import floored_group_advantages
+
+    rewards = torch.tensor([0.990, 0.992, 0.991, 0.993,   # R_cls saturated: differences of thousandths
+                            0.2, 0.9, 0.3, 0.8,           # a group that disagrees about the label
+                            0.5, 0.5, 0.5, 0.5,           # no advantage
+                            0.1, NAN, 0.3, 0.2])          # one unscorable response
+    adv, floored = floored_group_advantages(rewards, 4, 0.05)
+    g = adv.view(4, 4)
+    r = rewards.view(4, 4)
+    assert torch.allclose(g[0], (r[0] - r[0].mean()) / 0.05)  # std 0.0013 < 0.05: |A| <= 0.03, not TRL's ~1
+    assert g[0].abs().max() < 0.05
+    trl = (r[1] - r[1].mean()) / (nanstd(r[1]) + 1e-4)  # std 0.35 > 0.05: TRL's advantages
+    assert torch.allclose(g[1], trl, atol=1e-3)
+    assert torch.equal(g[2], torch.zeros(4))
+    assert g[3, 1] == 0 and torch.allclose(g[3, [0, 2, 3]], torch.tensor([-0.1, 0.1, 0.0]) / 0.1, atol=1e-5)
+    assert floored == pytest.approx(0.5)  # the saturated and the tied group
+    # floor 0 is TRL's group normalisation but for the 1e-4
+    adv0, _ = floored_group_advantages(rewards[4:8], 4, 0.0)
+    assert torch.allclose(adv0, trl, atol=1e-3)
+
+
 # ====================================================================== the clipped objective
 def test_clipped_objective_matches_a_hand_computed_example():
     ratios = torch.tensor([[0.7, 1.0, 1.3, 1.5], [0.7, 0.9, 1.2, 1.5]])
@@ -197,6 +222,21 @@ def test_per_trajectory_bounds_reach_trls_loss(cohort, c_exp, sft_adapter, tmp_p
     loss_row = trainer._compute_loss(trainer.model, {**inputs, "advantages": torch.tensor([0.0, 1.0, 0.0, 0.0])})
     loss_row.backward()
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in trainer.model.parameters() if p.requires_grad)
+
+
+def test_the_trainer_scales_advantages_with_the_configured_floor(cohort, c_exp, sft_adapter, tmp_path):
+    """rl.advantage_std_floor reaches the batch TRL's loss reads: with a floor of 1 (above any std of 4 rewards in
+    [0, 1], at most 0.58) every group's advantages are R - its mean, R the weighted sum of TRL's rewards."""
+    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, advantage_std_floor=1.0)
+    rows = list(trainer.train_dataset)[:2]
+    inputs = [row for row in rows for _ in range(4)]
+    trainer.model.train()
+    out = trainer._generate_and_score_completions(inputs)
+    rewards = (trainer._rewards_per_func * trainer.reward_weights).nansum(1).view(2, 4)
+    assert 0 < rewards.std(1).max() < 1.0  # some group has an advantage to scale
+    expected = (rewards - rewards.mean(1, keepdim=True)).view(-1)
+    assert torch.allclose(out["advantages"], expected, atol=1e-6)
+    assert trainer._metrics["train"]["advantage/groups_floored"][-1] == 1.0
 
 
 def test_each_completion_was_written_from_its_own_patients_prompt(cohort, c_exp, sft_adapter, tmp_path, monkeypatch):

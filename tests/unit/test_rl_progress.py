@@ -29,3 +29,10 @@ def test_the_batchs_next_update_shows_no_reward_placeholders(caplog):
         (line,) = _line(caplog, logs)
         assert line.startswith("rl step 3/24, the batch's next update") and "nan" not in line.lower()
     assert _line(caplog, {**SAMPLED, "train_loss": 0.2}) == []  # the run's closing summary is not a step
+
+
+def test_the_std_floors_share_shows_only_when_a_floor_is_set(caplog):
+    (line,) = _line(caplog, {**SAMPLED, "advantage/groups_floored": 0.75})
+    assert "groups under the std floor 0.75" in line
+    (line,) = _line(caplog, SAMPLED)
+    assert "std floor" not in line

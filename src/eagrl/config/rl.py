@@ -56,6 +56,11 @@ class RLConfig(Section):
         True, description="Repeat the rarer label's stays until both labels have as many prompts, so every epoch "
         "and batch draws positives and negatives alike.",
     )
+    advantage_std_floor: float = Field(
+        0.0, ge=0.0, description="Advantages (R - group mean) / max(group std, this floor); 0: TRL's (std + 1e-4). "
+        "A floor keeps a group whose rewards differ by thousandths (R_cls saturated near 1) from getting the same "
+        "+-1 advantages as a group that disagrees about the label (trainer.py).",
+    )
     # ---------------------------------------------------------------- clipping
     epsilon_low: float = Field(0.2, ge=0.0, lt=1.0, description="eps_low: the ratio is clipped below at 1 - eps_low.")
     eps_min: float = Field(0.2, ge=0.0, description="eps(tau) of the lowest-entropy trajectory of the update batch.")

@@ -5,12 +5,18 @@ rewards and group-normalised advantages (``scale_rewards="group"``: A = (R - mea
 constant where METHOD writes 1e-6), the token-level loss (``loss_type="dapo"``), the optional KL term,
 LoRA through peft, DeepSpeed and vLLM through its own arguments, checkpoints and resume.
 
-Two steps are overridden, each small:
+Three steps are overridden, each small:
 
 * :meth:`EAGRLTrainer._generate_and_score_completions` runs TRL's, then turns each response's H(tau) (the
   rollout recorded it while sampling) into eps(tau) over the whole update batch, gathered across processes,
   and carries it in the batch as ``eps_high`` (B,); it also logs the eps(tau) and H(tau) distributions and
   the KL to the start policy.
+* With ``rl.advantage_std_floor`` > 0 the advantages are (R - group mean) / max(group std, floor)
+  (:func:`floored_group_advantages`), recomputed from the rewards TRL's ``_calculate_rewards`` returned (kept by
+  the override). TRL's (std + 1e-4) gives a group whose rewards differ by thousandths, as R_cls's do when the
+  readout is near-certain on a stay, the same +-1 advantages as a group that disagrees about the label: the
+  noise of the reward becomes the policy gradient. TRL has no option for a floor (``scale_rewards`` is group,
+  batch or none), so this one is written here.
 * :meth:`EAGRLTrainer._compute_loss` sets ``epsilon_low`` / ``epsilon_high`` to (B, 1) tensors for the
   duration of TRL's loss, which reads them only inside tensor expressions (the clamp and the clip-fraction
   masks). Both must be tensors: ``torch.clamp`` rejects a float lower bound with a tensor upper bound.
@@ -60,12 +66,25 @@ class EAGRLTrainer(GRPOTrainer):
         self._capture = False  # True while the loss runs: its forward pass's last hidden states go to _hidden
         self._hidden: torch.Tensor | None = None
         self._yes_no: tuple | None = None  # the readout's yes and no spellings' tokens, the slot's (no, yes) words
+        self._rewards_per_func: torch.Tensor | None = None  # the last batch's rewards, every process's rows
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._rewards_per_func
 
     # ------------------------------------------------------------------ scoring
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         device = self.accelerator.device
+        floor = self.rl_cfg.advantage_std_floor
+        if floor > 0 and mode == "train":
+            rewards = (self._rewards_per_func * self.reward_weights.to(device)).nansum(dim=1)
+            rewards[torch.isnan(self._rewards_per_func).all(dim=1)] = math.nan  # unscorable, as TRL marks them
+            adv, floored = floored_group_advantages(rewards, self.num_generations, floor)
+            rank, n = self.accelerator.process_index, len(inputs)
+            out["advantages"] = adv[rank * n:(rank + 1) * n]
+            self._metrics[mode]["advantage/groups_floored"].append(floored)
         local_h = torch.tensor([float(x.get("eagrl_entropy", math.nan)) for x in inputs], device=device)
         all_h = self.accelerator.gather(local_h)  # H_min, H_max over the whole update batch, every process
         if self.rl_cfg.adaptive_clip:
@@ -206,6 +225,22 @@ class EAGRLTrainer(GRPOTrainer):
             self.epsilon_low, self.epsilon_high = low, high
 
 
+def floored_group_advantages(rewards: torch.Tensor, num_generations: int, floor: float) -> tuple[torch.Tensor, float]:
+    """(R - group mean) / max(group std, floor) for consecutive groups of ``num_generations`` rewards (B,), NaN
+    (unscorable) rows left out of the group's statistics and given 0; and the share of groups the floor applied to.
+
+    The std is TRL's (NaN-aware, Bessel-corrected), so above the floor the advantages are TRL's to within its 1e-4.
+    """
+    from trl.trainer.utils import nanstd
+
+    groups = rewards.view(-1, num_generations)
+    mean = torch.nanmean(groups, dim=1, keepdim=True)
+    std = nanstd(groups, dim=1, keepdim=True)
+    std = torch.nan_to_num(std, nan=0.0)
+    adv = (groups - mean) / std.clamp_min(floor)
+    return torch.nan_to_num(adv, nan=0.0).view(-1), (std < floor).float().mean().item()
+
+
 def _backbone(model):
     """The module whose output is the last hidden states, the one TRL's fused head projects."""
     return causal_lm(model).get_decoder()
@@ -248,6 +283,8 @@ class ProgressLog(TrainerCallback):
             parts.append(f"reward {v('reward'):.3f} (R_cls {v('rewards/r_cls/mean'):.3f}, R_att "
                          f"{v('rewards/r_att/mean'):.3f}), groups without advantage {v('frac_reward_zero_std'):.2f}, "
                          f"eps {v('eps/mean'):.3f} [{v('eps/min'):.3f}, {v('eps/max'):.3f}], kl {v('kl_to_start'):.4f}")
+            if logs.get("advantage/groups_floored") is not None:
+                parts.append(f"groups under the std floor {v('advantage/groups_floored'):.2f}")
         else:
             parts.append("the batch's next update")
         if logs.get("readout/nll") is not None:
