@@ -224,19 +224,25 @@ def test_per_trajectory_bounds_reach_trls_loss(cohort, c_exp, sft_adapter, tmp_p
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in trainer.model.parameters() if p.requires_grad)
 
 
-def test_the_trainer_scales_advantages_with_the_configured_floor(cohort, c_exp, sft_adapter, tmp_path):
-    """rl.advantage_std_floor reaches the batch TRL's loss reads: with a floor of 1 (above any std of 4 rewards in
-    [0, 1], at most 0.58) every group's advantages are R - its mean, R the weighted sum of TRL's rewards."""
-    trainer, rollout = _trainer(cohort, c_exp, sft_adapter, tmp_path, advantage_std_floor=1.0)
+def test_the_trainer_scales_advantages_with_the_configured_floor(cohort, c_exp, sft_adapter, tmp_path, monkeypatch):
+    """rl.advantage_std_floor reaches the batch TRL's loss reads, through TRL's own scoring step: given the reward
+    functions' values (fixed here, so whatever the tiny model samples), a group whose rewards differ by thousandths
+    gets (R - mean) / floor, a group that disagrees about the label TRL's (R - mean) / std."""
+    from trl import GRPOTrainer
+
+    per_func = torch.tensor([[0.990, 0.0], [0.995, 0.0], [0.999, 0.0], [0.992, 0.0],   # R_cls saturated
+                             [0.2, 0.0], [0.9, 0.2], [0.5, 0.0], [0.7, 0.2]])           # disagreeing
+    monkeypatch.setattr(GRPOTrainer, "_calculate_rewards", lambda self, *a: per_func.clone())
+    trainer, _ = _trainer(cohort, c_exp, sft_adapter, tmp_path, advantage_std_floor=0.05)
     rows = list(trainer.train_dataset)[:2]
-    inputs = [row for row in rows for _ in range(4)]
     trainer.model.train()
-    out = trainer._generate_and_score_completions(inputs)
-    rewards = (trainer._rewards_per_func * trainer.reward_weights).nansum(1).view(2, 4)
-    assert 0 < rewards.std(1).max() < 1.0  # some group has an advantage to scale
-    expected = (rewards - rewards.mean(1, keepdim=True)).view(-1)
-    assert torch.allclose(out["advantages"], expected, atol=1e-6)
-    assert trainer._metrics["train"]["advantage/groups_floored"][-1] == 1.0
+    out = trainer._generate_and_score_completions([row for row in rows for _ in range(4)])
+    r = (per_func * torch.tensor([0.6, 0.4])).sum(1).view(2, 4)  # R = lam R_cls + (1 - lam) R_att
+    assert r[0].std() < 0.05 < r[1].std()
+    expected = torch.cat([(r[0] - r[0].mean()) / 0.05, (r[1] - r[1].mean()) / r[1].std()])
+    assert torch.allclose(out["advantages"], expected, atol=1e-5)
+    assert out["advantages"][:4].abs().max() < 0.1  # TRL's own: about +-1
+    assert trainer._metrics["train"]["advantage/groups_floored"][-1] == 0.5
 
 
 def test_each_completion_was_written_from_its_own_patients_prompt(cohort, c_exp, sft_adapter, tmp_path, monkeypatch):
