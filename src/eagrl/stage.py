@@ -218,6 +218,9 @@ def reuse_finished(stage: str, cfg, out_dir: str | Path, key: str, named: dict) 
     if record.get("fingerprint") != key:
         return None
     old = StageResult(**record["result"])
+    if any(name.endswith("_out") and dest is not None and not old.outputs.get(name[:-4])
+           for name, dest in named.items()):
+        return None  # the caller wants an output the recorded run did not keep (validate run without cohort_out)
     for name, md5 in record.get("outputs_md5", {}).items():
         target = old.outputs.get(name)
         if not target or not Path(target).exists() or path_md5(target) != md5:

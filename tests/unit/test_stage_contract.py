@@ -57,6 +57,35 @@ def test_the_stage_reads_what_was_resolved_and_a_changed_default_input_is_recomp
     assert toy(cfg, out, source=other).message.startswith("reused") and len(calls) == 2
 
 
+def test_a_finished_stage_asked_for_an_output_copy_it_never_kept_runs_again_and_writes_the_copy(cfg, tmp_path):
+    """`eagrl data validate` then `eagrl data prepare` in one OUT: prepare asks validate for the cohort
+    (``cohort_out``) that the first validate, run without it, never saved. Reusing that result would return
+    success with nothing at the path; the stage must run again."""
+    calls: list = []
+
+    @stage_contract("toy", ("data",))
+    def toy(cfg, out_dir, cohort_out: str | Path | None = None) -> StageResult:
+        calls.append(cohort_out)
+        result = StageResult("toy")
+        if cohort_out is not None:
+            Path(cohort_out).mkdir(parents=True)
+            (Path(cohort_out) / "stays.txt").write_text("cohort")
+            result.outputs["cohort"] = str(cohort_out)
+        result.write(out_dir)
+        return result
+
+    out = tmp_path / "out"
+    toy(cfg, out)
+    assert toy(cfg, out).message.startswith("reused") and calls == [None]
+    copy = tmp_path / "validated-cohort"
+    toy(cfg, out, cohort_out=copy)
+    assert calls == [None, copy]
+    assert (copy / "stays.txt").read_text() == "cohort"
+    again = tmp_path / "again"  # now the recorded result kept the cohort: reused, and copied where asked
+    assert toy(cfg, out, cohort_out=again).message.startswith("reused") and len(calls) == 2
+    assert (again / "stays.txt").read_text() == "cohort"
+
+
 def test_a_failed_resolution_leaves_a_failed_status_naming_the_cause(cfg, tmp_path):
     toy = _stage([], tmp_path / "missing.txt")
     with pytest.raises(DataError, match="nothing at"):
