@@ -24,6 +24,39 @@ def test_default_recipe_has_twenty_labs_and_two_planted_causes():
     assert synthetic.planted_causes(cfg, meds=True) == ["LAB//Lactate//mmol/L", "LAB//Albumin//g/L"]
 
 
+def test_a_prompt_lists_the_planted_causes_mid_record_so_naming_the_first_labs_scores_nothing():
+    """The learning ladder asks whether a policy names the planted causes. Prompts list labs in catalogue order,
+    and a 135M model names the first labs it reads (the default recipe once listed Lactate and Albumin first:
+    naming the first two scored Jaccard 1.0 while learning nothing)."""
+    from eagrl.config.llm import GenerationConfig
+    from eagrl.llm.prompt import build_prompt
+    from eagrl.llm.rewards import r_att
+
+    ehr = synthetic.generate(small())
+    cohort = build_cohort(ehr.to_raw(), DataConfig(dataset="synthetic", task="mortality"))
+    stay = cohort.stays["stay_id"].iloc[0]
+    user = build_prompt(cohort.patient(stay), cohort.features, dataset="synthetic", task="mortality",
+                        cfg=GenerationConfig(serialization="compact")).user
+    listed = [line[2:].split(":")[0] for line in user.splitlines() if line.startswith("- ")]
+    assert set(ehr.planted) <= set(listed) and len(listed) == 20
+    assert min(listed.index(name) for name in ehr.planted) >= 5
+    for k in range(1, 6):  # a policy that names the first k labs it read
+        assert r_att(listed[:k], set(ehr.planted)) == 0.0
+    assert r_att(listed[-3:], set(ehr.planted)) == 0.0  # nor the last ones
+
+
+def test_the_listing_order_moves_labs_in_the_record_and_changes_no_value():
+    listed, catalogue = synthetic.generate(small()), synthetic.generate(small(order=None))
+    assert [f.name for f in listed.features] == small().order
+    assert [f.name for f in catalogue.features] == [lab.name for lab in small().labs] != small().order
+    key = ["stay_id", "time", "feature"]
+    pd.testing.assert_frame_equal(listed.measurements.sort_values(key).reset_index(drop=True),
+                                  catalogue.measurements.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(listed.stays, catalogue.stays)
+    with pytest.raises(ValueError, match="synthetic order must list every lab"):
+        synthetic.SyntheticConfig.model_validate({**small().model_dump(), "order": small().order[1:]})
+
+
 def test_generation_is_seeded():
     a, b, c = synthetic.generate(small()), synthetic.generate(small()), synthetic.generate(small(seed=1))
     pd.testing.assert_frame_equal(a.stays, b.stays)
@@ -50,10 +83,10 @@ def test_loads_through_the_validated_pipeline_as_a_source(tmp_path):
                                 "data.max_visits": None})
     report, cohort = validate_source(cfg)
     assert report.passed, report.summary_line()
-    assert cohort.dataset == "synthetic" and cohort.feature_names == [lab.name for lab in small().labs]
+    assert cohort.dataset == "synthetic" and cohort.feature_names == [lab.name for lab in small().listed()]
     assert set(cohort.stays["split"]) == {"train", "val", "test"} and len(cohort.stays) == 80
-    lab = cohort.features[0]
-    assert (lab.name, lab.unit, lab.reference_range) == ("Lactate", "mmol/L", "0.5-2.2")
+    lab = next(f for f in cohort.features if f.name == "Lactate")
+    assert (lab.unit, lab.reference_range) == ("mmol/L", "0.5-2.2")
     assert get_source("synthetic").default_path() == synthetic.default_recipe_path()
 
 

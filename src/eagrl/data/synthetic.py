@@ -83,7 +83,10 @@ class SyntheticConfig(Section):
     age: tuple[float, float] = Field((30.0, 90.0), description="Uniform age range in years.")
     start: str = Field("2022-01-01", description="Admissions fall in the 365 days from this date.")
     planted: dict[str, float] = Field(description="Lab name -> weight of its level in the risk: the true causes.")
-    labs: list[LabSpec] = Field(description="The lab catalogue, in feature order.")
+    labs: list[LabSpec] = Field(description="The lab catalogue: every draw follows its order.")
+    order: list[str] | None = Field(
+        None, description="The order the cohort lists the labs in (the feature order prompts and the expert follow); "
+        "None: the catalogue's. Draws follow the catalogue, so a new order changes no value.")
 
     @model_validator(mode="after")
     def _check(self) -> "SyntheticConfig":
@@ -100,8 +103,16 @@ class SyntheticConfig(Section):
             raise ValueError(f"synthetic visits must be [min, max] with 1 <= min <= max, got {self.visits}")
         if not 0 <= self.age[0] <= self.age[1] <= 120:
             raise ValueError(f"synthetic age must be [min, max] years within 0-120, got {self.age}")
+        if self.order is not None and sorted(self.order) != sorted(names):
+            raise ValueError(f"synthetic order must list every lab of the catalogue once: got {self.order}, "
+                             f"the catalogue has {names}")
         pd.Timestamp(self.start)  # a bad date raises here, inside validation
         return self
+
+    def listed(self) -> list[LabSpec]:
+        """The labs in the order the cohort lists them."""
+        by_name = {lab.name: lab for lab in self.labs}
+        return [by_name[name] for name in self.order] if self.order else list(self.labs)
 
 
 @dataclass
@@ -214,14 +225,15 @@ def generate(cfg: SyntheticConfig | None = None) -> SyntheticEHR:
     unmeasured = (rng.random(values.shape) < cfg.missing) & (day[:, None] > 0)
     values[unmeasured] = np.nan
 
-    wide = pd.DataFrame(values, columns=names)
+    listed = [lab.name for lab in cfg.listed()]
+    wide = pd.DataFrame(values, columns=names)[listed]
     wide.insert(0, "time", (admit[stay_idx] + pd.to_timedelta(day, unit="D")).astype("datetime64[ns]"))
     wide.insert(0, "stay_id", ids[stay_idx])
     long = wide.melt(id_vars=["stay_id", "time"], var_name="feature", value_name="value").dropna(subset=["value"])
     long = long.sort_values(["stay_id", "time"], kind="stable").reset_index(drop=True)
     return SyntheticEHR(config=cfg, stays=stays, measurements=long[["stay_id", "time", "feature", "value"]],
-                        features=[lab.feature() for lab in labs], planted=planted_causes(cfg),
-                        levels=pd.DataFrame(z, index=ids, columns=names))
+                        features=[lab.feature() for lab in cfg.listed()], planted=planted_causes(cfg),
+                        levels=pd.DataFrame(z, index=ids, columns=names)[listed])
 
 
 # ====================================================================== MEDS export
