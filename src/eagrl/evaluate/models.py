@@ -36,6 +36,8 @@ class Resolved:
     note: str = ""
     uri: str | None = None  # models:/name/version of a registered model
     model_cfg: ModelConfig | None = None  # LLM entries
+    adapter_digest: str = ""  # a registered LoRA policy: the digest of its adapter (eagrl.scoring.keys)
+    start_digest: str = ""  # an RL policy: the digest of the adapter it started from (its registered metadata)
     expert: object | None = field(default=None, repr=False)  # the ConCare module of the expert entry
     expert_features: list[str] = field(default_factory=list)
 
@@ -102,24 +104,59 @@ def resolve(entry: ModelEntry, cfg: Config, dataset: str | None = None, task: st
 
 def _policy(entry: ModelEntry, uri: str, base: ModelConfig) -> Resolved:
     from eagrl.llm.loading import mlflow_model_dir
+    from eagrl.scoring.keys import adapter_digest
 
     path = mlflow_model_dir(uri, base.resolved_cache_dir())
     if (Path(path) / "adapter_config.json").is_file():
-        base = _trained_base(uri, base)
-        mcfg = base.model_copy(update={"adapter": str(path), "merge_adapter": True})
-        note = f"{uri}: LoRA adapter on {base.source}"
-    else:
-        mcfg = base.model_copy(update={"source": str(path), "adapter": None, "gguf_file": None})
-        note = f"{uri}: full checkpoint"
-    return Resolved(entry, READY, note, uri=uri, model_cfg=mcfg)
+        trained = _trained_base(uri, base)
+        mcfg = trained.model_copy(update={"adapter": str(path), "merge_adapter": True})
+        return Resolved(entry, READY, f"{uri}: LoRA adapter on {trained.source}", uri=uri, model_cfg=mcfg,
+                        adapter_digest=adapter_digest(path), start_digest=_start_digest(uri, base))
+    mcfg = base.model_copy(update={"source": str(path), "adapter": None, "gguf_file": None})
+    return Resolved(entry, READY, f"{uri}: full checkpoint", uri=uri, model_cfg=mcfg)
+
+
+def _downloaded(uri: str, base: ModelConfig, name: str) -> Path | None:
+    """The shallowest file called ``name`` in the downloaded copy of ``uri`` (None: not there)."""
+    root = base.resolved_cache_dir() / "mlflow" / "_".join(uri[len("models:/"):].strip("/").split("/"))
+    return next(iter(sorted(root.rglob(name), key=lambda p: len(p.parts))), None)
+
+
+def _start_digest(uri: str, base: ModelConfig) -> str:
+    """The ``start_adapter_digest`` the RL stage wrote into the version's MLmodel metadata ("" if none)."""
+    import yaml
+
+    spec = _downloaded(uri, base, "MLmodel")
+    if spec is None:
+        return ""
+    meta = (yaml.safe_load(spec.read_text()) or {}).get("metadata") or {}
+    return str(meta.get("start_adapter_digest") or "")
+
+
+def lineage(resolved: list[Resolved]) -> list[str]:
+    """Say, for each RL policy in the table, which row's adapter it started from, and flag one that started from
+    none of them: a paired difference against the SFT row then compares two training chains, not RL's effect."""
+    by_digest = {r.adapter_digest: r for r in resolved if r.status == READY and r.adapter_digest}
+    notes = []
+    for r in resolved:
+        if r.status != READY or not r.start_digest:
+            continue
+        start = by_digest.get(r.start_digest)
+        if start is not None:
+            r.note += f"; started from {start.entry.title} ({start.uri})"
+        else:
+            r.note += "; started from an adapter that is no row of this table"
+            notes.append(f"{r.entry.title} ({r.uri}) started from an adapter that is no row of this table (its start "
+                         f"digest {r.start_digest[:10]}): its paired differences against the SFT row compare two "
+                         "training chains, not what RL did")
+    return notes
 
 
 def _trained_base(uri: str, base: ModelConfig) -> ModelConfig:
     """The base model named in the registered version's ``policy.json``, with this run's dtype and device."""
     import json
 
-    root = base.resolved_cache_dir() / "mlflow" / "_".join(uri[len("models:/"):].strip("/").split("/"))
-    spec = next(iter(sorted(root.rglob("policy.json"), key=lambda p: len(p.parts))), None)
+    spec = _downloaded(uri, base, "policy.json")
     if spec is None:
         return base
     trained = json.loads(spec.read_text()).get("model", {})

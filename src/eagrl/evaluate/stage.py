@@ -31,7 +31,7 @@ from eagrl.config.evaluate import TUNE_SPLIT, EvaluateConfig
 from eagrl.data.cohort import Cohort
 from eagrl.errors import DataError
 from eagrl.evaluate.diagnostics import llm_diagnostics
-from eagrl.evaluate.models import READY, Resolved, registry_version, resolve
+from eagrl.evaluate.models import READY, Resolved, lineage, registry_version, resolve
 from eagrl.evaluate.perturb import shuffled, with_value_noise
 from eagrl.evaluate.score import (
     read_c_exp,
@@ -163,6 +163,7 @@ def run_evaluation(cfg: Config, ecfg: EvaluateConfig, cohort: Cohort, ids: list[
                         f"temperature {ecfg.sample_temperature:g} (evaluate.samples); probability_sd_within is the "
                         "mean spread of a stay's responses, probability_sd_between the spread of the stays' means")
     resolved = [resolve(entry, cfg) for entry in ecfg.models]
+    ev.notes.extend(lineage(resolved))
     _tabular_left_out(ecfg, ev)
     c_exp = _c_exp(cfg, cohort, resolved, out, ev)
     targets = _targets(cfg, ecfg, ev)

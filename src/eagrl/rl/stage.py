@@ -112,7 +112,8 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
         tag_heldout(mcfg, res.adapter_dir, cfg.generation, cohort_md5, cfg.rl.eval_split)  # for the evaluation
         info = log_policy(res.adapter_dir, mcfg, cfg.generation, name="policy", registered_name=registered,
                           metadata={"stage": "rl", "variant": cfg.rl.variant, "dataset": cfg.data.dataset,
-                                    "task": cfg.data.task, "start_adapter": adapter or ""})
+                                    "task": cfg.data.task, "start_adapter": adapter or "",
+                                    "start_adapter_digest": start_digest(adapter, mcfg)})
         split = cfg.rl.eval_split
         auroc, ci = held.get(f"{split}_auroc"), held.get(f"{split}_auroc_ci")
         version = getattr(info, "registered_model_version", None)
@@ -131,6 +132,18 @@ def rl_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = None,
                                       "model_version": str(version or "")})
     result.write(out_dir)
     return result
+
+
+def start_digest(adapter: str | None, mcfg) -> str:
+    """The digest of the adapter RL started from (:func:`eagrl.scoring.keys.adapter_digest`; a ``models:/`` start
+    is read from the model cache), so the evaluation can tell which SFT policy an RL row grew from; "" without one."""
+    from eagrl.llm.loading import mlflow_model_dir
+    from eagrl.scoring.keys import adapter_digest
+
+    if not adapter:
+        return ""
+    folder = mlflow_model_dir(adapter, mcfg.resolved_cache_dir()) if adapter.startswith("models:/") else adapter
+    return adapter_digest(folder)
 
 
 def _reward_trend(m: dict) -> str:
