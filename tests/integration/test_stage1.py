@@ -279,9 +279,12 @@ def test_rl_stage_starts_from_sft_logs_every_step_and_registers_each_variant(pre
     version = client.get_latest_versions("eagrl-eag-rl-mimic-iv-demo-readmission_30d")[0]
     assert version.run_id == result.mlflow_run_id
     from eagrl.scoring.keys import adapter_digest  # the start is recorded for the evaluation's lineage check
-    mlmodel = Path(client.download_artifacts(result.mlflow_run_id, "policy/MLmodel", str(tmp_path)))
-    assert yaml.safe_load(mlmodel.read_text())["metadata"]["start_adapter_digest"] == adapter_digest(
-        sft.outputs["adapter"])
+    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+    try:
+        info = mlflow.models.get_model_info(f"models:/{version.name}/{version.version}")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert info.metadata["start_adapter_digest"] == adapter_digest(sft.outputs["adapter"])
 
     assert grpo.outputs["registered_model"] == "eagrl-grpo-mimic-iv-demo-readmission_30d"
     assert Path(grpo.outputs["adapter"]).parent != Path(result.outputs["adapter"]).parent
