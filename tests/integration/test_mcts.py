@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from support.llm import FEATURES, patient, tjh_cohort
@@ -142,6 +143,32 @@ def test_without_expert_guidance_r_att_is_zero(tiny, prompt_ids):
         assert c.r == pytest.approx(0.6 * c.r_cls + 0.4 * c.r_att)
 
 
+def test_expert_features_end_each_rollouts_reasoning_a_second_time_with_c_exp_as_the_named_features(tiny, prompt_ids):
+    res = _search(tiny, prompt_ids, rollouts=4, expert_features=True, lam=0.6)
+    policy = [c for c in res.completed if c.features_by == "policy"]
+    expert = [c for c in res.completed if c.features_by == "expert"]
+    assert [c.rollout for c in policy] == [0, 1, 2, 3] and [c.rollout for c in expert] == [4, 5, 6, 7]
+    for own, given in zip(policy, expert):
+        assert given.leaf_id == own.leaf_id
+        a, b = own.response, given.response
+        cut = a.features_span[0]  # the same reasoning, token for token, up to the features field
+        assert b.token_ids[:cut] == a.token_ids[:cut] and b.features_span[0] == cut
+        start, end = b.features_span
+        assert b.text.split("<important_features>")[1].startswith("hemoglobin; albumin; Lactate dehydrogenase")
+        assert all(b.mask[start:end]) and end > start  # SFT trains the expert's names as the policy's own text
+        assert b.parsed.known_features == C_EXP and given.r_att == given.r_att_expert == 1.0
+        assert given.r == pytest.approx(0.6 * given.r_cls + 0.4) and given.well_formed
+        assert 0.0 < given.probability < 1.0 and b.readout_index > end  # read after the expert's names
+    # only the sampled rollouts are backed up: the tree is the policy's
+    assert res.root.visits == 4 and res.root.value_sum == pytest.approx(sum(c.r for c in policy))
+    # and the policy's own endings are those of the search without the option (same seeds, same tokens)
+    plain = _search(tiny, prompt_ids, rollouts=4, lam=0.6)
+    assert [(c.response.text, round(c.r, 6)) for c in plain.completed] == [
+        (c.response.text, round(c.r, 6)) for c in policy]
+    with pytest.raises(ValueError, match="expert_features writes the expert's C_exp"):
+        MCTSConfig(expert_features=True, expert_guidance=False)
+
+
 def test_same_seed_same_tree(tiny, prompt_ids):
     a = _search(tiny, prompt_ids, seed=3, gen={"temperature": 1.5})
     b = _search(tiny, prompt_ids, seed=3, gen={"temperature": 1.5})
@@ -263,6 +290,30 @@ def test_run_mcts_resumes_and_reports(tiny, tmp_path):
                  progress=False)  # the same model in another precision writes other trajectories: not resumed
     with pytest.raises(DataError, match="no C_exp"):
         run_mcts(cohort, table.iloc[:1], None, gen, cfg, tmp_path / "x", max_stays=3, backend=backend, progress=False)
+
+
+def test_the_selection_counts_the_candidates_naming_the_expert_apart(tiny, tmp_path):
+    cohort = tjh_cohort()
+    cfg = MCTSConfig(rollouts=2, branching=2, depth=2, top_k_per_patient=1, n_boot=0, balance=False,
+                     expert_features=True)
+    ids = cohort.sample_ids("train", 2, cfg.seed)
+    table = pd.DataFrame({"stay_id": ids, "c_exp": [cohort.feature_names[:2]] * len(ids)})
+    res = run_mcts(cohort, table, None, GenerationConfig(**CAPS, max_prompt_tokens=1024), cfg, tmp_path,
+                   max_stays=2, backend=_backend(tiny), progress=False)
+    m = res.metrics
+    assert m["n_trajectories"] == 4 and m["n_expert_candidates"] == 4  # the policy's rollouts, counted apart
+    sel = [json.loads(line) for line in res.selected_path.read_text().splitlines()]
+    texts = [s for s in sel if s.get("train_text", True)]
+    assert m["selected_expert_features_share"] == pytest.approx(np.mean([s["features_by"] == "expert" for s in texts]))
+    lines = res.trajectories_path.read_text().splitlines()[1:]
+    stored = {json.loads(line)["stay_id"]: json.loads(line) for line in lines}
+    for s in texts:  # the best R of all four candidates of its stay, whoever wrote the features
+        cands = stored[s["stay_id"]]["trajectories"]
+        assert len(cands) == 4 and s["r"] == max(t["r"] for t in cands if t["well_formed"])
+        assert (s["features_by"] == "expert") == (s["rollout"] >= cfg.rollouts)
+        if s["features_by"] == "expert":
+            assert s["r_att"] == 1.0 and s["response"].split("<important_features>")[1].startswith(
+                "; ".join(cohort.feature_names[:2]))
 
 
 @pytest.mark.parametrize("profile", ["smoke", "default", "paper"])

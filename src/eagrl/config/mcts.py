@@ -38,6 +38,12 @@ class MCTSConfig(Section):
     expert_guidance: bool = Field(
         True, description="Use the expert's C_exp in the search reward; False (ablation): R_att = 0, R = lam * R_cls."
     )
+    expert_features: bool = Field(
+        False, description="Each rollout also ends once with the expert's C_exp written as its important features "
+        "(the same reasoning; trained on as the policy's own text), a candidate the selection ranks by R like any "
+        "other. Off: every candidate names what the policy sampled, which a small policy rarely makes the "
+        "expert's (docs/results.md, session 22). Not backed up into the tree; needs expert_guidance."
+    )
     rollout_more_steps: bool = Field(
         True, description="Simulation may add steps per the step policy (up to T); False: answer at the leaf."
     )
@@ -59,6 +65,9 @@ class MCTSConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "MCTSConfig":
+        if self.expert_features and not self.expert_guidance:
+            raise ValueError("mcts.expert_features writes the expert's C_exp into candidates, which the unguided "
+                             "ablation (mcts.expert_guidance: false) must not see: turn one of them off")
         if self.top_k_per_patient > self.rollouts:
             raise ValueError(f"mcts.top_k_per_patient ({self.top_k_per_patient}) must not exceed "
                              f"mcts.rollouts ({self.rollouts}): a patient has at most N completed trajectories")

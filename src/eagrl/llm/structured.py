@@ -145,12 +145,29 @@ class StructuredGenerator:
         self._run([self._step(t) for t in out if t.stage == STEPS and t.n_steps < self.cfg.depth])
         return out
 
-    def finish(self, trajs: Sequence[Trajectory], more_steps: bool = True) -> list[Response]:
+    def finish(self, trajs: Sequence[Trajectory], more_steps: bool = True,
+               features: Sequence[Sequence[str]] | None = None) -> list[Response]:
         """Complete copies of the trajectories: further steps (per the step policy, unless ``more_steps`` is
-        False), then the important features and the probability."""
+        False), then the important features and the probability. ``features`` (one list of names a trajectory):
+        the framework writes those names as the important features instead of sampling them, marked as the
+        policy's own text (SFT trains on them), and reads the probability after them."""
         out = [t.child(t.seed) for t in trajs]
-        self._run([self._finish(t, more_steps) for t in out])
+        names = list(features) if features is not None else [None] * len(out)
+        if len(names) != len(out):
+            raise ValueError(f"finish: {len(names)} feature lists for {len(out)} trajectories")
+        self._run([self._finish(t, more_steps, n) for t, n in zip(out, names)])
         return [self._response(t) for t in out]
+
+    def write_steps(self, trajs: Sequence[Trajectory], more_steps: bool = True) -> list[Trajectory]:
+        """Copies of the P_QD trajectories with their steps written (per the step policy, unless ``more_steps`` is
+        False), stopped where the important features begin: :meth:`finish` completes each copy of one, so two
+        endings (sampled features, given features) share the same reasoning."""
+        if self.cfg.prompt_style != "pqd":
+            raise ValueError(f"write_steps writes (sub-question, answer) steps: the prompt style must be 'pqd', "
+                             f"got {self.cfg.prompt_style!r}")
+        out = [t.child(t.seed) for t in trajs]
+        self._run([self._steps(t, more_steps) for t in out])
+        return out
 
     def _run(self, scripts: list) -> None:
         """Run one writing script per trajectory (``eagrl.llm.backends.script``) on the backend's driver."""
@@ -163,24 +180,15 @@ class StructuredGenerator:
             run_lockstep(self.backend, scripts)
 
     # ================================================================== the writing scripts
-    def _finish(self, t: Trajectory, more_steps: bool):
+    def _finish(self, t: Trajectory, more_steps: bool, names: Sequence[str] | None = None):
         style = self.cfg.prompt_style
         if style == "pqd":
-            while t.stage == STEPS:
-                if t.n_steps < self.cfg.min_steps:
-                    go = True
-                elif t.n_steps >= self.cfg.depth or not more_steps:
-                    go = False
-                elif self.cfg.step_policy == "fixed":
-                    go = True
-                else:
-                    go = yield from self._decide(t)
-                if not go:
-                    t.stage = FEATURES_STAGE
-                    break
-                yield from self._step(t)
+            yield from self._steps(t, more_steps)
             if t.stage == FEATURES_STAGE:
-                yield from self._fill(t, FEATURES, self.cfg.max_features_tokens, sep="\n")
+                if names is None:
+                    yield from self._fill(t, FEATURES, self.cfg.max_features_tokens, sep="\n")
+                else:
+                    self._write(t, FEATURES, "; ".join(names), sep="\n")
                 yield from self._answer(t, sep="\n")
         elif style == "think":
             if t.stage == STEPS:
@@ -189,6 +197,22 @@ class StructuredGenerator:
                 yield from self._answer(t, sep="\n")
         elif t.stage != DONE:  # vanilla: the probability only
             yield from self._answer(t, sep="")
+
+    def _steps(self, t: Trajectory, more_steps: bool):
+        """Write steps until the step policy (or depth T, or ``more_steps`` False) moves on to the features."""
+        while t.stage == STEPS:
+            if t.n_steps < self.cfg.min_steps:
+                go = True
+            elif t.n_steps >= self.cfg.depth or not more_steps:
+                go = False
+            elif self.cfg.step_policy == "fixed":
+                go = True
+            else:
+                go = yield from self._decide(t)
+            if not go:
+                t.stage = FEATURES_STAGE
+                break
+            yield from self._step(t)
 
     def _step(self, t: Trajectory):
         yield from self._fill(t, SUBQ, self.cfg.max_subquestion_tokens, sep="\n")
@@ -230,6 +254,21 @@ class StructuredGenerator:
         t.spans.append((tag, start, len(t.ids)))
         written = self.backend.decode(s.token_ids[:k])
         self._insert(t, self._encode(target[len(written):]))
+
+    def _write(self, t: Trajectory, tag: str, text: str, sep: str) -> None:
+        """Open ``tag`` (unless already open), write ``text`` as the field, marked model-written (a field given to
+        the policy to learn: nothing was sampled, so its log-probs are 0 and its entropies NaN), close it."""
+        if t.open_tag != tag:
+            self._insert(t, self._encode((sep if t.ids else "") + f"<{tag}>"))
+        t.open_tag = None
+        ids = self._encode(text)
+        start = len(t.ids)
+        t.ids += ids
+        t.mask += [True] * len(ids)
+        t.logprobs += [0.0] * len(ids)
+        t.entropies += [math.nan] * len(ids)
+        t.spans.append((tag, start, len(t.ids)))
+        self._insert(t, self._encode(f"</{tag}>"))
 
     def _params(self, tag: str, max_tokens: int) -> SamplingParams:
         """The sampling settings of a field (one object per field kind, so drivers can batch equal ones)."""

@@ -150,7 +150,11 @@ def mcts_metrics(patients: list[dict], selected: list[dict], n_boot: int = 1000,
     selected = [s for s in selected if trains_text(s)]
     for key in ("r", "r_cls", "r_att", "r_att_expert"):
         m[f"selected_{key}_mean"], m[f"selected_{key}_ci"] = mean_ci([s[key] for s in selected], n_boot, seed)
-    trajs = [t for p in patients for t in p["trajectories"]]
+    m["selected_expert_features_share"] = (float(np.mean([s.get("features_by") == "expert" for s in selected]))
+                                           if selected else float("nan"))
+    everything = [t for p in patients for t in p["trajectories"]]
+    trajs = [t for t in everything if t.get("features_by", "policy") == "policy"]  # what the policy sampled
+    m["n_expert_candidates"] = len(everything) - len(trajs)
     for key in ("r", "r_cls", "r_att", "r_att_expert"):
         m[f"all_{key}_mean"] = float(np.mean([t[key] for t in trajs])) if trajs else float("nan")
     stats = [p["stats"] for p in patients]
@@ -189,6 +193,8 @@ def search_header(cohort: Cohort, model_cfg: ModelConfig, gen_cfg: GenerationCon
     search = cfg.model_dump(exclude=_NOT_SEARCH)
     if search["parallel"] == 1:  # the one-at-a-time search stores came from before the setting: they still resume
         del search["parallel"]
+    if not search["expert_features"]:  # so do the stores from before this setting
+        del search["expert_features"]
     header = {
         "dataset": cohort.dataset, "task": cohort.task, "split": split, "model": model_cfg.weights(),
         "adapter": model_cfg.adapter,

@@ -23,6 +23,11 @@ up. Right after an expansion the next b - 1 selections from that node go to its 
 rewards, so K = b loses little of what the sequential search knows, and the batch is decoded together (on 2 CPU
 cores 4 simulations of SmolLM2 took 10 s as one batch, 19 s one at a time).
 
+With ``expert_features`` (off by default) each simulation's reasoning ends twice: with the features the policy
+samples (the rollout above) and with the expert's C_exp written as its features (rollout index N + i, R_att = 1
+by construction, not backed up). The selection ranks both; SFT then learns to name what the expert attends to,
+which a 135M policy almost never samples itself (synthetic cohort: the selected trajectories' R_att 0.088).
+
 Children continue from their parent's token ids, so the backend's prefix reuse (the KV-cache store on the
 CPU path, vLLM's prefix caching on the GPU path) computes the prompt and each node's path once. Every
 completed rollout is returned with its reward parts, and the tree's size, depth and time.
@@ -96,6 +101,7 @@ class Completed:
     r_att: float  # R_att in the search reward: 0 without expert guidance
     r_att_expert: float  # Jaccard against C_exp whatever the guidance (to compare the ablation)
     well_formed: bool
+    features_by: str = "policy"  # who wrote the important features: the policy, or the expert (expert_features)
 
     @property
     def probability(self) -> float | None:
@@ -108,7 +114,7 @@ class Completed:
             "token_ids": list(r.token_ids), "readout_index": r.readout_index,
             "mask": [bool(m) for m in r.mask], "probability": r.probability, "n_steps": r.n_steps,
             "features": list(r.parsed.features), "r": self.r, "r_cls": self.r_cls, "r_att": self.r_att,
-            "r_att_expert": self.r_att_expert, "well_formed": self.well_formed,
+            "r_att_expert": self.r_att_expert, "well_formed": self.well_formed, "features_by": self.features_by,
         }
 
 
@@ -173,8 +179,14 @@ def search(generator: StructuredGenerator, prompt_ids: Sequence[int], label: int
                 n.visits += 1
             leaves.append((i, node))
         # simulation, the round's leaves as one batch; a leaf at depth T gets its answer forced whatever more_steps
-        responses = generator.finish([node.traj.child(sample_seed(seed, SIMULATION_SEED_OFFSET + i))
-                                      for i, node in leaves], more_steps=cfg.rollout_more_steps)
+        starts = [node.traj.child(sample_seed(seed, SIMULATION_SEED_OFFSET + i)) for i, node in leaves]
+        experts = []
+        if cfg.expert_features and c_exp:  # the same reasoning ends twice: the policy's features, the expert's
+            written = generator.write_steps(starts, more_steps=cfg.rollout_more_steps)
+            responses = generator.finish(written)
+            experts = generator.finish(written, features=[c_exp] * len(written))
+        else:
+            responses = generator.finish(starts, more_steps=cfg.rollout_more_steps)
         for (i, node), resp in zip(leaves, responses):
             rw = reward(resp.parsed, label, c_search, cfg.lam, cls_reward)
             r_exp = jaccard(resp.parsed.features, c_exp) if rw.well_formed else 0.0
@@ -182,6 +194,10 @@ def search(generator: StructuredGenerator, prompt_ids: Sequence[int], label: int
                                        rw.well_formed))
             for n in node.path():  # backup
                 n.value_sum += rw.total
+        for (i, node), resp in zip(leaves, experts):  # candidates for the selection, not backed up: not sampled
+            rw = reward(resp.parsed, label, c_search, cfg.lam, cls_reward)
+            completed.append(Completed(cfg.rollouts + i, node.id, node.depth, resp, rw.total, rw.r_cls, rw.r_att,
+                                       rw.r_att, rw.well_formed, features_by="expert"))
     seconds = time.perf_counter() - t0
     stats = {"nodes": n_nodes, "max_depth": _max_depth(root), "seconds": seconds, "rollouts": cfg.rollouts,
              "root_value": root.q, "max_response_steps": max(c.response.n_steps for c in completed)}

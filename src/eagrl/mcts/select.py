@@ -42,6 +42,7 @@ def _record(patient: dict, t: dict) -> dict:
         "readout_index": t.get("readout_index"), "r": t["r"],
         "r_cls": t["r_cls"], "r_att": t["r_att"], "r_att_expert": t["r_att_expert"],
         "probability": t["probability"], "n_steps": t["n_steps"], "rollout": t["rollout"],
+        "features_by": t.get("features_by", "policy"),
     }
 
 

@@ -60,7 +60,10 @@ def mcts_stage(cfg: Config, out_dir: str | Path, parent_run_id: str | None = Non
                    f"{m['n_trajectories']} trajectories, {m['n_selected']} selected "
                    f"({m['n_selected_positive']} pos / {m['n_selected_negative']} neg; "
                    f"{m['n_slot_only']} more rollouts for the answer slot alone), selected R_att "
-                   f"{m['selected_r_att_mean']:.3f} [{lo:.3f}, {hi:.3f}]; {res.n_skipped} stays resumed from the store")
+                   f"{m['selected_r_att_mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+                   + (f", {m['selected_expert_features_share']:.0%} of them naming the expert's C_exp "
+                      f"({m['n_expert_candidates']} such candidates)" if cfg.mcts.expert_features else "")
+                   + f"; {res.n_skipped} stays resumed from the store")
         result = StageResult("mcts", metrics={**m, "n_resumed": res.n_skipped}, mlflow_run_id=run.info.run_id,
                              message=message,
                              outputs={"selected": str(res.selected_path), "trajectories": str(res.trajectories_path),
