@@ -218,9 +218,19 @@ def test_the_answer_slot_holds_the_label_and_its_loss_is_the_two_way_readout(tok
         p_yes = prob[:, yes].sum(-1) / (prob[:, yes].sum(-1) + prob[:, no].sum(-1))
         y = batch["answer_label"].float()
         w = torch.where(y == 1, torch.tensor(4 / 2.0), torch.tensor(4 / 6.0))  # n / (2 n_class): 2.0 and 0.667
-        ce = -(w * torch.log(torch.where(y == 1, p_yes, 1 - p_yes))).sum() / w.sum()
+        ce = -(w * torch.log(torch.where(y == 1, p_yes, 1 - p_yes))).sum() / 4
         expected = hand_nll(model, batch) + 2.0 * ce
     assert loss == pytest.approx(expected.item(), rel=1e-4)
+
+    # one stay a batch (the default profile): each stay's slot term is still its class's weight x its NLL, so an
+    # epoch weighs the classes as the whole-set batch does (dividing by the batch's own weights cancelled them)
+    one_cfg = sft_cfg.model_copy(update={"batch_size": 1, "reasoning_weight": 0.0})
+    single = build_trainer(model, tok, one_cfg, data, tmp_path / "ckpt1", cuda=False, readout_ids=(yes, no))
+    with torch.no_grad():
+        for i, ex in enumerate(data.examples):
+            part = single.compute_loss(model, dict(SFTCollator(tok.pad_token_id)([ex]))).item()
+            nll = -torch.log(p_yes[i] if y[i] == 1 else 1 - p_yes[i]).item()
+            assert part == pytest.approx(2.0 * w[i].item() * nll, rel=1e-4)
 
 
 def test_sft_fits_its_training_stays_through_the_readout(tok, tmp_path):

@@ -232,7 +232,10 @@ class AnswerSlotSFTTrainer(SFTTrainer):
             two = answer_slot_logprob(slot_logits, *self.readout_ids)  # (b, 2): (no, yes)
             yl = y[rows]
             w = self.class_w.to(two.device)[yl]
-            ce = -(two.gather(1, yl[:, None])[:, 0] * w).sum() / w.sum()
+            # divided by the count, not by w.sum(): the weights average 1 over the training set, so this is the
+            # class-weighted mean across batches; over one batch's own weights a single stay's weight cancels,
+            # and at one stay a step the classes were not weighed at all (synthetic cohort: p 0.14 for every stay)
+            ce = -(two.gather(1, yl[:, None])[:, 0] * w).sum() / len(rows)
             loss = loss + self.sft_cfg.answer_weight * ce
             self._parts["answer_loss"].append(ce.item())
             self._parts["answer_accuracy"].append(((two[:, 1] >= two[:, 0]).long() == yl).float().mean().item())
