@@ -1,0 +1,101 @@
+"""Does the frozen policy model's answer slot carry a cohort's outcome? Linear probes before any training.
+
+A LoRA readout learns quickly what the base model's hidden state at the answer slot already holds linearly, and
+slowly (or, at a few hundred stays, not at all) what it does not. This script reads that state for every stay of a
+prepared cohort, in the direct fine-tune's prompt (vanilla style, the compact record, then ``<final_answer>``), at
+several layers, fits a class-balanced logistic regression on the train split and scores the val and test splits.
+Run it before spending hours on a cohort: TJH mortality probes at 0.97-0.99 held out, the planted-cause synthetic
+cohort at 0.45-0.63 (docs/results.md, session 22), where no trained LLM row fitted its own training stays.
+
+    .venv/bin/python benchmarks/bench_slot_probe.py --workspace WS --dataset tjh --task mortality
+    .venv/bin/python benchmarks/bench_slot_probe.py --workspace WS --dataset synthetic --task mortality \\
+        --set data.data_path=/path/to/recipe-folder
+
+The cohort is the workspace's prepared one (``eagrl data prepare`` first). Prints one JSON line last: per layer and
+regularisation C, the train and held-out AUROC, and the seconds taken.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+LAYERS = (6, 12, 18, 24, 30)
+CS = (0.01, 0.1)
+
+
+def slot_states(model, tokenizer, cohort, gen_cfg, layers) -> dict[int, list]:
+    """{layer: [hidden state at the answer slot of each stay, in ``cohort.stays`` order]}."""
+    import torch
+
+    from eagrl.llm.prompt import build_prompt, encode
+
+    out: dict[int, list] = {layer: [] for layer in layers}
+    tail = tokenizer.encode("<final_answer>", add_special_tokens=False)
+    with torch.no_grad():
+        for i, sid in enumerate(cohort.stays["stay_id"]):
+            prompt = build_prompt(cohort.patient(sid), cohort.features, dataset=cohort.dataset, task=cohort.task,
+                                  cfg=gen_cfg, tokenizer=tokenizer)
+            ids = torch.tensor([encode(prompt, tokenizer) + tail])
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states  # (L+1) x (1, T, H)
+            for layer in layers:
+                out[layer].append(hidden[layer][0, -1].float().numpy())
+            if (i + 1) % 50 == 0:
+                print(f"[{time.strftime('%H:%M:%S')}] {i + 1}/{len(cohort.stays)} stays read", file=sys.stderr,
+                      flush=True)
+    return out
+
+
+def probe(states, labels, train) -> tuple[float, float, dict]:
+    """(train AUROC, held-out AUROC) of a class-balanced logistic regression on standardised states, per C."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    x = np.asarray(states)
+    x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
+    res = {}
+    for c in CS:
+        lr = LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit(x[train], labels[train])
+        p = lr.predict_proba(x)[:, 1]
+        res[str(c)] = {"train": round(float(roc_auc_score(labels[train], p[train])), 3),
+                       "heldout": round(float(roc_auc_score(labels[~train], p[~train])), 3)}
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workspace", type=Path, required=True, help="a workspace with the prepared cohort")
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--dataset", default="tjh")
+    ap.add_argument("--task", default="mortality")
+    ap.add_argument("--layers", default=",".join(map(str, LAYERS)))
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+
+    from eagrl.cli import build_config
+    from eagrl.data.cohort import Cohort
+    from eagrl.llm.loading import load_model
+    from eagrl.sft.direct import direct_generation
+    from eagrl.workspace import Workspace, model_config
+
+    cfg = build_config(args.profile, sets=[f"data.dataset={args.dataset}", f"data.task={args.task}", *args.sets],
+                       workspace=args.workspace)
+    cohort = Cohort.load(Workspace.of(cfg).cohort_dir)
+    loaded = load_model(model_config(cfg).model_copy(update={"dtype": "float32"}))  # the probe reads float32 states
+    layers = [int(x) for x in args.layers.split(",")]
+    t0 = time.perf_counter()
+    states = slot_states(loaded.model, loaded.tokenizer, cohort, direct_generation(cfg.generation), layers)
+    labels = cohort.stays["label"].to_numpy().astype(int)
+    train = (cohort.stays["split"] == "train").to_numpy()
+    line = {"dataset": args.dataset, "task": args.task, "n_train": int(train.sum()), "n_heldout": int((~train).sum()),
+            "layers": {str(layer): probe(states[layer], labels, train) for layer in layers},
+            "seconds": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(line))
+    return line
+
+
+if __name__ == "__main__":
+    main()
