@@ -141,8 +141,9 @@ def test_sft_stage_trains_scores_and_registers_a_loadable_policy(prepared):
 def test_sft_then_trains_the_answer_slot_after_the_policys_own_text(prepared):
     """SFT's second phase (eagrl.sft.own_text): the trained policy writes its P_QD response to every training stay and
     the answer slot alone learns each stay's label after that text, the text the evaluation, RL and serving read it
-    after. Teacher-forced on those responses, the phase's adapter gives the labels a higher likelihood than the first
-    phase's (kept as it was); the stage registers the phase's adapter. (Whether the slot comes to rank the stays is
+    after. Teacher-forced on those responses, the phase's adapter gives the labels a higher class-weighted likelihood
+    (the phase's objective: each class weighed n / (2 n_class)) than the first phase's (kept as it was); the stage
+    registers the phase's adapter. (Whether the slot comes to rank the stays is
     a question for the real model: the tiny one barely reads a prompt; docs/results.md has TJH.)"""
     import torch
 
@@ -154,12 +155,13 @@ def test_sft_then_trains_the_answer_slot_after_the_policys_own_text(prepared):
     from eagrl.metrics import auroc
     from eagrl.sft.data import SFTCollator, load_examples
     from eagrl.sft.stage import sft_stage
-    from eagrl.sft.train import answer_slot_logprob
+    from eagrl.sft.train import answer_slot_logprob, class_weights
     from eagrl.workspace import Workspace
 
     ws, _ = prepared
     cfg = _cfg(ws, "mcts.max_stays=4", "sft.eval_max_stays=6", "sft.eval_n_boot=50", "sft.fit_max_stays=6",
-               "sft.own_text_epochs=1", "sft.learning_rate=3e-3", "sft.lr_scheduler=constant", "sft.lora_dropout=0")
+               "sft.own_text_epochs=4", "sft.batch_size=64", "sft.grad_accumulation=1", "sft.learning_rate=3e-3",
+               "sft.lr_scheduler=constant", "sft.lora_dropout=0")  # whole-set steps: the objective falls step by step
     mcts_stage(cfg, ws / "out-o")
     first = ws / "out-o" / "sft" / "train" / "adapter"
     result = sft_stage(cfg, ws / "out-o")
@@ -174,7 +176,8 @@ def test_sft_then_trains_the_answer_slot_after_the_policys_own_text(prepared):
     assert result.outputs["adapter"] == str(phase / "adapter") and "own text" in result.message
 
     def slot_readout(adapter: Path) -> tuple[float, float]:
-        """(mean NLL of the label's word at the slot, AUROC of P(yes)) teacher-forced on the responses."""
+        """(class-weighted mean NLL of the label's word at the slot, AUROC of P(yes)) teacher-forced on the
+        responses."""
         loaded = load_model(ModelConfig(source="tiny", adapter=str(adapter)))
         enc = tokenizer_encode(loaded.tokenizer)
         data = load_examples(phase / "own_text.jsonl", 4096, answer_tokens=answer_words(enc))
@@ -184,7 +187,8 @@ def test_sft_then_trains_the_answer_slot_after_the_policys_own_text(prepared):
         two = answer_slot_logprob(logits[torch.arange(len(data.examples)), batch["answer_pos"] - 1],
                                   *yes_no_ids(enc))  # (n, 2): (no, yes)
         y = batch["answer_label"]
-        return -float(two.gather(1, y[:, None]).mean()), auroc(y.tolist(), two[:, 1].exp().tolist())
+        w = torch.tensor(class_weights(y.tolist()))[y]
+        return -float((two.gather(1, y[:, None])[:, 0] * w).mean()), auroc(y.tolist(), two[:, 1].exp().tolist())
 
     (nll_before, auroc_before), (nll_after, _) = slot_readout(first), slot_readout(phase / "adapter")
     assert abs(auroc_before - m["own_text_auroc_before"]) < 0.05, (auroc_before, m)  # the same readout
