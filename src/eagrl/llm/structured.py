@@ -238,37 +238,40 @@ class StructuredGenerator:
     # ================================================================== fields
     def _fill(self, t: Trajectory, tag: str, max_tokens: int, sep: str):
         """Open ``tag`` (unless already open), let the model write its field, close it."""
-        if t.open_tag != tag:
-            self._insert(t, self._encode((sep if t.ids else "") + f"<{tag}>"))
-        t.open_tag = None
+        self._open(t, tag, sep)
         s = yield Draw(t.context, self._params(tag, max_tokens), sample_seed(t.seed, len(t.ids)))
         target = s.text + f"</{tag}>"
         k = len(s.token_ids)
         while k > 0 and not target.startswith(self.backend.decode(s.token_ids[:k])):
             k -= 1
-        start = len(t.ids)
-        t.ids += s.token_ids[:k]
-        t.mask += [True] * k
-        t.logprobs += s.logprobs[:k]
-        t.entropies += list(s.entropies[:k]) if s.entropies is not None else [math.nan] * k
-        t.spans.append((tag, start, len(t.ids)))
+        self._model_text(t, tag, s.token_ids[:k], s.logprobs[:k],
+                         list(s.entropies[:k]) if s.entropies is not None else [math.nan] * k)
         written = self.backend.decode(s.token_ids[:k])
         self._insert(t, self._encode(target[len(written):]))
 
     def _write(self, t: Trajectory, tag: str, text: str, sep: str) -> None:
         """Open ``tag`` (unless already open), write ``text`` as the field, marked model-written (a field given to
         the policy to learn: nothing was sampled, so its log-probs are 0 and its entropies NaN), close it."""
+        self._open(t, tag, sep)
+        ids = self._encode(text)
+        self._model_text(t, tag, ids, [0.0] * len(ids), [math.nan] * len(ids))
+        self._insert(t, self._encode(f"</{tag}>"))
+
+    def _open(self, t: Trajectory, tag: str, sep: str) -> None:
+        """Write ``tag``'s opening (after ``sep``) unless the framework has just opened it."""
         if t.open_tag != tag:
             self._insert(t, self._encode((sep if t.ids else "") + f"<{tag}>"))
         t.open_tag = None
-        ids = self._encode(text)
+
+    @staticmethod
+    def _model_text(t: Trajectory, tag: str, ids, logprobs, entropies) -> None:
+        """Append a field's content as model-written tokens and record its span."""
         start = len(t.ids)
-        t.ids += ids
+        t.ids += list(ids)
         t.mask += [True] * len(ids)
-        t.logprobs += [0.0] * len(ids)
-        t.entropies += [math.nan] * len(ids)
+        t.logprobs += list(logprobs)
+        t.entropies += list(entropies)
         t.spans.append((tag, start, len(t.ids)))
-        self._insert(t, self._encode(f"</{tag}>"))
 
     def _params(self, tag: str, max_tokens: int) -> SamplingParams:
         """The sampling settings of a field (one object per field kind, so drivers can batch equal ones)."""
