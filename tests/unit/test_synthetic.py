@@ -57,6 +57,26 @@ def test_the_listing_order_moves_labs_in_the_record_and_changes_no_value():
         synthetic.SyntheticConfig.model_validate({**small().model_dump(), "order": small().order[1:]})
 
 
+def test_a_lab_given_its_own_scale_spreads_that_lab_alone_and_leaves_its_range_more_often():
+    """``scales`` widens the named labs' levels around the same draws; every other lab keeps ``level_scale``."""
+    def out_of_range_share(ehr, name):
+        lab = next(f for f in ehr.features if f.name == name)
+        v = ehr.measurements.loc[ehr.measurements["feature"] == name, "value"]
+        return float(((v < lab.ref_low) | (v > lab.ref_high)).mean())
+
+    base = synthetic.generate(small(level_scale=0.5))
+    wide = synthetic.generate(small(level_scale=0.5, scales={"Lactate": 1.5}))
+    assert out_of_range_share(wide, "Lactate") > 3 * out_of_range_share(base, "Lactate")
+    key = ["stay_id", "time", "feature"]
+    others = [m[m["feature"] != "Lactate"].sort_values(key).reset_index(drop=True) for m in
+              (base.measurements, wide.measurements)]
+    pd.testing.assert_frame_equal(*others)
+    pd.testing.assert_frame_equal(base.stays, wide.stays)  # the outcome follows the levels z, not the spread
+    for bad, msg in (({"Lactic": 2.0}, "synthetic scales names lab"), ({"Lactate": 0.0}, "synthetic scales must be > 0")):
+        with pytest.raises(ValueError, match=msg):
+            synthetic.SyntheticConfig.model_validate({**small().model_dump(), "scales": bad})
+
+
 def test_generation_is_seeded():
     a, b, c = synthetic.generate(small()), synthetic.generate(small()), synthetic.generate(small(seed=1))
     pd.testing.assert_frame_equal(a.stays, b.stays)

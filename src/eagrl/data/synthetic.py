@@ -19,7 +19,7 @@ raw import that DVC versions; ``--data-path`` takes another recipe file, or a fo
 ``synthetic.yaml``), then ``eagrl expert train --dataset synthetic --task mortality``.
 
 The generative model: stay ``i`` has a level ``z[i, j] ~ N(0, 1)`` for every lab ``j``; its visit values are
-``centre_j + half_range_j * (level_scale * z[i, j] + visit_noise * e)`` clipped to the lab's plausible range
+``centre_j + half_range_j * (scale_j * z[i, j] + visit_noise * e)`` (``scale_j``: ``scales[j]``, else ``level_scale``) clipped to the lab's plausible range
 and left unmeasured with probability ``missing`` (never at the first visit). The risk is
 ``sum_j planted[j] * z[i, j] + label_noise * N(0, 1)``; the ``prevalence`` share of stays with the highest risk
 are positive (``label_mortality``). Nothing else depends on the outcome.
@@ -76,6 +76,9 @@ class SyntheticConfig(Section):
     n_stays: int = Field(400, ge=10, description="Stays (one per patient).")
     visits: tuple[int, int] = Field((3, 6), description="Visits per stay, one per day, uniform in [min, max].")
     level_scale: float = Field(1.0, gt=0, description="Spread of a stay's lab level, in half reference ranges.")
+    scales: dict[str, float] = Field(
+        default_factory=dict, description="Lab name -> its own spread, in place of level_scale (e.g. wider for the "
+        "planted causes, so that they leave their reference range where the others seldom do).")
     visit_noise: float = Field(0.3, ge=0, description="Visit-to-visit noise, in half reference ranges.")
     missing: float = Field(0.15, ge=0, lt=1, description="Share of lab values left unmeasured after the first visit.")
     prevalence: float = Field(0.3, gt=0, lt=1, description="Share of positive stays.")
@@ -93,9 +96,13 @@ class SyntheticConfig(Section):
         names = [lab.name for lab in self.labs]
         if len(set(names)) != len(names):
             raise ValueError(f"synthetic labs must have unique names, got {names}")
-        unknown = [p for p in self.planted if p not in names]
-        if unknown:
-            raise ValueError(f"synthetic planted cause(s) {unknown} are not in the lab catalogue {names}")
+        for key in ("planted", "scales"):
+            unknown = [p for p in getattr(self, key) if p not in names]
+            if unknown:
+                raise ValueError(f"synthetic {key} names lab(s) {unknown} that the lab catalogue lacks: {names}")
+        bad = {k: v for k, v in self.scales.items() if not v > 0}
+        if bad:
+            raise ValueError(f"synthetic scales must be > 0, got {bad}")
         if not self.planted or not any(self.planted.values()):
             raise ValueError("synthetic planted must name at least one lab with a non-zero weight")
         lo, hi = self.visits
@@ -220,7 +227,8 @@ def generate(cfg: SyntheticConfig | None = None) -> SyntheticEHR:
     centre = np.array([(lab.ref_low + lab.ref_high) / 2 for lab in labs])  # (F,)
     half = np.array([(lab.ref_high - lab.ref_low) / 2 for lab in labs])  # (F,)
     noise = rng.normal(size=(len(stay_idx), len(labs)))  # (V, F)
-    values = centre + half * (cfg.level_scale * z[stay_idx] + cfg.visit_noise * noise)
+    scale = np.array([cfg.scales.get(name, cfg.level_scale) for name in names])  # (F,)
+    values = centre + half * (scale * z[stay_idx] + cfg.visit_noise * noise)
     values = np.clip(values, [lab.plausible_low for lab in labs], [lab.plausible_high for lab in labs])
     unmeasured = (rng.random(values.shape) < cfg.missing) & (day[:, None] > 0)
     values[unmeasured] = np.nan
