@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -110,7 +109,9 @@ def run_rung(rung: str, workspace: Path, sets: list[str], skip: set[str]) -> dic
     if rung == "synthetic":
         from eagrl.data import synthetic
 
-        truth = set(synthetic.PLANTED)
+        # the causes of the recipe the cohort came from (data.data_path), the packaged one's by default
+        truth = set(synthetic.planted_causes(synthetic.load_recipe(cfg.data.data_path) if cfg.data.data_path
+                                             else None))
         for name, key in (("eag-rl", "r_att_truth_eagrl"), ("grpo", "r_att_truth_grpo"), ("sft", "r_att_truth_sft")):
             res = results.get(name)
             line[key] = None if res is None else named_overlap(Path(res.outputs["heldout"]) / "predictions.csv",
@@ -125,7 +126,11 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--skip", action="append", default=[], choices=["zeroshot", "grpo", "direct"])
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    # the stages' progress lines through their own single handler (a root handler as well printed each one twice)
+    os.environ.setdefault("EAGRL_LOG_LEVEL", "INFO")
+    from eagrl.stage import progress_logging
+
+    progress_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ws = (args.workspace or Path("runs") / f"ladder-{args.rung}").resolve()
     line = run_rung(args.rung, ws, args.sets, set(args.skip))
