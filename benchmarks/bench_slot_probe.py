@@ -26,18 +26,29 @@ LAYERS = (6, 12, 18, 24, 30)
 CS = (0.01, 0.1)
 
 
-def slot_states(model, tokenizer, cohort, gen_cfg, layers) -> dict[int, list]:
+def before_slot(prompt_user: str, named: list[str], restate: bool) -> str:
+    """What the response holds before ``<final_answer>``: nothing, or ``<important_features>`` naming ``named``
+    (as the structured policy writes it), after their record lines restated when ``restate``."""
+    if not named:
+        return ""
+    lines = [line for name in named for line in prompt_user.splitlines() if line.startswith(f"- {name}:")]
+    said = ("<answer>" + " ".join(line[2:] + "." for line in lines) + "</answer>\n") if restate else ""
+    return f"{said}<important_features>{'; '.join(named)}</important_features>\n"
+
+
+def slot_states(model, tokenizer, cohort, gen_cfg, layers, named=(), restate=False) -> dict[int, list]:
     """{layer: [hidden state at the answer slot of each stay, in ``cohort.stays`` order]}."""
     import torch
 
     from eagrl.llm.prompt import build_prompt, encode
 
     out: dict[int, list] = {layer: [] for layer in layers}
-    tail = tokenizer.encode("<final_answer>", add_special_tokens=False)
     with torch.no_grad():
         for i, sid in enumerate(cohort.stays["stay_id"]):
             prompt = build_prompt(cohort.patient(sid), cohort.features, dataset=cohort.dataset, task=cohort.task,
                                   cfg=gen_cfg, tokenizer=tokenizer)
+            tail = tokenizer.encode(before_slot(prompt.user, list(named), restate) + "<final_answer>",
+                                    add_special_tokens=False)
             ids = torch.tensor([encode(prompt, tokenizer) + tail])
             hidden = model(input_ids=ids, output_hidden_states=True).hidden_states  # (L+1) x (1, T, H)
             for layer in layers:
@@ -73,6 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--task", default="mortality")
     ap.add_argument("--layers", default=",".join(map(str, LAYERS)))
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--name", default="", help="features the response names before the slot, ';'-separated "
+                    "(e.g. the expert's C_exp), as <important_features> does")
+    ap.add_argument("--restate", action="store_true", help="the response also restates those features' lines")
     args = ap.parse_args(argv)
 
     from eagrl.cli import build_config
@@ -87,10 +101,13 @@ def main(argv: list[str] | None = None) -> dict:
     loaded = load_model(model_config(cfg).model_copy(update={"dtype": "float32"}))  # the probe reads float32 states
     layers = [int(x) for x in args.layers.split(",")]
     t0 = time.perf_counter()
-    states = slot_states(loaded.model, loaded.tokenizer, cohort, direct_generation(cfg.generation), layers)
+    named = [n.strip() for n in args.name.split(";") if n.strip()]
+    states = slot_states(loaded.model, loaded.tokenizer, cohort, direct_generation(cfg.generation), layers, named,
+                         args.restate)
     labels = cohort.stays["label"].to_numpy().astype(int)
     train = (cohort.stays["split"] == "train").to_numpy()
-    line = {"dataset": args.dataset, "task": args.task, "n_train": int(train.sum()), "n_heldout": int((~train).sum()),
+    line = {"dataset": args.dataset, "task": args.task, "named": named, "restate": args.restate,
+            "n_train": int(train.sum()), "n_heldout": int((~train).sum()),
             "layers": {str(layer): probe(states[layer], labels, train) for layer in layers},
             "seconds": round(time.perf_counter() - t0, 1)}
     print(json.dumps(line))

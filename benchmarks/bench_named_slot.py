@@ -1,0 +1,111 @@
+"""Does text that names the causes before the answer slot let the slot learn a rule it cannot learn from the record?
+
+The direct fine-tune reads the answer slot right after the record. On the planted-cause synthetic cohort it fits
+its own training stays and ranks held-out stays at chance (docs/results.md, session 23): with a few hundred stays it
+memorises stays rather than finding the two labs that decide. EAG-RL's premise is that reasoning which attends to
+the expert's features helps. This script isolates that: the same LoRA, the same answer-slot loss and settings as
+the direct stage (``cfg.sft``), with the response before ``<final_answer>`` holding
+
+* nothing (the direct fine-tune),
+* ``<important_features>`` naming ``--name`` (e.g. the expert's C_exp), after their record lines restated
+  (``--restate``) as a policy that copies what it attends to would write them,
+
+and a control that restates labs that carry nothing. It trains on the train split (the restated text inserted,
+not trained: only the slot is), then reads the slot teacher-forced on every stay and prints one JSON line: AUROC on
+the training stays (fit) and on the held-out ones (val + test).
+
+    .venv/bin/python benchmarks/bench_named_slot.py --workspace WS --dataset synthetic \\
+        --set data.data_path=RECIPE --name "Lactate; Albumin" --restate --set sft.epochs=3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from bench_fit import auroc, slot_probabilities
+from bench_slot_probe import before_slot
+
+
+def records(cohort, gen, tokenizer, named: list[str], restate: bool) -> list[dict]:
+    """One trajectory record a stay (every split): prompt, the response before the slot (inserted), the slot."""
+    from eagrl.llm.parse import FINAL
+    from eagrl.llm.prompt import build_prompt, encode
+    from eagrl.llm.structured import answer_words, tokenizer_encode
+
+    enc = tokenizer_encode(tokenizer)
+    words = answer_words(enc)
+    out = []
+    for sid in cohort.stays["stay_id"]:
+        rec = cohort.patient(sid)
+        prompt = build_prompt(rec, cohort.features, dataset=cohort.dataset, task=cohort.task, cfg=gen,
+                              tokenizer=tokenizer)
+        head = enc(before_slot(prompt.user, named, restate) + f"<{FINAL}>")
+        ids = head + [words[int(rec.label)]] + enc(f"</{FINAL}>")
+        out.append({"stay_id": str(sid), "label": int(rec.label), "prompt_ids": encode(prompt, tokenizer),
+                    "token_ids": ids, "mask": [False] * len(ids), "readout_index": len(head)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workspace", type=Path, required=True, help="a workspace with the prepared cohort")
+    ap.add_argument("--out", type=Path, default=None, help="where the adapter goes (default: WS/named-slot/<tag>)")
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--dataset", default="synthetic")
+    ap.add_argument("--task", default="mortality")
+    ap.add_argument("--name", default="", help="features named before the slot, ';'-separated")
+    ap.add_argument("--restate", action="store_true", help="restate those features' record lines before naming them")
+    ap.add_argument("--adapter", type=Path, default=None,
+                    help="score this trained adapter (e.g. the direct stage's) on the same text instead of training")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+
+    from eagrl.cli import build_config
+    from eagrl.data.cohort import Cohort
+    from eagrl.llm.loading import load_model
+    from eagrl.llm.structured import tokenizer_encode, yes_no_ids
+    from eagrl.sft.direct import direct_generation
+    from eagrl.sft.train import run_sft
+    from eagrl.stage import progress_logging
+    from eagrl.workspace import Workspace, model_config
+
+    progress_logging()
+    cfg = build_config(args.profile, sets=[f"data.dataset={args.dataset}", f"data.task={args.task}", *args.sets],
+                       workspace=args.workspace)
+    cohort = Cohort.load(Workspace.of(cfg).cohort_dir)
+    named = [n.strip() for n in args.name.split(";") if n.strip()]
+    unknown = [n for n in named if n not in {f.name for f in cohort.features}]
+    if unknown:
+        raise SystemExit(f"--name: {unknown} are not features of the cohort ({[f.name for f in cohort.features]})")
+    tag = ("restate-" if args.restate else "name-") + "-".join(n.replace(" ", "_") for n in named) if named else "none"
+    out = args.out or args.workspace / "named-slot" / (tag + ("-scored" if args.adapter else ""))
+    if out.exists():
+        raise SystemExit(f"{out} exists; pass another --out")
+    mcfg = model_config(cfg)
+    loaded = load_model(mcfg.model_copy(update={"adapter": str(args.adapter) if args.adapter else None}))
+    recs = records(cohort, direct_generation(cfg.generation), loaded.tokenizer, named, args.restate)
+    train = (cohort.stays["split"] == "train").to_numpy()
+    out.mkdir(parents=True)
+    t0, steps, model = time.perf_counter(), 0, loaded.model
+    if args.adapter is None:
+        examples = out / "examples.jsonl"
+        examples.write_text("".join(json.dumps(r) + "\n" for r, t in zip(recs, train) if t), encoding="utf-8")
+        res = run_sft(mcfg, cfg.sft, examples, out / "train", loaded=loaded, readout="yesno")
+        steps, model = int(res.metrics.get("optimizer_steps", 0)), res.model
+    seconds = time.perf_counter() - t0
+    model.eval()
+    probs = slot_probabilities(model, recs, yes_no_ids(tokenizer_encode(loaded.tokenizer)))
+    labels = cohort.stays["label"].to_numpy().astype(int)
+    line = {"named": named, "restate": args.restate, "adapter": str(args.adapter or out / "train" / "adapter"),
+            "n_train": int(train.sum()), "n_heldout": int((~train).sum()),
+            "optimizer_steps": steps, "train_seconds": round(seconds, 1),
+            "fit": auroc(labels[train], probs[train], 1000), "heldout": auroc(labels[~train], probs[~train], 1000)}
+    (out / "result.json").write_text(json.dumps(line, indent=1), encoding="utf-8")
+    print(json.dumps(line))
+    return line
+
+
+if __name__ == "__main__":
+    main()
