@@ -12,7 +12,8 @@ the direct stage (``cfg.sft``), with the response before ``<final_answer>`` hold
 
 and a control that restates labs that carry nothing. It trains on the train split (the restated text inserted,
 not trained: only the slot is), then reads the slot teacher-forced on every stay and prints one JSON line: AUROC on
-the training stays (fit) and on the held-out ones (val + test).
+the training stays (fit) and on the held-out ones (val + test); every stay's probability goes to
+``OUT/predictions.csv`` (``eagrl.metrics.paired_bootstrap`` compares two runs on the same stays).
 
     .venv/bin/python benchmarks/bench_named_slot.py --workspace WS --dataset synthetic \\
         --set data.data_path=RECIPE --name "Lactate; Albumin" --restate --set sft.epochs=3
@@ -24,6 +25,7 @@ import json
 import time
 from pathlib import Path
 
+import pandas as pd
 from bench_fit import auroc, slot_probabilities
 from bench_slot_probe import before_slot
 
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
             "optimizer_steps": steps, "train_seconds": round(seconds, 1),
             "fit": auroc(labels[train], probs[train], 1000), "heldout": auroc(labels[~train], probs[~train], 1000)}
     (out / "result.json").write_text(json.dumps(line, indent=1), encoding="utf-8")
+    pd.DataFrame({"stay_id": cohort.stays["stay_id"].astype(str), "split": cohort.stays["split"], "label": labels,
+                  "prob": probs}).to_csv(out / "predictions.csv", index=False)  # for paired comparisons of runs
     print(json.dumps(line))
     return line
 

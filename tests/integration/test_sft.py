@@ -233,6 +233,36 @@ def test_the_answer_slot_holds_the_label_and_its_loss_is_the_two_way_readout(tok
             assert part == pytest.approx(2.0 * w[i].item() * nll, rel=1e-4)
 
 
+def test_gradient_clipping_caps_what_the_optimiser_sees_and_null_turns_it_off(tok, tmp_path):
+    """``sft.max_grad_norm`` clips the LoRA gradient before each optimiser step; ``None`` leaves it whole (at one stay
+    a step, clipping cuts the steps the slot gets wrong and undoes the class weights: docs/results.md, session 23)."""
+    from transformers import TrainerCallback
+
+    class Seen(TrainerCallback):
+        def __init__(self, model):
+            self.model, self.norms = model, []
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            grads = [p.grad.detach().float() for p in self.model.parameters() if p.grad is not None]
+            self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    recs = [answered(tok, i, label) for i, label in enumerate([1, 0, 0, 0])]
+    words = tok.encode("no", add_special_tokens=False)[0], tok.encode("yes", add_special_tokens=False)[0]
+    data = load_examples(write_jsonl(tmp_path / "a.jsonl", recs), 4096, answer_tokens=words)
+    seen = {}
+    for clip in (1e-3, None):
+        cfg = SFTConfig(batch_size=1, grad_accumulation=1, epochs=1, max_grad_norm=clip, reasoning_weight=0.0)
+        torch.manual_seed(0)
+        model = attach_lora(load_model(TINY).model, cfg.lora_model_config(TINY))
+        trainer = build_trainer(model, tok, cfg, data, tmp_path / f"ckpt-{clip}", cuda=False, readout_ids=_yes_no(tok))
+        trainer.add_callback(Seen(model))
+        trainer.train()
+        seen[clip] = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, Seen)).norms
+    assert len(seen[1e-3]) == len(seen[None]) == 4
+    assert max(seen[1e-3]) <= 1e-3 * 1.01
+    assert min(seen[None]) > 1e-2  # the unclipped gradients of the same steps
+
+
 def test_sft_fits_its_training_stays_through_the_readout(tok, tmp_path):
     """Fit before generalisation: after SFT the readout at the slot ranks its own training stays by label."""
     from eagrl.metrics import auroc

@@ -72,7 +72,8 @@ def test_a_lab_given_its_own_scale_spreads_that_lab_alone_and_leaves_its_range_m
               (base.measurements, wide.measurements)]
     pd.testing.assert_frame_equal(*others)
     pd.testing.assert_frame_equal(base.stays, wide.stays)  # the outcome follows the levels z, not the spread
-    for bad, msg in (({"Lactic": 2.0}, "synthetic scales names lab"), ({"Lactate": 0.0}, "synthetic scales must be > 0")):
+    for bad, msg in (({"Lactic": 2.0}, "synthetic scales names lab"),
+                     ({"Lactate": 0.0}, "synthetic scales must be > 0")):
         with pytest.raises(ValueError, match=msg):
             synthetic.SyntheticConfig.model_validate({**small().model_dump(), "scales": bad})
 

@@ -36,7 +36,11 @@ class SFTConfig(Section):
         "warm-up means no update at all, so the default is none."
     )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0.0, description="Gradient clipping norm; null: no clipping. At one stay a step, clipping cuts the "
+        "steps the slot gets wrong (norm 4-7) and not the ones it gets right (0.1-0.4), which undoes the class "
+        "weights (docs/results.md, session 23)."
+    )
     epochs: float = Field(2.0, gt=0.0, description="Passes over the trajectory set.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps; None: run all epochs.")
     # ---------------------------------------------------------------- batch

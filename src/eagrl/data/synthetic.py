@@ -19,10 +19,10 @@ raw import that DVC versions; ``--data-path`` takes another recipe file, or a fo
 ``synthetic.yaml``), then ``eagrl expert train --dataset synthetic --task mortality``.
 
 The generative model: stay ``i`` has a level ``z[i, j] ~ N(0, 1)`` for every lab ``j``; its visit values are
-``centre_j + half_range_j * (scale_j * z[i, j] + visit_noise * e)`` (``scale_j``: ``scales[j]``, else ``level_scale``) clipped to the lab's plausible range
-and left unmeasured with probability ``missing`` (never at the first visit). The risk is
-``sum_j planted[j] * z[i, j] + label_noise * N(0, 1)``; the ``prevalence`` share of stays with the highest risk
-are positive (``label_mortality``). Nothing else depends on the outcome.
+``centre_j + half_range_j * (scale_j * z[i, j] + visit_noise * e)`` (``scale_j``: ``scales[j]``, else
+``level_scale``) clipped to the lab's plausible range and left unmeasured with probability ``missing`` (never at
+the first visit). The risk is ``sum_j planted[j] * z[i, j] + label_noise * N(0, 1)``; the ``prevalence`` share of
+stays with the highest risk are positive (``label_mortality``). Nothing else depends on the outcome.
 """
 from __future__ import annotations
 

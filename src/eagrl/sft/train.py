@@ -117,7 +117,7 @@ def training_args(sft_cfg: SFTConfig, out_dir: Path, cuda: bool):
         lr_scheduler_type=sft_cfg.lr_scheduler,
         warmup_steps=sft_cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
         weight_decay=sft_cfg.weight_decay,
-        max_grad_norm=sft_cfg.max_grad_norm,
+        max_grad_norm=sft_cfg.max_grad_norm or 0.0,  # transformers clips only above 0
         num_train_epochs=sft_cfg.epochs,
         max_steps=sft_cfg.max_steps or -1,
         per_device_train_batch_size=sft_cfg.batch_size,
