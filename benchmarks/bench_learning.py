@@ -110,8 +110,8 @@ def run_rung(rung: str, workspace: Path, sets: list[str], skip: set[str]) -> dic
         from eagrl.data import synthetic
 
         # the causes of the recipe the cohort came from (data.data_path), the packaged one's by default
-        truth = set(synthetic.planted_causes(synthetic.load_recipe(cfg.data.data_path) if cfg.data.data_path
-                                             else None))
+        truth = set(synthetic.planted_causes(synthetic.load_recipe(cfg.data.data_path
+                                                                   or synthetic.default_recipe_path())))
         for name, key in (("eag-rl", "r_att_truth_eagrl"), ("grpo", "r_att_truth_grpo"), ("sft", "r_att_truth_sft")):
             res = results.get(name)
             line[key] = None if res is None else named_overlap(Path(res.outputs["heldout"]) / "predictions.csv",

@@ -31,22 +31,17 @@ from bench_slot_probe import before_slot
 
 
 def records(cohort, gen, tokenizer, named: list[str], restate: bool) -> list[dict]:
-    """One trajectory record a stay (every split): prompt, the response before the slot (inserted), the slot."""
-    from eagrl.llm.parse import FINAL
+    """One direct-fine-tune record a stay (every split), with the response before the slot inserted."""
     from eagrl.llm.prompt import build_prompt, encode
-    from eagrl.llm.structured import answer_words, tokenizer_encode
+    from eagrl.sft.direct import direct_record
 
-    enc = tokenizer_encode(tokenizer)
-    words = answer_words(enc)
     out = []
     for sid in cohort.stays["stay_id"]:
         rec = cohort.patient(sid)
         prompt = build_prompt(rec, cohort.features, dataset=cohort.dataset, task=cohort.task, cfg=gen,
                               tokenizer=tokenizer)
-        head = enc(before_slot(prompt.user, named, restate) + f"<{FINAL}>")
-        ids = head + [words[int(rec.label)]] + enc(f"</{FINAL}>")
-        out.append({"stay_id": str(sid), "label": int(rec.label), "prompt_ids": encode(prompt, tokenizer),
-                    "token_ids": ids, "mask": [False] * len(ids), "readout_index": len(head)})
+        out.append(direct_record(str(sid), int(rec.label), encode(prompt, tokenizer), tokenizer,
+                                 before=before_slot(prompt.user, named, restate)))
     return out
 
 
@@ -81,7 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [n for n in named if n not in {f.name for f in cohort.features}]
     if unknown:
         raise SystemExit(f"--name: {unknown} are not features of the cohort ({[f.name for f in cohort.features]})")
-    tag = ("restate-" if args.restate else "name-") + "-".join(n.replace(" ", "_") for n in named) if named else "none"
+    tag = "none"
+    if named:
+        tag = ("restate-" if args.restate else "name-") + "-".join(n.replace(" ", "_") for n in named)
     out = args.out or args.workspace / "named-slot" / (tag + ("-scored" if args.adapter else ""))
     if out.exists():
         raise SystemExit(f"{out} exists; pass another --out")

@@ -31,9 +31,6 @@ def write_direct_examples(cohort: Cohort, split: str, gen_cfg: GenerationConfig,
     """One trajectory record a stay of ``split``: vanilla prompt, ``<final_answer>`` + the label's word (inserted,
     so no language-model target; the answer-slot loss trains it), ``</final_answer>``."""
     gen = direct_generation(gen_cfg)
-    enc = tokenizer_encode(tokenizer)
-    opening, closing = enc(f"<{FINAL}>"), enc(f"</{FINAL}>")
-    words = answer_words(enc)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:
@@ -41,8 +38,16 @@ def write_direct_examples(cohort: Cohort, split: str, gen_cfg: GenerationConfig,
             rec = cohort.patient(sid)
             prompt = build_prompt(rec, cohort.features, dataset=cohort.dataset, task=cohort.task, cfg=gen,
                                   tokenizer=tokenizer)
-            ids = opening + [words[int(rec.label)]] + closing
-            fh.write(json.dumps({"stay_id": str(sid), "label": int(rec.label), "prompt_ids": encode(prompt, tokenizer),
-                                 "token_ids": ids, "mask": [False] * len(ids), "readout_index": len(opening)},
+            fh.write(json.dumps(direct_record(str(sid), int(rec.label), encode(prompt, tokenizer), tokenizer),
                                 separators=(",", ":")) + "\n")
     return out
+
+
+def direct_record(stay_id: str, label: int, prompt_ids: list[int], tokenizer, before: str = "") -> dict:
+    """One stay's trajectory record: ``before`` (inserted text, none for the direct policy), ``<final_answer>``, the
+    label's word at the answer slot (inserted: the answer-slot loss trains it), ``</final_answer>``."""
+    enc = tokenizer_encode(tokenizer)
+    head = enc(before + f"<{FINAL}>")
+    ids = head + [answer_words(enc)[label]] + enc(f"</{FINAL}>")
+    return {"stay_id": stay_id, "label": label, "prompt_ids": prompt_ids, "token_ids": ids, "mask": [False] * len(ids),
+            "readout_index": len(head)}
