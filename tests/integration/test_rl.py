@@ -384,36 +384,68 @@ def test_training_logs_every_step_and_saves_the_adapter(variant, cohort, c_exp, 
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
 
 
+TIMINGS = ("train_seconds", "seconds_per_step")
+
+
+def _same_run(a, b) -> None:
+    """Two runs of the same settings ended the same: steps, metrics (timings apart), eps(tau) values, adapter."""
+    from safetensors.torch import load_file
+
+    assert [r["step"] for r in a.history] == [r["step"] for r in b.history]
+    assert {k: v for k, v in a.metrics.items() if k not in TIMINGS} == pytest.approx(
+        {k: v for k, v in b.metrics.items() if k not in TIMINGS})
+    assert a.eps_values == pytest.approx(b.eps_values)
+    wa, wb = (load_file(r.adapter_dir / "adapter_model.safetensors") for r in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(cohort, c_exp, sft_adapter, tmp_path):
+    """Stopped after its first generation batch and rerun with more steps, a run ends as one that was never
+    stopped: the same history, eps(tau) values (kept in the checkpoint) and adapter."""
     from eagrl.rl.train import run_rl
 
     base = dict(num_generations=2, prompts_per_batch=2, micro_batch_size=2, updates_per_batch=2, max_stays=4,
                 learning_rate=1e-3)
+    whole = run_rl(ModelConfig(source="tiny"), GEN, RLConfig(max_steps=4, **base), cohort, c_exp, tmp_path / "whole",
+                   sft_adapter=sft_adapter)
     run_rl(ModelConfig(source="tiny"), GEN, RLConfig(max_steps=2, **base), cohort, c_exp, tmp_path / "rl",
            sft_adapter=sft_adapter)
-    assert (tmp_path / "rl" / "checkpoints" / "checkpoint-2").is_dir()
+    assert (tmp_path / "rl" / "checkpoints" / "checkpoint-2" / "eps_values.json").is_file()
     res = run_rl(ModelConfig(source="tiny"), GEN, RLConfig(max_steps=4, **base), cohort, c_exp, tmp_path / "rl",
                  sft_adapter=sft_adapter)
-    # only steps 3 and 4 ran in the second call: its history continues the first one's
     assert res.metrics["train_steps"] == 4 and [r["step"] for r in res.history] == [1.0, 2.0, 3.0, 4.0]
-    assert len(res.eps_values) == 4  # one generation batch (2 stays x G = 2) sampled in this call
+    assert len(res.eps_values) == 8  # two generation batches of 2 stays x G = 2, the first read from checkpoint-2
+    _same_run(res, whole)
+
+
+def test_checkpoints_fall_between_generation_batches(cohort, c_exp, sft_adapter, tmp_path):
+    """save_steps 1 with two optimiser steps a generation batch checkpoints every second step: a run resumed at
+    step 1 would sample a fresh batch (seeded by the step) where the stopped run trained on its buffered one."""
+    from eagrl.rl.train import run_rl
+
+    assert RLConfig(save_steps=1, updates_per_batch=2).checkpoint_steps == 2
+    assert RLConfig(save_steps=3, updates_per_batch=2).checkpoint_steps == 4
+    assert RLConfig(save_steps=2, updates_per_batch=1, num_iterations=2).checkpoint_steps == 2
+    assert RLConfig(save_steps=5, updates_per_batch=1).checkpoint_steps == 5
+    cfg = RLConfig(max_steps=4, save_total_limit=4, num_generations=2, prompts_per_batch=2, micro_batch_size=2,
+                   updates_per_batch=2, max_stays=4, learning_rate=1e-3)
+    run_rl(ModelConfig(source="tiny"), GEN, cfg, cohort, c_exp, tmp_path / "rl", sft_adapter=sft_adapter)
+    assert sorted(p.name for p in (tmp_path / "rl" / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2",
+                                                                                            "checkpoint-4"]
 
 
 def test_a_finished_run_rerun_trains_no_further_step(cohort, c_exp, sft_adapter, tmp_path):
-    """A rerun of a run that reached max_steps (e.g. to re-score it with another held-out cap) resumes from the last
-    checkpoint and trains nothing more: the same steps, the same adapter."""
-    from safetensors.torch import load_file
-
+    """A rerun of a run that reached max_steps (e.g. to re-score it with another held-out cap, or after a stop
+    between its last checkpoint and the stage's end) resumes from the last checkpoint and trains nothing more: the
+    same steps, metrics, eps(tau) values and adapter."""
     from eagrl.rl.train import run_rl
 
     cfg = RLConfig(max_steps=2, num_generations=2, prompts_per_batch=2, micro_batch_size=2, updates_per_batch=2,
                    max_stays=4, learning_rate=1e-3)
     first = run_rl(ModelConfig(source="tiny"), GEN, cfg, cohort, c_exp, tmp_path / "rl", sft_adapter=sft_adapter)
-    weights = load_file(first.adapter_dir / "adapter_model.safetensors")
     again = run_rl(ModelConfig(source="tiny"), GEN, cfg, cohort, c_exp, tmp_path / "rl", sft_adapter=sft_adapter)
-    assert again.metrics["train_steps"] == 2 and [r["step"] for r in again.history] == [1.0, 2.0]
-    after = load_file(again.adapter_dir / "adapter_model.safetensors")
-    assert all(torch.equal(weights[k], after[k]) for k in weights)
+    assert again.metrics["train_steps"] == 2
+    _same_run(again, first)
 
 
 def test_bad_settings_and_inputs_are_named(cohort, c_exp, tmp_path):

@@ -94,7 +94,11 @@ class RLConfig(Section):
     )
     seed: int = Field(0, description="Seeds the data order, the LoRA init (no-stage1) and every rollout.")
     logging_steps: int = Field(1, ge=1, description="Optimiser steps between two logged points.")
-    save_steps: int = Field(1, ge=1, description="Optimiser steps between two checkpoints (resume after a stop).")
+    save_steps: int = Field(
+        1, ge=1, description="Optimiser steps between two checkpoints (resume after a stop), rounded up to whole "
+        "generation batches (updates_per_batch * num_iterations steps): a run resumed inside a batch would sample a "
+        "fresh one where the stopped run went on with its buffered responses.",
+    )
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     # ---------------------------------------------------------------- held-out check after training
     eval_split: Literal["train", "val", "test"] = Field("test", description="Split the trained policy is scored on.")
@@ -168,6 +172,12 @@ class RLConfig(Section):
     @property
     def grad_accumulation(self) -> int:
         return self.micro_batches_per_batch // self.updates_per_batch
+
+    @property
+    def checkpoint_steps(self) -> int:
+        """``save_steps`` rounded up to a whole number of generation batches."""
+        per_batch = self.updates_per_batch * self.num_iterations
+        return -(-self.save_steps // per_batch) * per_batch
 
     def epochs_done(self, steps: int, n_stays: int) -> float:
         """Passes over ``n_stays`` patients that ``steps`` optimiser steps make: each generation batch of

@@ -5,7 +5,8 @@ base model, registered like the SFT one); a frozen copy of it, the ``ref`` adapt
 KL is measured (and, with ``rl.beta > 0``, penalised) against. ``eag-rl-no-stage1`` starts from a fresh
 adapter on the base model instead (its start policy: adapters disabled).
 
-``out_dir`` receives ``checkpoints/`` (every ``rl.save_steps``; a rerun resumes from the last one),
+``out_dir`` receives ``checkpoints/`` (every ``rl.save_steps``, at generation-batch ends; a rerun resumes from the
+last one, with the eps(tau) values used so far),
 ``adapter/`` (the trained adapter and ``rl_config.json``), ``train_history.json`` (one row per logged step)
 and ``train_metrics.json``. Nothing is logged to MLflow unless the caller has a run open (then every step).
 """
@@ -86,6 +87,7 @@ def run_rl(model_cfg: ModelConfig, gen_cfg: GenerationConfig, rl_cfg: RLConfig, 
     resume = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
     if resume:
         log.info("RL resumes from %s", resume)
+        trainer.load_eps_values(resume)
 
     t0 = time.perf_counter()
     if resume and finished(resume, rl_cfg):
@@ -93,6 +95,7 @@ def run_rl(model_cfg: ModelConfig, gen_cfg: GenerationConfig, rl_cfg: RLConfig, 
         train_out = restore(trainer, resume)
     else:
         train_out = trainer.train(resume_from_checkpoint=resume)
+        train_out = train_out._replace(training_loss=mean_train_loss(trainer.state.log_history))
     seconds = time.perf_counter() - t0
 
     peft_model = trainer.accelerator.unwrap_model(trainer.model)
@@ -136,8 +139,19 @@ def restore(trainer, checkpoint: str | Path):
         raise DataError(f"{path}: the checkpoint's adapter does not fit this policy "
                         f"(e.g. {loaded.unexpected_keys[:3]})")
     trainer.state = TrainerState.load_from_json(str(path / "trainer_state.json"))
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    return TrainOutput(trainer.state.global_step, float(np.mean(losses)) if losses else float("nan"), {})
+    return TrainOutput(trainer.state.global_step, mean_train_loss(trainer.state.log_history), {})
+
+
+def mean_train_loss(log_history: list[dict]) -> float:
+    """The training loss averaged over every logged optimiser step of the run, from the logged losses (each the mean
+    over the steps since the log before it). The Trainer's own ``training_loss`` covers the steps of its last call
+    only, so a resumed run reported the loss of its resumed steps."""
+    total, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "train_loss" not in entry:
+            step = int(entry["step"])
+            total, last = total + float(entry["loss"]) * (step - last), step
+    return total / last if last else float("nan")
 
 
 # ====================================================================== the policy and its start
@@ -238,7 +252,7 @@ def training_args(rl_cfg: RLConfig, out_dir: Path, cuda: bool):
         vllm_mode="colocate",
         logging_steps=rl_cfg.logging_steps,
         save_strategy="steps",
-        save_steps=rl_cfg.save_steps,
+        save_steps=rl_cfg.checkpoint_steps,
         save_total_limit=rl_cfg.save_total_limit,
         report_to="none",  # MlflowSteps logs into the stage's own run
         disable_tqdm=True,

@@ -42,8 +42,10 @@ tied embeddings): in bfloat16 every log-prob, ratio and clip decision would be r
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -54,6 +56,8 @@ from eagrl.llm.loading import causal_lm
 from eagrl.rl.clip import adaptive_epsilon
 
 log = logging.getLogger(__name__)
+
+EPS_FILE = "eps_values.json"  # in each checkpoint: every eps(tau) used up to its step, so a resumed run reports all
 
 
 class EAGRLTrainer(GRPOTrainer):
@@ -67,6 +71,25 @@ class EAGRLTrainer(GRPOTrainer):
         self._hidden: torch.Tensor | None = None
         self._yes_no: tuple | None = None  # the readout's yes and no spellings' tokens, the slot's (no, yes) words
         self._rewards_per_func: torch.Tensor | None = None  # the last batch's rewards, every process's rows
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            (folder / EPS_FILE).write_text(json.dumps(self.eps_values))
+
+    def load_eps_values(self, checkpoint: str | Path) -> None:
+        """The eps(tau) values the run had used when ``checkpoint`` was saved (checkpoints fall between generation
+        batches, ``RLConfig.checkpoint_steps``, so none of them is sampled again after the resume)."""
+        path = Path(checkpoint) / EPS_FILE
+        if path.is_file():
+            self.eps_values = [float(x) for x in json.loads(path.read_text())]
+        else:
+            log.warning("%s has no %s (saved before it was kept): the eps(tau) figures cover the resumed steps "
+                        "only", checkpoint, EPS_FILE)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
