@@ -3,7 +3,8 @@
 A LoRA readout learns quickly what the base model's hidden state at the answer slot already holds linearly, and
 slowly (or, at a few hundred stays, not at all) what it does not. This script reads that state for every stay of a
 prepared cohort, in the direct fine-tune's prompt (vanilla style, the compact record, then ``<final_answer>``), at
-several layers, fits a class-balanced logistic regression on the train split and scores the val and test splits.
+several layers, fits a class-balanced logistic regression on the train split and scores the val and test splits;
+the same regression on each stay's last values (``last_values``, the table's tabular row) is the reference.
 Run it before spending hours on a cohort: TJH mortality probes at 0.97-0.99 held out, the planted-cause synthetic
 cohort at 0.45-0.63 (docs/results.md, session 22), where no trained LLM row fitted its own training stays.
 
@@ -12,7 +13,7 @@ cohort at 0.45-0.63 (docs/results.md, session 22), where no trained LLM row fitt
         --set data.data_path=/path/to/recipe-folder
 
 The cohort is the workspace's prepared one (``eagrl data prepare`` first). Prints one JSON line last: per layer and
-regularisation C, the train and held-out AUROC, and the seconds taken.
+regularisation C, the train and held-out AUROC (and the last values'), and the seconds taken.
 """
 from __future__ import annotations
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from eagrl.cli import build_config
     from eagrl.data.cohort import Cohort
+    from eagrl.evaluate.tabular import last_values
     from eagrl.llm.loading import load_model
     from eagrl.sft.direct import direct_generation
     from eagrl.workspace import Workspace, model_config
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     line = {"dataset": args.dataset, "task": args.task, "named": named, "restate": args.restate,
             "n_train": int(train.sum()), "n_heldout": int((~train).sum()),
             "layers": {str(layer): probe(states[layer], labels, train) for layer in layers},
+            "last_values": probe(last_values(cohort, [str(s) for s in cohort.stays["stay_id"]]), labels, train),
             "seconds": round(time.perf_counter() - t0, 1)}
     print(json.dumps(line))
     return line

@@ -448,6 +448,17 @@ def test_a_finished_run_rerun_trains_no_further_step(cohort, c_exp, sft_adapter,
     _same_run(again, first)
 
 
+def test_null_max_grad_norm_turns_clipping_off(tmp_path):
+    """``rl.max_grad_norm: null`` reaches TRL as 0, which the Trainer reads as no clipping (the SFT twin's test,
+    tests/integration/test_sft.py, shows the Trainer then passes the gradient whole); a number passes as it is."""
+    from eagrl.rl.train import training_args
+
+    assert training_args(RLConfig(max_grad_norm=None), tmp_path, cuda=False).max_grad_norm == 0.0
+    assert training_args(RLConfig(), tmp_path, cuda=False).max_grad_norm == 1.0
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        RLConfig(max_grad_norm=0.0)  # "off" is spelled null, not 0
+
+
 def test_bad_settings_and_inputs_are_named(cohort, c_exp, tmp_path):
     from eagrl.errors import DataError
     from eagrl.rl.train import run_rl

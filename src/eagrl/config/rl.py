@@ -80,7 +80,7 @@ class RLConfig(Section):
     # ---------------------------------------------------------------- optimisation
     learning_rate: float = Field(2e-5, gt=0.0, description="Peak AdamW learning rate of the LoRA weights.")
     lr_scheduler: str = Field("constant", description="transformers scheduler name (constant, cosine, linear, ...).")
-    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping norm; null: no clipping.")
     beta: float = Field(0.0, ge=0.0, description="KL coefficient against the start policy (0: no KL term, METHOD).")
     log_kl: bool = Field(
         True, description="Log the KL to the start policy every step even when beta = 0 (one extra no-grad forward "

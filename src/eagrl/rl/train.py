@@ -223,7 +223,7 @@ def training_args(rl_cfg: RLConfig, out_dir: Path, cuda: bool):
         lr_scheduler_type=rl_cfg.lr_scheduler,
         warmup_steps=0,
         weight_decay=0.0,
-        max_grad_norm=rl_cfg.max_grad_norm,
+        max_grad_norm=rl_cfg.max_grad_norm or 0.0,  # transformers clips only above 0
         num_train_epochs=rl_cfg.epochs,
         max_steps=rl_cfg.max_steps or -1,
         per_device_train_batch_size=rl_cfg.micro_batch_size,
