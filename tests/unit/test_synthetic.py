@@ -78,6 +78,32 @@ def test_a_lab_given_its_own_scale_spreads_that_lab_alone_and_leaves_its_range_m
             synthetic.SyntheticConfig.model_validate({**small().model_dump(), "scales": bad})
 
 
+def test_a_deviation_risk_labels_the_same_records_by_distance_from_the_centre():
+    """``risk_shape: deviation`` keeps every draw (the records are identical) and labels by |z| of the planted labs:
+    the positives sit further from the reference centre, on either side, where under ``level`` their Lactate sits
+    above it and their Albumin below (weights +1 and -1)."""
+    level = synthetic.generate()
+    dev = synthetic.generate(synthetic.default_recipe().model_copy(
+        update={"risk_shape": "deviation", "planted": {"Lactate": 1.0, "Albumin": 1.0}}))
+    pd.testing.assert_frame_equal(level.measurements, dev.measurements)
+    assert dev.stays["label_mortality"].mean() == pytest.approx(0.3)
+    assert (level.stays["label_mortality"] != dev.stays["label_mortality"]).mean() > 0.2
+
+    def shift(ehr, name):  # positives minus negatives: mean first value, and mean distance from the centre
+        lab = next(f for f in ehr.features if f.name == name)
+        first = ehr.measurements[ehr.measurements["feature"] == name].sort_values("time").groupby("stay_id").first()
+        z = ((first["value"] - (lab.ref_low + lab.ref_high) / 2) / ((lab.ref_high - lab.ref_low) / 2))
+        y = ehr.stays.set_index("stay_id")["label_mortality"].reindex(z.index)
+        return z[y == 1].mean() - z[y == 0].mean(), z[y == 1].abs().mean() - z[y == 0].abs().mean()
+
+    assert shift(level, "Lactate")[0] > 0.8 and shift(level, "Albumin")[0] < -0.8
+    for name in ("Lactate", "Albumin"):
+        signed, distance = shift(dev, name)
+        assert distance > 0.4 and abs(signed) < 0.35, (name, signed, distance)  # Lactate's floor at 0 tilts it
+    with pytest.raises(ValueError, match="risk_shape"):
+        synthetic.SyntheticConfig.model_validate({**small().model_dump(), "risk_shape": "quadratic"})
+
+
 def test_generation_is_seeded():
     a, b, c = synthetic.generate(small()), synthetic.generate(small()), synthetic.generate(small(seed=1))
     pd.testing.assert_frame_equal(a.stays, b.stays)

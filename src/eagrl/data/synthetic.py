@@ -22,12 +22,15 @@ The generative model: stay ``i`` has a level ``z[i, j] ~ N(0, 1)`` for every lab
 ``centre_j + half_range_j * (scale_j * z[i, j] + visit_noise * e)`` (``scale_j``: ``scales[j]``, else
 ``level_scale``) clipped to the lab's plausible range and left unmeasured with probability ``missing`` (never at
 the first visit). The risk is ``sum_j planted[j] * z[i, j] + label_noise * N(0, 1)``; the ``prevalence`` share of
-stays with the highest risk are positive (``label_mortality``). Nothing else depends on the outcome.
+stays with the highest risk are positive (``label_mortality``). Nothing else depends on the outcome. With
+``risk_shape: deviation`` a planted lab's distance from its centre, ``|z[i, j]|``, takes the place of its level (a
+U-shaped risk: out of range either way harms); the draws are the same, so only the labels differ.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -86,6 +89,10 @@ class SyntheticConfig(Section):
     age: tuple[float, float] = Field((30.0, 90.0), description="Uniform age range in years.")
     start: str = Field("2022-01-01", description="Admissions fall in the 365 days from this date.")
     planted: dict[str, float] = Field(description="Lab name -> weight of its level in the risk: the true causes.")
+    risk_shape: Literal["level", "deviation"] = Field(
+        "level", description="How a planted lab enters the risk: 'level', weight * z (one direction harms: Lactate "
+        "high, Albumin low); 'deviation', weight * |z| (leaving the centre either way harms, as for sodium). The "
+        "same draws either way: only the labels differ.")
     labs: list[LabSpec] = Field(description="The lab catalogue: every draw follows its order.")
     order: list[str] | None = Field(
         None, description="The order the cohort lists the labs in (the feature order prompts and the expert follow); "
@@ -203,7 +210,7 @@ def generate(cfg: SyntheticConfig | None = None) -> SyntheticEHR:
 
     z = rng.normal(size=(n, len(labs)))  # (n, F) each stay's level of each lab
     weights = np.array([cfg.planted.get(name, 0.0) for name in names])  # (F,)
-    risk = z @ weights + cfg.label_noise * rng.normal(size=n)
+    risk = (np.abs(z) if cfg.risk_shape == "deviation" else z) @ weights + cfg.label_noise * rng.normal(size=n)
     n_pos = max(1, int(round(cfg.prevalence * n)))
     label = np.zeros(n)
     label[np.argsort(-risk, kind="stable")[:n_pos]] = 1.0
