@@ -4,8 +4,8 @@ Features are the cohort's own model inputs (``visits_model``: z-scored with trai
 within the stay, never-measured values imputed with the train median), read at each stay's last visit, so a
 feature's value is the last one measured before the prediction time. A stay without any visit takes the
 imputation value (the train median) of every feature. The model is scikit-learn's ``LogisticRegression`` (L2,
-``evaluate.tabular.c``, balanced class weights by default) fitted on the cohort's train split; it scores the same
-stays as every other row of the table and needs no registry.
+``evaluate.tabular.c``, balanced class weights by default, solved to ``evaluate.tabular.tol``) fitted on the cohort's
+train split; it scores the same stays as every other row of the table and needs no registry.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def fit_tabular(cohort: Cohort, cfg: TabularConfig, seed: int = 0) -> FittedTabu
         raise DataError(f"logistic regression needs both labels in the train split of {cohort.dataset}/"
                         f"{cohort.task}; its {len(ids)} stays have label {sorted(set(y.tolist()))} only")
     model = LogisticRegression(C=cfg.c, class_weight="balanced" if cfg.balanced else None, max_iter=cfg.max_iter,
-                               random_state=seed)
+                               tol=cfg.tol, random_state=seed)
     model.fit(last_values(cohort, ids), y)
     return FittedTabular(model, cohort.feature_names, len(ids), int(y.sum()))
 
