@@ -4,7 +4,9 @@ A LoRA readout learns quickly what the base model's hidden state at the answer s
 slowly (or, at a few hundred stays, not at all) what it does not. This script reads that state for every stay of a
 prepared cohort, in the direct fine-tune's prompt (vanilla style, the compact record, then ``<final_answer>``), at
 several layers, fits a class-balanced logistic regression on the train split and scores the val and test splits;
-the same regression on each stay's last values (``last_values``, the table's tabular row) is the reference.
+the same regression on each stay's last values (``last_values``, the table's tabular row) is the reference, and the
+number of HIGH/LOW flags in each stay's record (no fitting: the count is the score) the cue a severity reading
+would use (``--flags-only``: that alone, in seconds).
 Run it before spending hours on a cohort: TJH mortality probes at 0.97-0.99 held out, the planted-cause synthetic
 cohort at 0.45-0.63 (docs/results.md, session 22), where no trained LLM row fitted its own training stays.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,6 +38,12 @@ def before_slot(prompt_user: str, named: list[str], restate: bool) -> str:
     lines = [line for name in named for line in prompt_user.splitlines() if line.startswith(f"- {name}:")]
     said = ("<answer>" + " ".join(line[2:] + "." for line in lines) + "</answer>\n") if restate else ""
     return f"{said}<important_features>{'; '.join(named)}</important_features>\n"
+
+
+def flag_count(prompt_user: str) -> int:
+    """The record lines flagged HIGH or LOW (the compact serialisation marks each last value outside its reference
+    range): on TJH this count alone ranks mortality about as well as any trained row (docs/results.md, session 24)."""
+    return sum(bool(re.search(r", (HIGH|LOW)\b", line)) for line in prompt_user.splitlines() if line.startswith("- "))
 
 
 def slot_states(model, tokenizer, cohort, gen_cfg, layers, named=(), restate=False) -> dict[int, list]:
@@ -88,12 +97,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--name", default="", help="features the response names before the slot, ';'-separated "
                     "(e.g. the expert's C_exp), as <important_features> does")
     ap.add_argument("--restate", action="store_true", help="the response also restates those features' lines")
+    ap.add_argument("--flags-only", action="store_true", help="only the flag-count reference: no hidden states")
     args = ap.parse_args(argv)
+
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
 
     from eagrl.cli import build_config
     from eagrl.data.cohort import Cohort
     from eagrl.evaluate.tabular import last_values
     from eagrl.llm.loading import load_model
+    from eagrl.llm.prompt import build_prompt
     from eagrl.sft.direct import direct_generation
     from eagrl.workspace import Workspace, model_config
 
@@ -101,17 +115,23 @@ def main(argv: list[str] | None = None) -> dict:
                        workspace=args.workspace)
     cohort = Cohort.load(Workspace.of(cfg).cohort_dir)
     loaded = load_model(model_config(cfg).model_copy(update={"dtype": "float32"}))  # the probe reads float32 states
-    layers = [int(x) for x in args.layers.split(",")]
+    layers = [] if args.flags_only else [int(x) for x in args.layers.split(",")]
     t0 = time.perf_counter()
     named = [n.strip() for n in args.name.split(";") if n.strip()]
-    states = slot_states(loaded.model, loaded.tokenizer, cohort, direct_generation(cfg.generation), layers, named,
-                         args.restate)
+    gen = direct_generation(cfg.generation)
+    states = slot_states(loaded.model, loaded.tokenizer, cohort, gen, layers, named, args.restate) if layers else {}
     labels = cohort.stays["label"].to_numpy().astype(int)
     train = (cohort.stays["split"] == "train").to_numpy()
+    flags = np.array([flag_count(build_prompt(cohort.patient(sid), cohort.features, dataset=cohort.dataset,
+                                              task=cohort.task, cfg=gen, tokenizer=loaded.tokenizer).user)
+                      for sid in cohort.stays["stay_id"]])
     line = {"dataset": args.dataset, "task": args.task, "named": named, "restate": args.restate,
             "n_train": int(train.sum()), "n_heldout": int((~train).sum()),
             "layers": {str(layer): probe(states[layer], labels, train) for layer in layers},
             "last_values": probe(last_values(cohort, [str(s) for s in cohort.stays["stay_id"]]), labels, train),
+            "flags_mean": round(float(flags.mean()), 2),
+            "flag_count": {"train": round(float(roc_auc_score(labels[train], flags[train])), 3),
+                           "heldout": round(float(roc_auc_score(labels[~train], flags[~train])), 3)},
             "seconds": round(time.perf_counter() - t0, 1)}
     print(json.dumps(line))
     return line
