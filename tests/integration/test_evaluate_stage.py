@@ -185,8 +185,8 @@ def test_logistic_regression_row_is_fitted_on_the_train_split_and_left_out_of_re
     labels = cohort.stays.assign(stay_id=cohort.stays["stay_id"].astype(str)).set_index("stay_id")["label"]
     assert f"fitted on {len(train)} train stays ({int(labels[train].sum())} positive)" in table.loc["logreg", "note"]
     p = _pred(evaluated, "logreg")
-    manual = LogisticRegression(C=cfg.evaluate.tabular.c, class_weight="balanced", max_iter=1000).fit(
-        last_values(cohort, train), labels[train])
+    manual = LogisticRegression(C=cfg.evaluate.tabular.c, class_weight="balanced", max_iter=1000,
+                                tol=cfg.evaluate.tabular.tol).fit(last_values(cohort, train), labels[train])
     np.testing.assert_allclose(p["probability"], manual.predict_proba(last_values(cohort, p["stay_id"].tolist()))[:, 1],
                                atol=1e-6)
     expert_cols = {c for c in table.columns if pd.notna(table.loc["expert", c])}
