@@ -74,12 +74,13 @@ class EAGRLTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
+        if self.args.should_save:  # first, so a checkpoint the Trainer finished writing always has it
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
             (folder / EPS_FILE).write_text(json.dumps(self.eps_values))
+        super()._save_checkpoint(model, trial)
 
     def load_eps_values(self, checkpoint: str | Path) -> None:
         """The eps(tau) values the run had used when ``checkpoint`` was saved (checkpoints fall between generation
