@@ -46,17 +46,15 @@ def flag_count(prompt_user: str) -> int:
     return sum(bool(re.search(r", (HIGH|LOW)\b", line)) for line in prompt_user.splitlines() if line.startswith("- "))
 
 
-def slot_states(model, tokenizer, cohort, gen_cfg, layers, named=(), restate=False) -> dict[int, list]:
-    """{layer: [hidden state at the answer slot of each stay, in ``cohort.stays`` order]}."""
+def slot_states(model, tokenizer, prompts, layers, named=(), restate=False) -> dict[int, list]:
+    """{layer: [hidden state at the answer slot of each prompt, in order]}."""
     import torch
 
-    from eagrl.llm.prompt import build_prompt, encode
+    from eagrl.llm.prompt import encode
 
     out: dict[int, list] = {layer: [] for layer in layers}
     with torch.no_grad():
-        for i, sid in enumerate(cohort.stays["stay_id"]):
-            prompt = build_prompt(cohort.patient(sid), cohort.features, dataset=cohort.dataset, task=cohort.task,
-                                  cfg=gen_cfg, tokenizer=tokenizer)
+        for i, prompt in enumerate(prompts):
             tail = tokenizer.encode(before_slot(prompt.user, list(named), restate) + "<final_answer>",
                                     add_special_tokens=False)
             ids = torch.tensor([encode(prompt, tokenizer) + tail])
@@ -64,8 +62,7 @@ def slot_states(model, tokenizer, cohort, gen_cfg, layers, named=(), restate=Fal
             for layer in layers:
                 out[layer].append(hidden[layer][0, -1].float().numpy())
             if (i + 1) % 50 == 0:
-                print(f"[{time.strftime('%H:%M:%S')}] {i + 1}/{len(cohort.stays)} stays read", file=sys.stderr,
-                      flush=True)
+                print(f"[{time.strftime('%H:%M:%S')}] {i + 1}/{len(prompts)} stays read", file=sys.stderr, flush=True)
     return out
 
 
@@ -119,12 +116,12 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     named = [n.strip() for n in args.name.split(";") if n.strip()]
     gen = direct_generation(cfg.generation)
-    states = slot_states(loaded.model, loaded.tokenizer, cohort, gen, layers, named, args.restate) if layers else {}
+    prompts = [build_prompt(cohort.patient(sid), cohort.features, dataset=cohort.dataset, task=cohort.task, cfg=gen,
+                            tokenizer=loaded.tokenizer) for sid in cohort.stays["stay_id"]]
+    states = slot_states(loaded.model, loaded.tokenizer, prompts, layers, named, args.restate) if layers else {}
     labels = cohort.stays["label"].to_numpy().astype(int)
     train = (cohort.stays["split"] == "train").to_numpy()
-    flags = np.array([flag_count(build_prompt(cohort.patient(sid), cohort.features, dataset=cohort.dataset,
-                                              task=cohort.task, cfg=gen, tokenizer=loaded.tokenizer).user)
-                      for sid in cohort.stays["stay_id"]])
+    flags = np.array([flag_count(p.user) for p in prompts])
     line = {"dataset": args.dataset, "task": args.task, "named": named, "restate": args.restate,
             "n_train": int(train.sum()), "n_heldout": int((~train).sum()),
             "layers": {str(layer): probe(states[layer], labels, train) for layer in layers},
