@@ -1,8 +1,9 @@
-"""How fast is the policy model in bfloat16 against float32 on this CPU? Decides ``model.dtype`` for a machine.
+"""How fast is the policy model in bfloat16 against float32 on this CPU? Checks what ``model.dtype: auto`` chose.
 
-The default profile loads SmolLM2 in bfloat16, about 2x faster than float32 for generation on a CPU with
-bfloat16 instructions (AVX-512 BF16, AMX). On a CPU without them PyTorch emulates bfloat16 and the same work
-is several times slower (docs/results.md, session 24: 5x a forward pass, 14x a training step on an AVX2 CPU).
+bfloat16 is about 2x faster than float32 for generation on a CPU with bfloat16 instructions (AVX-512 BF16, AMX).
+On a CPU without them PyTorch emulates bfloat16 and the same work is several times slower (docs/results.md,
+session 24: 4x a forward pass, 13x a training step on an AVX2 CPU), so the default profile's ``auto`` takes float32
+there (``eagrl.config.llm.auto_dtype``); the JSON line says which one ``auto`` picks on this machine.
 This times one forward pass (no gradient) and one forward + backward pass (every weight trainable, the worst case
 of a LoRA step) of a ``--tokens``-token sequence in each dtype, the median of ``--repeats``, and prints one JSON
 line last with the CPU's bfloat16 flags and each dtype's seconds as a ratio to float32's.
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from eagrl.config.llm import ModelConfig
+    from eagrl.config.llm import ModelConfig, auto_dtype
     from eagrl.llm.loading import load_model
 
     ids = torch.randint(100, 10000, (1, args.tokens), generator=torch.Generator().manual_seed(0))
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{dtype}: {seconds[dtype]}", flush=True)
     base = seconds["float32"]
     line = {"source": args.source, "tokens": args.tokens, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_flags": cpu_flags(), "threads": torch.get_num_threads(), "seconds": seconds,
+            "cpu_flags": cpu_flags(), "auto_dtype": auto_dtype("cpu"), "threads": torch.get_num_threads(),
+            "seconds": seconds,
             "ratio_to_float32": {d: {k: round(v / base[k], 2) for k, v in s.items()} for d, s in seconds.items()}}
     print(json.dumps(line))
     return line

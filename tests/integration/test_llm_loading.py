@@ -214,3 +214,15 @@ def test_the_float32_head_backpropagates_after_it_ran_under_inference_mode():
     logits.logsumexp(-1).sum().backward()
     assert hidden.grad is not None and torch.isfinite(hidden.grad).all() and hidden.grad.abs().sum() > 0
     assert torch.allclose(logits.detach(), sampled)  # the same float32 weights
+
+
+def test_an_auto_dtype_loads_the_weights_in_the_dtype_it_settles_on(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert {p.dtype for p in load_model(ModelConfig(source="tiny", dtype="auto")).model.parameters()} == {torch.float32}
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    model = load_model(ModelConfig(source="tiny", dtype="auto", float32_head=False)).model
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

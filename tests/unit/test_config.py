@@ -64,3 +64,38 @@ def test_pipeline_params_round_trip_the_whole_config():
     assert ui.data.dataset == "tjh" and ui.data.task == "mortality"
     with pytest.raises(ConfigError, match="JSON"):
         config_from_params("default", overrides="{not json")
+
+
+def _cpu(monkeypatch, *, cuda: bool, avx512_bf16: bool, amx: bool):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+
+
+@pytest.mark.parametrize("cuda, avx512_bf16, amx, device, expected", [
+    (False, False, False, "auto", "float32"),    # AVX2 only: bfloat16 is emulated, 4-13x slower
+    (False, True, False, "auto", "bfloat16"),
+    (False, False, True, "auto", "bfloat16"),
+    (True, False, False, "auto", "bfloat16"),
+    (True, False, False, "cpu", "float32"),      # a CUDA device the config does not use decides nothing
+])
+def test_auto_dtype_follows_the_arithmetic_the_hardware_has(monkeypatch, cuda, avx512_bf16, amx, device, expected):
+    from eagrl.config.llm import ModelConfig
+
+    _cpu(monkeypatch, cuda=cuda, avx512_bf16=avx512_bf16, amx=amx)
+    model = ModelConfig(dtype="auto", device=device)
+    assert model.resolved_dtype() == expected
+    assert model.weights()["dtype"] == expected  # what every content key and the search store's header hold
+
+
+@pytest.mark.parametrize("avx512_bf16, expected", [(False, "float32"), (True, "bfloat16")])
+def test_build_config_settles_the_default_profiles_auto_dtype_for_the_machine(monkeypatch, tmp_path, avx512_bf16,
+                                                                             expected):
+    _cpu(monkeypatch, cuda=False, avx512_bf16=avx512_bf16, amx=False)
+    assert load_config("default").model.dtype == "auto"
+    cfg = build_config("default", workspace=tmp_path)
+    assert cfg.model.dtype == expected and cfg.to_flat()["model.dtype"] == expected  # fingerprints, MLflow params
+    assert build_config("default", {"model.dtype": "bfloat16"}, workspace=tmp_path).model.dtype == "bfloat16"

@@ -29,8 +29,10 @@ class ModelConfig(_Section):
         description='"smollm2-135m" (GGUF in a PyPI wheel), "tiny" (random, tests), a local dir, a hub id, '
         'or "models:/name/version" (MLflow).',
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weight dtype once loaded (float32 on CPU; bfloat16 on GPU)."
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weight dtype once loaded. auto: bfloat16 on a CUDA device and on a CPU with bfloat16 "
+        "instructions (AVX512-BF16 or AMX), float32 on any other CPU (where bfloat16 is emulated: 4x slower forward, "
+        "13x forward + backward; docs/results.md). build_config settles it on the machine that runs the stage.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu.")
     cache_dir: str | None = Field(
@@ -68,9 +70,28 @@ class ModelConfig(_Section):
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir or os.environ.get("EAGRL_MODEL_CACHE") or ".cache/models")
 
+    def resolved_dtype(self) -> str:
+        """``dtype`` with ``auto`` settled by :func:`auto_dtype` on this machine."""
+        return auto_dtype(self.device) if self.dtype == "auto" else self.dtype
+
     def weights(self) -> dict:
-        """The :attr:`WEIGHT_FIELDS` and their values."""
-        return {k: getattr(self, k) for k in self.WEIGHT_FIELDS}
+        """The :attr:`WEIGHT_FIELDS` and their values (the dtype as settled on this machine: the same ``auto``
+        computes in bfloat16 on one machine and float32 on another)."""
+        return {k: self.resolved_dtype() if k == "dtype" else getattr(self, k) for k in self.WEIGHT_FIELDS}
+
+
+def auto_dtype(device: str = "auto") -> str:
+    """The weight dtype that computes fastest here without changing what is learned: bfloat16 where the hardware
+    does bfloat16 arithmetic (a CUDA device with bfloat16 support; a CPU with AVX512-BF16 or AMX tiles), else float32.
+    torch reports the CPU's instruction sets (``torch.cpu._is_*_supported``; private, so a missing one reads as
+    absent). Written here because neither torch nor transformers picks a dtype from the CPU."""
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    cpu = torch.cpu
+    has = [getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return "bfloat16" if any(has) else "float32"
 
 
 class GenerationConfig(_Section):

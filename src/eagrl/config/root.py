@@ -277,12 +277,15 @@ def build_config(profile: str = "default", overrides: dict[str, Any] | None = No
                  workspace: str | Path | None = None) -> Config:
     """The one config builder, shared by the CLI, the KFP components and the benchmarks: a profile, dotted
     overrides, and the workspace (``workspace``, else the overrides' ``workspace``, else :func:`workspace_root`'s
-    rule); the MLflow store is pinned too, so that every component logs to the same one."""
+    rule); the MLflow store is pinned too, so that every component logs to the same one, and ``model.dtype: auto``
+    is settled for this machine (the config, its fingerprints and MLflow's params then name the dtype computed in)."""
     overrides = dict(overrides or {})
     overrides["workspace"] = str(workspace_root(workspace or overrides.pop("workspace", None)))
     cfg = load_config(profile, overrides)
     if cfg.tracking.mlflow_tracking_uri is None:
         cfg.tracking.mlflow_tracking_uri = default_tracking_uri(cfg)
+    if cfg.model.dtype == "auto":  # settled here, on the machine that runs the stage, so the run records it
+        cfg.model.dtype = cfg.model.resolved_dtype()
     return cfg
 
 

@@ -61,7 +61,7 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
     cfg = cfg or ModelConfig()
     from transformers import AutoModelForCausalLM
 
-    dtype = DTYPES[cfg.dtype]
+    dtype = DTYPES[cfg.resolved_dtype()]
     if cfg.source == TINY:
         model, tok = build_tiny()
         model, path = copy.deepcopy(model).to(dtype), None

@@ -20,7 +20,7 @@ def make_backend(model_cfg: ModelConfig, gen_cfg: GenerationConfig, loaded=None)
         require_vllm()  # fail before resolving or converting any model
         path = model_dir(model_cfg)
         return VLLMBackend(
-            path, load_tokenizer(model_cfg, path), dtype=model_cfg.dtype, seed=gen_cfg.seed,
+            path, load_tokenizer(model_cfg, path), dtype=model_cfg.resolved_dtype(), seed=gen_cfg.seed,
             gpu_memory_utilization=gen_cfg.vllm_gpu_memory_utilization, max_model_len=gen_cfg.vllm_max_model_len,
             adapter=model_cfg.adapter, lora_rank=model_cfg.lora_r,
         )
