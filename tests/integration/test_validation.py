@@ -26,7 +26,7 @@ def tjh_sheet(shared_data):
 
 def write_copy(df, tmp_path, name="tjh.xlsx"):
     path = tmp_path / name
-    df.to_excel(path, index=False)
+    df.to_excel(path, index=False, engine="xlsxwriter")  # half openpyxl's time; the same frame read back
     return path
 
 

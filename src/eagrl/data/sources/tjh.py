@@ -13,6 +13,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pandas as pd
+from python_calamine import CalamineError
 
 from eagrl.config import DataConfig
 from eagrl.data.schema import STAY_COLUMNS, RawEHR, load_specs, specs_dir
@@ -61,12 +62,12 @@ def read(path: str | Path) -> dict[str, pd.DataFrame]:
         if path.suffix.lower() == ".csv":
             df = pd.read_csv(path, encoding="utf-8")
         else:
-            df = pd.read_excel(path, sheet_name=0, engine="openpyxl")
+            df = pd.read_excel(path, sheet_name=0, engine="calamine")  # Rust reader: the same frame, ~4x openpyxl
     except UnicodeDecodeError as exc:
         raise DataError(
             f"TJH file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); re-export it as UTF-8"
         ) from None
-    except (zipfile.BadZipFile, zlib.error, ElementTree.ParseError, EOFError, KeyError, OSError) as exc:
+    except (CalamineError, zipfile.BadZipFile, zlib.error, ElementTree.ParseError, EOFError, KeyError, OSError) as exc:
         # a corrupt deflate stream (zlib.error) or sheet XML (ParseError) inside the workbook: found by fuzzing
         raise DataError(
             f"TJH file {path} is not a readable xlsx workbook (truncated or corrupt?): {type(exc).__name__}: {exc}"
