@@ -10,7 +10,9 @@ the direct stage (``cfg.sft``), with the response before ``<final_answer>`` hold
 * ``<important_features>`` naming ``--name`` (e.g. the expert's C_exp), after their record lines restated
   (``--restate``) as a policy that copies what it attends to would write them,
 
-and a control that restates labs that carry nothing. It trains on the train split (the restated text inserted,
+and a control that restates labs that carry nothing. ``--only`` shows a record of those features alone: with the
+planted causes it is the oracle record (a readout that cannot learn the rule from two lines has a broken training
+path), with labs that carry nothing the null one. It trains on the train split (the restated text inserted,
 not trained: only the slot is), then reads the slot teacher-forced on every stay and prints one JSON line: AUROC on
 the training stays (fit) and on the held-out ones (val + test); every stay's probability goes to
 ``OUT/predictions.csv`` (``eagrl.metrics.paired_bootstrap`` compares two runs on the same stays).
@@ -30,8 +32,9 @@ from bench_fit import auroc, slot_probabilities
 from bench_slot_probe import before_slot
 
 
-def records(cohort, gen, tokenizer, named: list[str], restate: bool) -> list[dict]:
-    """One direct-fine-tune record a stay (every split), with the response before the slot inserted."""
+def records(cohort, gen, tokenizer, named: list[str], restate: bool, only: list[str] | None = None) -> list[dict]:
+    """One direct-fine-tune record a stay (every split), with the response before the slot inserted; ``only``:
+    the record shows these features alone (in that order)."""
     from eagrl.llm.prompt import build_prompt, encode
     from eagrl.sft.direct import direct_record
 
@@ -39,7 +42,7 @@ def records(cohort, gen, tokenizer, named: list[str], restate: bool) -> list[dic
     for sid in cohort.stays["stay_id"]:
         rec = cohort.patient(sid)
         prompt = build_prompt(rec, cohort.features, dataset=cohort.dataset, task=cohort.task, cfg=gen,
-                              tokenizer=tokenizer)
+                              tokenizer=tokenizer, order=only or None)
         out.append(direct_record(str(sid), int(rec.label), encode(prompt, tokenizer), tokenizer,
                                  before=before_slot(prompt.user, named, restate)))
     return out
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--task", default="mortality")
     ap.add_argument("--name", default="", help="features named before the slot, ';'-separated")
     ap.add_argument("--restate", action="store_true", help="restate those features' record lines before naming them")
+    ap.add_argument("--only", default="", help="the record shows these features alone, ';'-separated (an oracle "
+                    "record with the planted causes, or a null one with labs that carry nothing)")
     ap.add_argument("--adapter", type=Path, default=None,
                     help="score this trained adapter (e.g. the direct stage's) on the same text instead of training")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
@@ -73,18 +78,25 @@ def main(argv: list[str] | None = None) -> dict:
                        workspace=args.workspace)
     cohort = Cohort.load(Workspace.of(cfg).cohort_dir)
     named = [n.strip() for n in args.name.split(";") if n.strip()]
-    unknown = [n for n in named if n not in {f.name for f in cohort.features}]
-    if unknown:
-        raise SystemExit(f"--name: {unknown} are not features of the cohort ({[f.name for f in cohort.features]})")
+    only = [n.strip() for n in args.only.split(";") if n.strip()]
+    for option, given in (("--name", named), ("--only", only)):
+        unknown = [n for n in given if n not in {f.name for f in cohort.features}]
+        if unknown:
+            raise SystemExit(f"{option}: {unknown} are not features of the cohort "
+                             f"({[f.name for f in cohort.features]})")
+    if not set(named) <= set(only or named):
+        raise SystemExit(f"--name {named}: a restated or named feature must be in the record (--only {only})")
     tag = "none"
     if named:
         tag = ("restate-" if args.restate else "name-") + "-".join(n.replace(" ", "_") for n in named)
+    if only:
+        tag = "only-" + "-".join(n.replace(" ", "_") for n in only) + ("" if tag == "none" else "-" + tag)
     out = args.out or args.workspace / "named-slot" / (tag + ("-scored" if args.adapter else ""))
     if out.exists():
         raise SystemExit(f"{out} exists; pass another --out")
     mcfg = model_config(cfg)
     loaded = load_model(mcfg.model_copy(update={"adapter": str(args.adapter) if args.adapter else None}))
-    recs = records(cohort, direct_generation(cfg.generation), loaded.tokenizer, named, args.restate)
+    recs = records(cohort, direct_generation(cfg.generation), loaded.tokenizer, named, args.restate, only)
     train = (cohort.stays["split"] == "train").to_numpy()
     out.mkdir(parents=True)
     t0, steps, model = time.perf_counter(), 0, loaded.model
@@ -97,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     model.eval()
     probs = slot_probabilities(model, recs, yes_no_ids(tokenizer_encode(loaded.tokenizer)))
     labels = cohort.stays["label"].to_numpy().astype(int)
-    line = {"named": named, "restate": args.restate, "adapter": str(args.adapter or out / "train" / "adapter"),
+    line = {"named": named, "restate": args.restate, "only": only,
+            "adapter": str(args.adapter or out / "train" / "adapter"),
             "n_train": int(train.sum()), "n_heldout": int((~train).sum()),
             "optimizer_steps": steps, "train_seconds": round(seconds, 1),
             "fit": auroc(labels[train], probs[train], 1000), "heldout": auroc(labels[~train], probs[~train], 1000)}
