@@ -66,26 +66,31 @@ def test_pipeline_params_round_trip_the_whole_config():
         config_from_params("default", overrides="{not json")
 
 
-def _cpu(monkeypatch, *, cuda: bool, avx512_bf16: bool, amx: bool):
+def _cpu(monkeypatch, *, cuda: bool, avx512_bf16: bool, amx: bool, cuda_bf16: bool | None = None):
     import torch
 
+    def bf16(including_emulation=True):  # an emulating device (before Ampere) says True only with emulation
+        return cuda if cuda_bf16 is None else (cuda_bf16 or (cuda and including_emulation))
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
 
 
-@pytest.mark.parametrize("cuda, avx512_bf16, amx, device, expected", [
-    (False, False, False, "auto", "float32"),    # AVX2 only: bfloat16 is emulated, 4-13x slower
-    (False, True, False, "auto", "bfloat16"),
-    (False, False, True, "auto", "bfloat16"),
-    (True, False, False, "auto", "bfloat16"),
-    (True, False, False, "cpu", "float32"),      # a CUDA device the config does not use decides nothing
+@pytest.mark.parametrize("cuda, cuda_bf16, avx512_bf16, amx, device, expected", [
+    (False, None, False, False, "auto", "float32"),    # AVX2 only: bfloat16 is emulated, 4-13x slower
+    (False, None, True, False, "auto", "bfloat16"),
+    (False, None, False, True, "auto", "bfloat16"),
+    (True, True, False, False, "auto", "bfloat16"),
+    (True, False, False, False, "auto", "float32"),    # a GPU before Ampere emulates bfloat16
+    (True, True, False, False, "cpu", "float32"),      # a CUDA device the config does not use decides nothing
 ])
-def test_auto_dtype_follows_the_arithmetic_the_hardware_has(monkeypatch, cuda, avx512_bf16, amx, device, expected):
+def test_auto_dtype_follows_the_arithmetic_the_hardware_has(monkeypatch, cuda, cuda_bf16, avx512_bf16, amx, device,
+                                                            expected):
     from eagrl.config.llm import ModelConfig
 
-    _cpu(monkeypatch, cuda=cuda, avx512_bf16=avx512_bf16, amx=amx)
+    _cpu(monkeypatch, cuda=cuda, avx512_bf16=avx512_bf16, amx=amx, cuda_bf16=cuda_bf16)
     model = ModelConfig(dtype="auto", device=device)
     assert model.resolved_dtype() == expected
     assert model.weights()["dtype"] == expected  # what every content key and the search store's header hold

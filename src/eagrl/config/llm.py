@@ -81,14 +81,14 @@ class ModelConfig(_Section):
 
 
 def auto_dtype(device: str = "auto") -> str:
-    """The weight dtype that computes fastest here without changing what is learned: bfloat16 where the hardware
-    does bfloat16 arithmetic (a CUDA device with bfloat16 support; a CPU with AVX512-BF16 or AMX tiles), else float32.
+    """The weight dtype that computes fastest here: bfloat16 where the hardware does bfloat16 arithmetic (a CUDA
+    device from Ampere on, not one that emulates it; a CPU with AVX512-BF16 or AMX tiles), else float32.
     torch reports the CPU's instruction sets (``torch.cpu._is_*_supported``; private, so a missing one reads as
     absent). Written here because neither torch nor transformers picks a dtype from the CPU."""
     import torch
 
     if device in ("auto", "cuda") and torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
     cpu = torch.cpu
     has = [getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return "bfloat16" if any(has) else "float32"
