@@ -16,14 +16,6 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
-
-
-def cpu_flags() -> list[str]:
-    """The bfloat16-related flags /proc/cpuinfo lists (none on a CPU that emulates bfloat16)."""
-    info = Path("/proc/cpuinfo")
-    words = set(info.read_text().split()) if info.is_file() else set()
-    return sorted(w for w in words if "bf16" in w or w.startswith("amx") or w == "avx512f")
 
 
 def timed(fn, repeats: int) -> float:
@@ -45,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from eagrl.config.llm import ModelConfig, auto_dtype
+    from eagrl.config.llm import ModelConfig, auto_dtype, cpu_bf16_flags
     from eagrl.llm.loading import load_model
 
     ids = torch.randint(100, 10000, (1, args.tokens), generator=torch.Generator().manual_seed(0))
@@ -66,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{dtype}: {seconds[dtype]}", flush=True)
     base = seconds["float32"]
     line = {"source": args.source, "tokens": args.tokens, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_flags": cpu_flags(), "auto_dtype": auto_dtype("cpu"), "threads": torch.get_num_threads(),
+            "cpu_flags": cpu_bf16_flags(), "auto_dtype": auto_dtype("cpu"), "threads": torch.get_num_threads(),
             "seconds": seconds,
             "ratio_to_float32": {d: {k: round(v / base[k], 2) for k, v in s.items()} for d, s in seconds.items()}}
     print(json.dumps(line))

@@ -219,10 +219,9 @@ def test_the_float32_head_backpropagates_after_it_ran_under_inference_mode():
 def test_an_auto_dtype_loads_the_weights_in_the_dtype_it_settles_on(monkeypatch):
     import torch
 
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr("eagrl.config.llm.cpu_bf16_flags", lambda: ["avx512f"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert {p.dtype for p in load_model(ModelConfig(source="tiny", dtype="auto")).model.parameters()} == {torch.float32}
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr("eagrl.config.llm.cpu_bf16_flags", lambda: ["amx_bf16", "amx_tile", "avx512_bf16", "avx512f"])
     model = load_model(ModelConfig(source="tiny", dtype="auto", float32_head=False)).model
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

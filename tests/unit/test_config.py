@@ -74,12 +74,12 @@ def _cpu(monkeypatch, *, cuda: bool, avx512_bf16: bool, amx: bool, cuda_bf16: bo
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    flags = ["avx512f"] + ["avx512_bf16"] * avx512_bf16 + ["amx_bf16", "amx_tile"] * amx  # /proc/cpuinfo's words
+    monkeypatch.setattr("eagrl.config.llm.cpu_bf16_flags", lambda: flags)
 
 
 @pytest.mark.parametrize("cuda, cuda_bf16, avx512_bf16, amx, device, expected", [
-    (False, None, False, False, "auto", "float32"),    # AVX2 only: bfloat16 is emulated, 4-13x slower
+    (False, None, False, False, "auto", "float32"),    # no bfloat16 instructions: emulated, 4-13x slower
     (False, None, True, False, "auto", "bfloat16"),
     (False, None, False, True, "auto", "bfloat16"),
     (True, True, False, False, "auto", "bfloat16"),
@@ -104,3 +104,18 @@ def test_build_config_settles_the_default_profiles_auto_dtype_for_the_machine(mo
     cfg = build_config("default", workspace=tmp_path)
     assert cfg.model.dtype == expected and cfg.to_flat()["model.dtype"] == expected  # fingerprints, MLflow params
     assert build_config("default", {"model.dtype": "bfloat16"}, workspace=tmp_path).model.dtype == "bfloat16"
+
+
+def test_building_a_config_on_a_cpu_machine_does_not_load_torch(tmp_path):
+    """The data stages and `eagrl config` never need torch: settling `auto` must not load it (2-4 s a command)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from eagrl.config import build_config; cfg = build_config('default', workspace=sys.argv[1]);"
+            "print(cfg.model.dtype, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    dtype, loaded = out.stdout.split()
+    assert dtype in ("float32", "bfloat16")
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        assert loaded == "False"

@@ -11,6 +11,7 @@ per field, cross-field checks quoting the bad values) so they can be mounted the
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -82,16 +83,22 @@ class ModelConfig(_Section):
 
 def auto_dtype(device: str = "auto") -> str:
     """The weight dtype that computes fastest here: bfloat16 where the hardware does bfloat16 arithmetic (a CUDA
-    device from Ampere on, not one that emulates it; a CPU with AVX512-BF16 or AMX tiles), else float32.
-    torch reports the CPU's instruction sets (``torch.cpu._is_*_supported``; private, so a missing one reads as
-    absent). Written here because neither torch nor transformers picks a dtype from the CPU."""
-    import torch
+    device from Ampere on, not one that emulates it; a CPU with AVX512-BF16 or AMX tiles), else float32. Written
+    here because neither torch nor transformers picks a dtype from the CPU. torch is asked about CUDA only where a
+    GPU is in sight (/dev/nvidia*, or torch already loaded), so building a config on a CPU machine stays torch-free."""
+    if device in ("auto", "cuda") and ("torch" in sys.modules or any(Path("/dev").glob("nvidia[0-9]*"))):
+        import torch
 
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
-    cpu = torch.cpu
-    has = [getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return "bfloat16" if any(has) else "float32"
+        if torch.cuda.is_available():
+            return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(cpu_bf16_flags()) else "float32"
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The bfloat16-related flags /proc/cpuinfo lists (none on a CPU that emulates bfloat16; none off Linux)."""
+    info = Path("/proc/cpuinfo")
+    words = set(info.read_text().split()) if info.is_file() else set()
+    return sorted(w for w in words if "bf16" in w or w.startswith("amx") or w == "avx512f")
 
 
 class GenerationConfig(_Section):
