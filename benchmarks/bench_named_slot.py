@@ -29,23 +29,19 @@ from pathlib import Path
 
 import pandas as pd
 from bench_fit import auroc, slot_probabilities
-from bench_slot_probe import before_slot
+from bench_slot_probe import before_slot, stay_prompts
 
 
 def records(cohort, gen, tokenizer, named: list[str], restate: bool, only: list[str] | None = None) -> list[dict]:
     """One direct-fine-tune record a stay (every split), with the response before the slot inserted; ``only``:
     the record shows these features alone (in that order)."""
-    from eagrl.llm.prompt import build_prompt, encode
+    from eagrl.llm.prompt import encode
     from eagrl.sft.direct import direct_record
 
-    out = []
-    for sid in cohort.stays["stay_id"]:
-        rec = cohort.patient(sid)
-        prompt = build_prompt(rec, cohort.features, dataset=cohort.dataset, task=cohort.task, cfg=gen,
-                              tokenizer=tokenizer, order=only or None)
-        out.append(direct_record(str(sid), int(rec.label), encode(prompt, tokenizer), tokenizer,
-                                 before=before_slot(prompt.user, named, restate)))
-    return out
+    prompts = stay_prompts(cohort, gen, tokenizer, order=only or None)
+    return [direct_record(str(sid), int(label), encode(prompt, tokenizer), tokenizer,
+                          before=before_slot(prompt.user, named, restate))
+            for sid, label, prompt in zip(cohort.stays["stay_id"], cohort.stays["label"], prompts)]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -40,6 +40,14 @@ def before_slot(prompt_user: str, named: list[str], restate: bool) -> str:
     return f"{said}<important_features>{'; '.join(named)}</important_features>\n"
 
 
+def stay_prompts(cohort, gen_cfg, tokenizer, order=None) -> list:
+    """The prompt of every stay, in ``cohort.stays`` order (``order``: the features shown, all by default)."""
+    from eagrl.llm.prompt import build_prompt
+
+    return [build_prompt(cohort.patient(sid), cohort.features, dataset=cohort.dataset, task=cohort.task, cfg=gen_cfg,
+                         tokenizer=tokenizer, order=order) for sid in cohort.stays["stay_id"]]
+
+
 def flag_count(prompt_user: str) -> int:
     """The record lines flagged HIGH or LOW (the compact serialisation marks each last value outside its reference
     range): on TJH this count alone ranks mortality about as well as any trained row (docs/results.md, session 24)."""
@@ -104,7 +112,6 @@ def main(argv: list[str] | None = None) -> dict:
     from eagrl.data.cohort import Cohort
     from eagrl.evaluate.tabular import last_values
     from eagrl.llm.loading import load_model
-    from eagrl.llm.prompt import build_prompt
     from eagrl.sft.direct import direct_generation
     from eagrl.workspace import Workspace, model_config
 
@@ -116,8 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     named = [n.strip() for n in args.name.split(";") if n.strip()]
     gen = direct_generation(cfg.generation)
-    prompts = [build_prompt(cohort.patient(sid), cohort.features, dataset=cohort.dataset, task=cohort.task, cfg=gen,
-                            tokenizer=loaded.tokenizer) for sid in cohort.stays["stay_id"]]
+    prompts = stay_prompts(cohort, gen, loaded.tokenizer)
     states = slot_states(loaded.model, loaded.tokenizer, prompts, layers, named, args.restate) if layers else {}
     labels = cohort.stays["label"].to_numpy().astype(int)
     train = (cohort.stays["split"] == "train").to_numpy()

@@ -68,7 +68,8 @@ def read(path: str | Path) -> dict[str, pd.DataFrame]:
             f"TJH file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); re-export it as UTF-8"
         ) from None
     except (CalamineError, zipfile.BadZipFile, zlib.error, ElementTree.ParseError, EOFError, KeyError, OSError) as exc:
-        # a corrupt deflate stream (zlib.error) or sheet XML (ParseError) inside the workbook: found by fuzzing
+        # calamine reports a corrupt workbook as a CalamineError (XmlError, ZipError); the others are what fuzzing
+        # found escaping openpyxl (corrupt deflate stream, sheet XML), kept while the fuzz campaign replays them
         raise DataError(
             f"TJH file {path} is not a readable xlsx workbook (truncated or corrupt?): {type(exc).__name__}: {exc}"
         ) from None
