@@ -8,7 +8,8 @@ the direct stage (``cfg.sft``), with the response before ``<final_answer>`` hold
 
 * nothing (the direct fine-tune),
 * ``<important_features>`` naming ``--name`` (e.g. the expert's C_exp), after their record lines restated
-  (``--restate``) as a policy that copies what it attends to would write them,
+  (``--restate``) as a policy that copies what it attends to would write them, or followed by them in the
+  ``<evidence>`` block the framework writes with ``generation.evidence`` (``--evidence``),
 
 and a control that restates labs that carry nothing. ``--only`` shows a record of those features alone: with the
 planted causes it is the oracle record (a readout that cannot learn the rule from two lines has a broken training
@@ -32,7 +33,8 @@ from bench_fit import auroc, slot_probabilities
 from bench_slot_probe import before_slot, stay_prompts
 
 
-def records(cohort, gen, tokenizer, named: list[str], restate: bool, only: list[str] | None = None) -> list[dict]:
+def records(cohort, gen, tokenizer, named: list[str], restate: bool, only: list[str] | None = None,
+            evidence: bool = False) -> list[dict]:
     """One direct-fine-tune record a stay (every split), with the response before the slot inserted; ``only``:
     the record shows these features alone (in that order)."""
     from eagrl.llm.prompt import encode
@@ -40,7 +42,7 @@ def records(cohort, gen, tokenizer, named: list[str], restate: bool, only: list[
 
     prompts = stay_prompts(cohort, gen, tokenizer, order=only or None)
     return [direct_record(str(sid), int(label), encode(prompt, tokenizer), tokenizer,
-                          before=before_slot(prompt.user, named, restate))
+                          before=before_slot(prompt.user, named, restate, evidence))
             for sid, label, prompt in zip(cohort.stays["stay_id"], cohort.stays["label"], prompts)]
 
 
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--task", default="mortality")
     ap.add_argument("--name", default="", help="features named before the slot, ';'-separated")
     ap.add_argument("--restate", action="store_true", help="restate those features' record lines before naming them")
+    ap.add_argument("--evidence", action="store_true", help="name those features, then restate their record lines "
+                    "in the <evidence> block the framework writes with generation.evidence (the design's order)")
     ap.add_argument("--only", default="", help="the record shows these features alone, ';'-separated (an oracle "
                     "record with the planted causes, or a null one with labs that carry nothing)")
     ap.add_argument("--adapter", type=Path, default=None,
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--name {named}: a restated or named feature must be in the record (--only {only})")
     tag = "none"
     if named:
-        tag = ("restate-" if args.restate else "name-") + "-".join(n.replace(" ", "_") for n in named)
+        tag = ("evidence-" if args.evidence else "restate-" if args.restate else "name-") + "-".join(n.replace(" ", "_") for n in named)
     if only:
         tag = "only-" + "-".join(n.replace(" ", "_") for n in only) + ("" if tag == "none" else "-" + tag)
     out = args.out or args.workspace / "named-slot" / (tag + ("-scored" if args.adapter else ""))
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{out} exists; pass another --out")
     mcfg = model_config(cfg)
     loaded = load_model(mcfg.model_copy(update={"adapter": str(args.adapter) if args.adapter else None}))
-    recs = records(cohort, direct_generation(cfg.generation), loaded.tokenizer, named, args.restate, only)
+    recs = records(cohort, direct_generation(cfg.generation), loaded.tokenizer, named, args.restate, only, args.evidence)
     train = (cohort.stays["split"] == "train").to_numpy()
     out.mkdir(parents=True)
     t0, steps, model = time.perf_counter(), 0, loaded.model
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.eval()
     probs = slot_probabilities(model, recs, yes_no_ids(tokenizer_encode(loaded.tokenizer)))
     labels = cohort.stays["label"].to_numpy().astype(int)
-    line = {"named": named, "restate": args.restate, "only": only,
+    line = {"named": named, "restate": args.restate, "evidence": args.evidence, "only": only,
             "adapter": str(args.adapter or out / "train" / "adapter"),
             "n_train": int(train.sum()), "n_heldout": int((~train).sum()),
             "optimizer_steps": steps, "train_seconds": round(seconds, 1),

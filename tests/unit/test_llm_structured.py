@@ -12,7 +12,7 @@ from eagrl.config.llm import GenerationConfig
 from eagrl.llm.backends.transformers_backend import TransformersBackend
 from eagrl.llm.parse import ALL_TAGS
 from eagrl.llm.prompt import build_prompt, encode
-from eagrl.llm.structured import StructuredGenerator, digit_tokens
+from eagrl.llm.structured import StructuredGenerator, answer_token, digit_tokens
 
 CAPS = dict(max_subquestion_tokens=6, max_answer_tokens=6, max_features_tokens=6, max_think_tokens=8)
 
@@ -68,7 +68,8 @@ def test_mask_separates_written_from_inserted(tiny, prompt_ids, readout):
             assert re.fullmatch(r"[\s0-9.]*", leftover), leftover
             assert inserted.count("<subquestion>") == 2 and inserted.count("<final_answer>0.") == 1
         else:
-            assert re.fullmatch(r"\s*(yes|no)\s*", leftover), leftover
+            words = {dec([answer_token(gen.backend, label)]) for label in (0, 1)}  # each word's first token
+            assert leftover.strip() in words, (repr(inserted), words)
             assert inserted.count("<subquestion>") == 2 and inserted.count("<final_answer>") == 1
         # What the model wrote never contains a whole tag.
         for written, text in runs:
@@ -121,7 +122,7 @@ def test_yes_no_readout_is_the_slots_word_mass(tiny, prompt_ids, style):
     prob = torch.softmax(logits, -1)
     expected = float(prob[yes].sum() / (prob[yes].sum() + prob[no].sum()))
     assert r.probability == pytest.approx(expected, abs=1e-5)
-    word = "yes" if expected >= 0.5 else "no"
+    word = gen.backend.decode([answer_token(gen.backend, int(expected >= 0.5))])  # "yes"/"no"'s first token
     assert r.text.endswith(f"<final_answer>{word}</final_answer>")
     assert not r.mask[r.readout_index]  # the framework wrote the word: no loss unless SFT/RL put the label there
 
@@ -266,3 +267,25 @@ def test_the_loop_hides_tokens_a_script_drops(tiny, prompt_ids):
         assert a[:2] == b[:2]  # the same tokens, ended the same way
         np.testing.assert_allclose(a[2], b[2], atol=1e-4)
     assert "stop" in {entry[1] for entry in sum(loop, [])}  # fields did end inside a token's text
+
+
+def test_evidence_restates_the_named_features_record_lines_right_before_the_slot(tiny, prompt_ids):
+    gen = _gen(tiny, temperature=1.0, depth=2, evidence=True, readout="yesno")
+    lines = gen.backend.decode(prompt_ids).splitlines()
+    record = {f.name: next((x for x in lines if x.startswith(f"- {f.name}:")), None) for f in FEATURES}
+    assert record["albumin"] and record["hemoglobin"] and record["eGFR"] is None  # eGFR never measured: no line
+    # Names given (the search's expert ending): the lines in the order named, an unknown or unshown name skipped.
+    (r,) = gen.finish([gen.start(prompt_ids, seed=3)], features=[["albumin", "eGFR", "hb", "no such lab"]])
+    block = f"<evidence>\n{record['albumin']}\n{record['hemoglobin']}\n</evidence>"
+    assert f"</important_features>\n{block}\n<final_answer>" in r.text, r.text
+    start = len(gen.backend.encode(r.text[:r.text.index("<evidence>")]))
+    assert not any(r.mask[start - 1:r.readout_index])  # the framework wrote it: SFT and RL never train on it
+    assert r.well_formed and r.parsed.features[:3] == ["albumin", "eGFR", "hemoglobin"]
+    # Names sampled: the block holds the lines of what the policy named, nothing else.
+    for r in gen.generate([prompt_ids], n=4, seed=11)[0]:
+        shown = [record[n] for n in r.parsed.known_features if record.get(n)]
+        body = r.text[r.text.index("<evidence>") + len("<evidence>"):r.text.index("</evidence>")]
+        assert body.strip("\n").split("\n") == (shown or [""]) and r.well_formed
+    # Off: no block.
+    (plain,) = _gen(tiny, temperature=1.0, depth=2).generate([prompt_ids], seed=11)[0][:1]
+    assert "<evidence>" not in plain.text

@@ -142,6 +142,12 @@ class GenerationConfig(_Section):
         "(decoding can only form listed names; small models otherwise write names the expert cannot match)."
     )
     max_features: int = Field(5, ge=1, description="Most names in a constrained <important_features> field.")
+    evidence: bool = Field(
+        False, description="pqd: after <important_features> the framework restates the record lines of the features "
+        "the policy named, in <evidence>, right before the answer slot, so the slot reads the values the policy "
+        "attended to next to it (a LoRA slot does not find two cause lines among twenty in a few hundred steps, but "
+        "reads them when they are next to it: docs/results.md, sessions 25-26). Inserted text: never trained on.",
+    )
     max_think_tokens: int = Field(128, ge=1, description="Cap on tokens of the <think> field (think style).")
     max_new_tokens: int = Field(512, ge=1, description="Cap on a free-form response.")
     readout: Literal["digits", "yesno"] = Field(

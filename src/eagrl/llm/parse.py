@@ -5,6 +5,7 @@ no backtracking regex) and reports what it found. The P_QD format it reads::
 
     <subquestion>...</subquestion><answer>...</answer>      (1..T times)
     <important_features>feature; feature; ...</important_features>
+    <evidence>...</evidence>                                (written by the framework, optional; not read)
     <final_answer>0.83</final_answer>
 
 Feature names are mapped to the canonical schema by :class:`FeatureMatcher` (exact, alias, then fuzzy
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from eagrl.data.schema import FeatureSpec
 
 SUBQ, ANSWER, FEATURES, FINAL, THINK = "subquestion", "answer", "important_features", "final_answer", "think"
-TAG_NAMES = (SUBQ, ANSWER, FEATURES, FINAL, THINK)
+EVIDENCE = "evidence"  # the framework's restatement of the named features' record lines (GenerationConfig.evidence)
+TAG_NAMES = (SUBQ, ANSWER, FEATURES, FINAL, THINK, EVIDENCE)
 ALL_TAGS = tuple(t for name in TAG_NAMES for t in (f"<{name}>", f"</{name}>"))
 
 NO_NUMBER = "no number in <final_answer>"

@@ -5,7 +5,8 @@ For a P_QD response the framework writes each opening tag; the model writes the 
 where the model did not. After each step the framework decides whether another step follows: always up to
 depth T (``step_policy="fixed"``), or by the model's own choice between ``<subquestion>`` and
 ``<important_features>`` read from its next-token distribution (``"model"``, default; at least
-``min_steps``, at most T). Then the model fills ``<important_features>``, the framework writes
+``min_steps``, at most T). Then the model fills ``<important_features>``; with ``cfg.evidence`` the framework
+restates the named features' record lines from the prompt in ``<evidence>``; it writes
 ``<final_answer>0.`` and reads the probability from the next-token distribution:
 
 * ``readout="digits"`` (default): the expected value over every token that is a run of digits d, each read
@@ -44,6 +45,7 @@ from eagrl.llm.backends.script import Draw, Peek, run_lockstep
 from eagrl.llm.parse import (
     ALL_TAGS,
     ANSWER,
+    EVIDENCE,
     FEATURES,
     FINAL,
     NO_NUMBER,
@@ -52,9 +54,23 @@ from eagrl.llm.parse import (
     FeatureMatcher,
     ParsedResponse,
     parse_response,
+    split_feature_list,
 )
 
 STEPS, FEATURES_STAGE, ANSWER_STAGE, DONE = "steps", "features", "answer", "done"
+
+
+def evidence_lines(prompt_text: str, names: Sequence[str]) -> list[str]:
+    """The record line of each named feature in the prompt (``- Name: ...`` compact, ``- Name (unit: ...`` full), in
+    the order named; a name whose line the prompt does not hold (dropped by the token budget) has none."""
+    lines = prompt_text.splitlines()
+    found = (next((line for line in lines if line.startswith((f"- {name}:", f"- {name} ("))), None) for name in names)
+    return [line for line in found if line is not None]
+
+
+def evidence_block(prompt_text: str, names: Sequence[str]) -> str:
+    """``<evidence>`` holding the named features' record lines, one a line (empty when none is in the prompt)."""
+    return f"<{EVIDENCE}>" + "".join("\n" + line for line in evidence_lines(prompt_text, names)) + f"\n</{EVIDENCE}>"
 
 
 @dataclass
@@ -189,6 +205,8 @@ class StructuredGenerator:
                     yield from self._fill(t, FEATURES, self.cfg.max_features_tokens, sep="\n")
                 else:
                     self._write(t, FEATURES, "; ".join(names), sep="\n")
+                if self.cfg.evidence:
+                    self._evidence(t)
                 yield from self._answer(t, sep="\n")
         elif style == "think":
             if t.stage == STEPS:
@@ -282,6 +300,13 @@ class StructuredGenerator:
                 max_tokens=max_tokens, temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=self.cfg.top_k,
                 stop=ALL_TAGS, stop_on_special=True, names=names)
         return cache[(tag, max_tokens)]
+
+    def _evidence(self, t: Trajectory) -> None:
+        """Restate the record lines of the features the policy named (``cfg.evidence``), framework-written."""
+        start, end = next(((s, e) for f, s, e in reversed(t.spans) if f == FEATURES), (0, 0))
+        named, unknown = self.matcher.map(split_feature_list(self.backend.decode(t.ids[start:end])))
+        known = [n for n in named if n not in set(unknown)]
+        self._insert(t, self._encode("\n" + evidence_block(self.backend.decode(t.prompt_ids), known)))
 
     def _answer(self, t: Trajectory, sep: str):
         """Write ``<final_answer>``, read the probability from the next-token distribution, write it, close."""
