@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--name {named}: a restated or named feature must be in the record (--only {only})")
     tag = "none"
     if named:
-        tag = ("evidence-" if args.evidence else "restate-" if args.restate else "name-") + "-".join(n.replace(" ", "_") for n in named)
+        kind = "evidence-" if args.evidence else "restate-" if args.restate else "name-"
+        tag = kind + "-".join(n.replace(" ", "_") for n in named)
     if only:
         tag = "only-" + "-".join(n.replace(" ", "_") for n in only) + ("" if tag == "none" else "-" + tag)
     out = args.out or args.workspace / "named-slot" / (tag + ("-scored" if args.adapter else ""))
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{out} exists; pass another --out")
     mcfg = model_config(cfg)
     loaded = load_model(mcfg.model_copy(update={"adapter": str(args.adapter) if args.adapter else None}))
-    recs = records(cohort, direct_generation(cfg.generation), loaded.tokenizer, named, args.restate, only, args.evidence)
+    recs = records(cohort, direct_generation(cfg.generation), loaded.tokenizer, named, args.restate, only,
+                   args.evidence)
     train = (cohort.stays["split"] == "train").to_numpy()
     out.mkdir(parents=True)
     t0, steps, model = time.perf_counter(), 0, loaded.model
