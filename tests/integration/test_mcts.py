@@ -169,6 +169,23 @@ def test_expert_features_end_each_rollouts_reasoning_a_second_time_with_c_exp_as
         MCTSConfig(expert_features=True, expert_guidance=False)
 
 
+def test_with_evidence_every_ending_reads_its_slot_after_the_named_features_record_lines(tiny, prompt_ids):
+    """generation.evidence: the expert's ending puts C_exp's record lines before the slot, the policy's own ending
+    the lines of what it named; R_cls is read after them, and nothing the framework restated is trained on."""
+    res = _search(tiny, prompt_ids, rollouts=2, expert_features=True, lam=0.6, gen={"evidence": True})
+    lines = _backend(tiny).decode(prompt_ids).splitlines()
+    line = {f.name: next((x for x in lines if x.startswith(f"- {f.name}:")), None) for f in FEATURES}
+    assert {c.features_by for c in res.completed} == {"policy", "expert"}
+    for c in res.completed:
+        r = c.response
+        body = r.text.split("<evidence>")[1].split("</evidence>")[0]
+        named = C_EXP if c.features_by == "expert" else r.parsed.known_features
+        assert body.strip("\n").split("\n") == ([line[n] for n in named if line[n]] or [""]), r.text
+        assert r.text.index("</important_features>") < r.text.index("<evidence>") < r.text.index("<final_answer>")
+        assert not any(r.mask[r.features_span[1]:r.readout_index])
+        assert r.well_formed and c.r == pytest.approx(0.6 * c.r_cls + 0.4 * c.r_att)
+
+
 def test_same_seed_same_tree(tiny, prompt_ids):
     a = _search(tiny, prompt_ids, seed=3, gen={"temperature": 1.5})
     b = _search(tiny, prompt_ids, seed=3, gen={"temperature": 1.5})
