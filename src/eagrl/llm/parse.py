@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from eagrl.data.schema import FeatureSpec
 
 SUBQ, ANSWER, FEATURES, FINAL, THINK = "subquestion", "answer", "important_features", "final_answer", "think"
-EVIDENCE = "evidence"  # the framework's restatement of the named features' record lines (GenerationConfig.evidence)
-TAG_NAMES = (SUBQ, ANSWER, FEATURES, FINAL, THINK, EVIDENCE)
+TAG_NAMES = (SUBQ, ANSWER, FEATURES, FINAL, THINK)
+# The framework's restatement of the named features' record lines (GenerationConfig.evidence). Not a field tag: only
+# the framework writes it, after the last field the model fills, so no field stops at it.
+EVIDENCE = "evidence"
 ALL_TAGS = tuple(t for name in TAG_NAMES for t in (f"<{name}>", f"</{name}>"))
 
 NO_NUMBER = "no number in <final_answer>"
