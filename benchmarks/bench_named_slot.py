@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dataset", default="synthetic")
     ap.add_argument("--task", default="mortality")
     ap.add_argument("--name", default="", help="features named before the slot, ';'-separated")
-    ap.add_argument("--restate", action="store_true", help="restate those features' record lines before naming them")
-    ap.add_argument("--evidence", action="store_true", help="name those features, then restate their record lines "
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--restate", action="store_true", help="restate those features' record lines before naming them")
+    how.add_argument("--evidence", action="store_true", help="name those features, then restate their record lines "
                     "in the <evidence> block the framework writes with generation.evidence (the design's order)")
     ap.add_argument("--only", default="", help="the record shows these features alone, ';'-separated (an oracle "
                     "record with the planted causes, or a null one with labs that carry nothing)")

@@ -34,13 +34,13 @@ def before_slot(prompt_user: str, named: list[str], restate: bool, evidence: boo
     """What the response holds before ``<final_answer>``: nothing, or ``<important_features>`` naming ``named``
     (as the structured policy writes it), after their record lines restated when ``restate``, or followed by the
     ``<evidence>`` block the framework writes with ``generation.evidence`` when ``evidence``."""
+    from eagrl.llm.structured import evidence_block, evidence_lines
+
     if not named:
         return ""
     if evidence:
-        from eagrl.llm.structured import evidence_block
-
         return f"<important_features>{'; '.join(named)}</important_features>\n{evidence_block(prompt_user, named)}\n"
-    lines = [line for name in named for line in prompt_user.splitlines() if line.startswith(f"- {name}:")]
+    lines = evidence_lines(prompt_user, named)
     said = ("<answer>" + " ".join(line[2:] + "." for line in lines) + "</answer>\n") if restate else ""
     return f"{said}<important_features>{'; '.join(named)}</important_features>\n"
 

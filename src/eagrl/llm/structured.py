@@ -305,7 +305,8 @@ class StructuredGenerator:
         """Restate the record lines of the features the policy named (``cfg.evidence``), framework-written."""
         start, end = next(((s, e) for f, s, e in reversed(t.spans) if f == FEATURES), (0, 0))
         named, unknown = self.matcher.map(split_feature_list(self.backend.decode(t.ids[start:end])))
-        known = [n for n in named if n not in set(unknown)]
+        unknown = set(unknown)
+        known = [n for n in named if n not in unknown]
         self._insert(t, self._encode("\n" + evidence_block(self.backend.decode(t.prompt_ids), known)))
 
     def _answer(self, t: Trajectory, sep: str):
